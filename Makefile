@@ -1,0 +1,33 @@
+# The two commands of the README. Each creates .venv and installs what it needs on first use.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint bench clean-venv
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install --quiet --upgrade pip
+	@$(BIN)/python -m pip install --quiet -e ".[test]"
+	@touch $(STAMP)
+
+## Run the demo of the main job on the embedded broker + PostgreSQL.
+demo: $(STAMP)
+	$(BIN)/metergate demo
+
+## Run the whole test suite (unit, integration, e2e) against real services.
+test: $(STAMP)
+	$(BIN)/ruff check libs services tests
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check libs services tests
+	$(BIN)/ruff format --check libs services tests
+	$(BIN)/mypy
+
+bench: $(STAMP)
+	$(BIN)/python -m ops.bench
+
+clean-venv:
+	rm -rf $(VENV)

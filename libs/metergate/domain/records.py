@@ -1,0 +1,332 @@
+"""The records that travel on metergate's topics, as frozen models (pure: no I/O).
+
+Each model has an Avro schema of the same name in `schemas/` (the wire format); the codec in
+`metergate.wire.codec` converts between the two. Quantities and money are `Decimal`, never float;
+timestamps are timezone-aware UTC datetimes with millisecond precision (Avro timestamp-millis).
+
+Validation of a usage event lives here, so the SDK, `metergate emit` and the metering worker apply
+the same rules and report the same field names.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from metergate.errors import InvalidEvent
+
+#: Quantities travel as Avro decimal(38, 9): at most 9 digits after the point, 29 before.
+QUANTITY_SCALE = 9
+QUANTITY_PRECISION = 38
+#: Prices travel as Avro decimal(38, 12) (a per-token price can be 0.000002).
+PRICE_SCALE = 12
+PRICE_PRECISION = 38
+MAX_QUANTITY = Decimal(10) ** (QUANTITY_PRECISION - QUANTITY_SCALE) - 1
+
+Identifier = Annotated[str, Field(min_length=1, max_length=256)]
+
+
+def utc_millis(value: datetime) -> datetime:
+    """Normalise an aware datetime to UTC, truncated to the millisecond (what Avro keeps)."""
+    if value.tzinfo is None:
+        raise ValueError("timestamp must be timezone-aware (UTC), got a naive datetime")
+    value = value.astimezone(UTC)
+    return value.replace(microsecond=(value.microsecond // 1000) * 1000)
+
+
+def check_decimal(value: Decimal, *, name: str, scale: int, precision: int, allow_negative: bool) -> Decimal:
+    """Reject NaN, infinities, too many digits and (unless allowed) negatives; never round."""
+    if not value.is_finite():
+        raise ValueError(f"{name} must be a finite number, got {value}")
+    if not allow_negative and value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    exponent = value.as_tuple().exponent
+    assert isinstance(exponent, int)
+    if exponent < -scale and value != value.quantize(Decimal(1).scaleb(-scale)):
+        raise ValueError(f"{name} has more than {scale} digits after the point: {value}")
+    limit = Decimal(10) ** (precision - scale)
+    if abs(value) >= limit:
+        raise ValueError(f"{name} must be below {limit}, got {value}")
+    return value
+
+
+def to_decimal(value: Any, *, name: str) -> Decimal:
+    """Accept Decimal, int or a numeric string; refuse float (binary fractions are not money)."""
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be a number, got a boolean")
+    if isinstance(value, Decimal):
+        return value
+    if isinstance(value, int):
+        return Decimal(value)
+    if isinstance(value, float):
+        raise ValueError(f"{name} must be a Decimal, int or numeric string, not float ({value!r})")
+    if isinstance(value, str):
+        try:
+            return Decimal(value.strip())
+        except ArithmeticError:
+            raise ValueError(f"{name} must be a number, got {value!r}") from None
+    raise ValueError(f"{name} must be a number, got {type(value).__name__}")
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class UsageEvent(Record):
+    """One unit of usage, emitted by a product service. Kafka key = customer_id."""
+
+    event_id: Identifier
+    customer_id: Identifier
+    subject_id: Identifier | None = None
+    meter: Identifier
+    quantity: Decimal
+    timestamp: datetime
+    properties: dict[str, str] = Field(default_factory=dict)
+    source: str | None = None
+
+    @field_validator("quantity", mode="before")
+    @classmethod
+    def _quantity(cls, value: Any) -> Decimal:
+        quantity = to_decimal(value, name="quantity")
+        return check_decimal(
+            quantity, name="quantity", scale=QUANTITY_SCALE, precision=QUANTITY_PRECISION, allow_negative=False
+        )
+
+    @field_validator("timestamp")
+    @classmethod
+    def _timestamp(cls, value: datetime) -> datetime:
+        return utc_millis(value)
+
+    @classmethod
+    def parse(cls, data: dict[str, Any]) -> UsageEvent:
+        """Validate untrusted input; raise InvalidEvent naming the first bad field."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise invalid_event_from(exc) from None
+
+
+def invalid_event_from(exc: ValidationError) -> InvalidEvent:
+    """Turn pydantic's error list into one InvalidEvent naming the field and the reason."""
+    first = exc.errors()[0]
+    field = ".".join(str(part) for part in first["loc"]) or "event"
+    kind = first["type"]
+    message = first["msg"].removeprefix("Value error, ")
+    if kind == "missing":
+        reason = "missing_field"
+        message = "required field is missing"
+    elif kind == "extra_forbidden":
+        reason = "unknown_field"
+        message = "field is not part of UsageEvent"
+    elif field == "quantity":
+        reason = "invalid_quantity"
+    elif field == "timestamp":
+        reason = "invalid_timestamp"
+    else:
+        reason = "invalid_field"
+    value = first.get("input")
+    shown = "" if kind == "missing" or "got " in message else f" (got {value!r})"
+    return InvalidEvent(f"{field}: {message}{shown}", reason=reason, field=field)
+
+
+class Aggregation(enum.StrEnum):
+    SUM = "SUM"
+    COUNT = "COUNT"
+    MAX = "MAX"
+    LATEST = "LATEST"
+    UNIQUE_COUNT = "UNIQUE_COUNT"
+
+
+class ResetPeriod(enum.StrEnum):
+    DAILY = "daily"
+    MONTHLY = "monthly"
+    YEARLY = "yearly"
+
+
+class Enforcement(enum.StrEnum):
+    HARD = "hard"
+    SOFT = "soft"
+    NONE = "none"
+
+
+class FeatureKind(enum.StrEnum):
+    BOOLEAN = "boolean"
+    CONFIG = "config"
+    METERED = "metered"
+
+
+class PricingModel(enum.StrEnum):
+    NONE = "none"
+    PER_UNIT = "per_unit"
+    PACKAGE = "package"
+    GRADUATED = "graduated"
+    VOLUME = "volume"
+
+
+class LimitKind(enum.StrEnum):
+    THRESHOLD_CROSSED = "threshold_crossed"
+    LIMIT_REACHED = "limit_reached"
+    HARD_LIMIT_EXCEEDED = "hard_limit_exceeded"
+    OVERAGE_STARTED = "overage_started"
+    CREDITS_DEPLETED = "credits_depleted"
+
+
+class MeterDefinition(Record):
+    """A meter of the catalog: how events of this meter fold into a running value.
+
+    Published to the compacted `catalog.meters` topic, key = meter.
+    """
+
+    meter: Identifier
+    aggregation: Aggregation
+    unique_property: str | None = None  # UNIQUE_COUNT counts distinct values of this property
+    unit: str | None = None
+    description: str | None = None
+
+
+class PriceTier(Record):
+    up_to: Decimal | None  # None = no upper bound (the last tier)
+    unit_price: Decimal
+    flat_fee: Decimal = Decimal(0)
+
+
+class Pricing(Record):
+    """How usage beyond the included units is priced (see metergate.domain.pricing)."""
+
+    model: PricingModel = PricingModel.NONE
+    unit_price: Decimal = Decimal(0)  # per_unit, and package: price of one package
+    package_size: Decimal = Decimal(1)  # package: units per started block
+    tiers: tuple[PriceTier, ...] = ()  # graduated / volume
+
+
+class FeatureEntitlement(Record):
+    """One feature as resolved for one customer (plan + add-ons + contract overrides)."""
+
+    feature: Identifier
+    kind: FeatureKind
+    enabled: bool = True
+    config_value: str | None = None  # config features: e.g. "30" retention days
+    meter: str | None = None  # metered features
+    included: Decimal = Decimal(0)  # units included in the base fee
+    limit: Decimal | None = None  # None = unlimited
+    enforcement: Enforcement = Enforcement.NONE
+    thresholds: tuple[int, ...] = ()  # percentages of the limit, e.g. (80, 90)
+    pricing: Pricing = Pricing()
+
+
+class EntitlementSnapshot(Record):
+    """A customer's resolved entitlements and subscription: compacted `entitlements.snapshots`, key = customer_id."""
+
+    customer_id: Identifier
+    subscription_id: str | None = None  # None: no subscription (calendar month UTC, nothing priced)
+    plan_key: str | None = None
+    plan_version: int | None = None
+    currency: str = "USD"
+    billing_anchor: datetime | None = None
+    reset_period: ResetPeriod = ResetPeriod.MONTHLY
+    base_fee: Decimal = Decimal(0)
+    features: tuple[FeatureEntitlement, ...] = ()
+    version: int = 1
+    updated_at: datetime
+
+    def metered(self, meter: str) -> tuple[FeatureEntitlement, ...]:
+        return tuple(f for f in self.features if f.kind is FeatureKind.METERED and f.meter == meter)
+
+
+class UsageAggregate(Record):
+    """A running total per (customer, meter, period): compacted `usage.aggregates`.
+
+    Key = "customer_id|meter|period_start-iso". `version` strictly increases per key, so a consumer
+    keeps only the newest and ignores replays.
+    """
+
+    customer_id: Identifier
+    meter: Identifier
+    aggregation: Aggregation
+    period_start: datetime
+    period_end: datetime
+    value: Decimal
+    event_count: int
+    version: int
+    last_event_at: datetime
+    last_event_id: str
+    late: bool = False
+    subscription_id: str | None = None
+    plan_key: str | None = None
+    plan_version: int | None = None
+    updated_at: datetime
+
+    @property
+    def key(self) -> str:
+        return aggregate_key(self.customer_id, self.meter, self.period_start)
+
+
+def aggregate_key(customer_id: str, meter: str, period_start: datetime) -> str:
+    return f"{customer_id}|{meter}|{period_start.astimezone(UTC).isoformat()}"
+
+
+class LimitEvent(Record):
+    """An entitlement signal for enforcement services: `usage.limits`, key = customer_id.
+
+    `limit_event_id` is deterministic per (customer, feature, period, kind, threshold), so a consumer
+    can deduplicate a re-sent signal by it.
+    """
+
+    limit_event_id: str
+    kind: LimitKind
+    customer_id: Identifier
+    subject_id: str | None = None
+    feature: Identifier
+    meter: str | None = None
+    period_start: datetime
+    period_end: datetime
+    threshold: int | None = None  # percent of the limit (threshold_crossed), else None
+    usage: Decimal
+    limit: Decimal | None = None
+    event_id: str | None = None  # the usage event that crossed
+    occurred_at: datetime
+
+
+def limit_event_id(
+    customer_id: str, feature: str, period_start: datetime, kind: LimitKind, threshold: int | None
+) -> str:
+    suffix = "" if threshold is None else f"|{threshold}"
+    return f"{customer_id}|{feature}|{period_start.astimezone(UTC).isoformat()}|{kind.value}{suffix}"
+
+
+class KafkaPosition(Record):
+    topic: str
+    partition: int
+    offset: int
+
+
+class DuplicateReceipt(Record):
+    """Proof that a copy of an already counted event arrived and was not counted: `usage.duplicates`."""
+
+    customer_id: Identifier
+    event_id: Identifier
+    meter: str
+    quantity: Decimal
+    first_seen: KafkaPosition
+    duplicate: KafkaPosition
+    received_at: datetime
+
+
+class DeadLetter(Record):
+    """A record that could not be accepted, with why and the original bytes: `usage.dlq`."""
+
+    reason: str  # stable code, e.g. "undecodable", "unknown_meter", "outside_dedup_window"
+    message: str  # human explanation naming the field
+    original_key: bytes | None
+    original_value: bytes | None
+    source: KafkaPosition
+    service: str
+    rejected_at: datetime
+
+
+def now_utc() -> datetime:
+    return utc_millis(datetime.now(UTC))

@@ -1,0 +1,1 @@
+"""metergate services: one sub-package per running process, each a thin shell around metergate."""
