@@ -46,7 +46,10 @@ class KafkaSettings(BaseSettings):
         """librdkafka (confluent-kafka) connection properties."""
         if not self.bootstrap:
             raise ValueError("METERGATE_KAFKA_BOOTSTRAP is not set and no embedded broker was started")
-        config = {"bootstrap.servers": self.bootstrap}
+        return self.client_config_for(self.bootstrap)
+
+    def client_config_for(self, bootstrap: str) -> dict[str, str]:
+        config = {"bootstrap.servers": bootstrap}
         if self.security_protocol:
             config["security.protocol"] = self.security_protocol
         if self.sasl_mechanism:
