@@ -11,7 +11,9 @@ _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 def check_schema_name(schema: str) -> str:
     if not _SCHEMA_NAME.match(schema):
-        raise ValueError(f"database schema: expected a lowercase identifier ([a-z_][a-z0-9_]*), got {schema!r}")
+        raise ValueError(
+            f"database schema: expected a lowercase identifier ([a-z_][a-z0-9_]*), got {schema!r}"
+        )
     return schema
 
 

@@ -158,7 +158,9 @@ class EmbeddedPostgres:
         with psycopg.connect(
             host=self.host, port=self.port, user="postgres", dbname="postgres", autocommit=True
         ) as connection:
-            exists = connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,)).fetchone()
+            exists = connection.execute(
+                "SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,)
+            ).fetchone()
             if exists is None:
                 connection.execute(f'CREATE DATABASE "{DATABASE}"')
 

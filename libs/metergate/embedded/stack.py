@@ -88,7 +88,9 @@ class EmbeddedStack:
                 log.info("embedded PostgreSQL on %s (pid %s)", database_url, self.postgres.pid)
             if bootstrap and self.create_topics:
                 config = {**self.kafka.client_config_for(bootstrap)}
-                ensure_topics(config, Topics(self.kafka.topic_prefix), self.kafka.partitions, self.kafka.replication)
+                ensure_topics(
+                    config, Topics(self.kafka.topic_prefix), self.kafka.partitions, self.kafka.replication
+                )
             if database_url and self.migrate:
                 upgrade(database_url, self.database.schema_name)
         except BaseException:

@@ -20,7 +20,9 @@ class TopicSpec:
 TOPIC_SPECS: tuple[TopicSpec, ...] = (
     TopicSpec("usage.events", False, True, "UsageEvent, key customer_id: what producers emit"),
     TopicSpec("usage.aggregates", True, True, "UsageAggregate, key customer|meter|period: running totals"),
-    TopicSpec("usage.limits", False, True, "LimitEvent, key customer_id: threshold/limit/overage/credit signals"),
+    TopicSpec(
+        "usage.limits", False, True, "LimitEvent, key customer_id: threshold/limit/overage/credit signals"
+    ),
     TopicSpec("usage.duplicates", False, True, "DuplicateReceipt, key customer_id: copies not counted"),
     TopicSpec("usage.dlq", False, False, "DeadLetter: rejected records with reason and original bytes"),
     TopicSpec("entitlements.snapshots", True, True, "EntitlementSnapshot, key customer_id"),

@@ -1,0 +1,1 @@
+"""Test support: the pytest plugin (services for tests) and helpers to read topics."""

@@ -21,7 +21,9 @@ def run_migrations_online() -> None:
     engine = make_engine(url, schema)
     try:
         with engine.connect() as connection:
-            context.configure(connection=connection, version_table_schema=schema, transaction_per_migration=True)
+            context.configure(
+                connection=connection, version_table_schema=schema, transaction_per_migration=True
+            )
             with context.begin_transaction():
                 context.run_migrations()
             connection.commit()
