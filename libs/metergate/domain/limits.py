@@ -1,0 +1,71 @@
+"""Limit evaluation: which limit events a feature's usage calls for (pure).
+
+For a metered feature with usage `u` in the current period:
+
+| kind | when | threshold |
+| --- | --- | --- |
+| threshold_crossed | a limit > 0 is set and u >= limit * t / 100, for each t in thresholds | t |
+| overage_started | usage beyond the included units is priced (pricing model not none), included > 0, and u > included | - |
+| limit_reached | a limit is set and u >= limit (and u > 0) | - |
+| hard_limit_exceeded | enforcement is hard and u > limit | - |
+
+Soft enforcement only signals; hard enforcement additionally says that usage went past the limit
+(enforcement services block before that, using the entitlement check). Each event is due once per
+(customer, feature, period, kind, threshold): the caller keeps the `mark`s of those already sent.
+The evaluation depends only on the usage figure, never on how it got there, so a replay after a
+crash finds the same events due at the same events of the log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+from decimal import Decimal
+
+from metergate.domain.records import Enforcement, FeatureEntitlement, FeatureKind, LimitKind, PricingModel
+
+_ZERO = Decimal(0)
+
+
+@dataclass(frozen=True, slots=True)
+class DueLimit:
+    feature: str
+    kind: LimitKind
+    threshold: int | None
+    limit: Decimal | None
+
+    @property
+    def mark(self) -> str:
+        return mark(self.feature, self.kind, self.threshold)
+
+
+def mark(feature: str, kind: LimitKind, threshold: int | None) -> str:
+    return f"{feature}|{kind.value}|{'' if threshold is None else threshold}"
+
+
+def watches(feature: FeatureEntitlement) -> bool:
+    """Whether the feature can ever call for a limit event (so callers skip the rest cheaply)."""
+    if feature.kind is not FeatureKind.METERED or not feature.enabled:
+        return False
+    overage = feature.pricing.model is not PricingModel.NONE and feature.included > 0
+    return feature.limit is not None or overage
+
+
+def due(feature: FeatureEntitlement, usage: Decimal, emitted: Collection[str]) -> list[DueLimit]:
+    """Limit events the usage calls for that are not in `emitted`, in a stable order."""
+    if not watches(feature) or usage <= _ZERO:
+        return []
+    name = feature.feature
+    limit = feature.limit
+    found: list[DueLimit] = []
+    if limit is not None and limit > 0:
+        for threshold in sorted(set(feature.thresholds)):
+            if usage * 100 >= limit * threshold:
+                found.append(DueLimit(name, LimitKind.THRESHOLD_CROSSED, threshold, limit))
+    if feature.pricing.model is not PricingModel.NONE and feature.included > 0 and usage > feature.included:
+        found.append(DueLimit(name, LimitKind.OVERAGE_STARTED, None, limit))
+    if limit is not None and usage >= limit:
+        found.append(DueLimit(name, LimitKind.LIMIT_REACHED, None, limit))
+        if feature.enforcement is Enforcement.HARD and usage > limit:
+            found.append(DueLimit(name, LimitKind.HARD_LIMIT_EXCEEDED, None, limit))
+    return [item for item in found if item.mark not in emitted]
