@@ -11,6 +11,7 @@ import click
 COMMANDS: tuple[tuple[str, str], ...] = (
     ("metergate.cli.dev", "dev"),
     ("metergate.cli.topics", "topics"),
+    ("metergate.cli.db", "db"),
     ("metergate.cli.emit", "emit"),
     ("metergate.cli.catalog", "catalog"),
     ("metergate.cli.credits", "credits"),
@@ -36,3 +37,7 @@ for _module, _attribute in COMMANDS:
             raise
         continue
     main.add_command(_command)
+
+
+if __name__ == "__main__":
+    main()

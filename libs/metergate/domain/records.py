@@ -50,7 +50,7 @@ def check_decimal(value: Decimal, *, name: str, scale: int, precision: int, allo
         raise ValueError(f"{name} has more than {scale} digits after the point: {value}")
     limit = Decimal(10) ** (precision - scale)
     if abs(value) >= limit:
-        raise ValueError(f"{name} must be below {limit}, got {value}")
+        raise ValueError(f"{name} must be below 10^{precision - scale}, got {value}")
     return value
 
 
@@ -115,7 +115,7 @@ def invalid_event_from(exc: ValidationError) -> InvalidEvent:
     first = exc.errors()[0]
     field = ".".join(str(part) for part in first["loc"]) or "event"
     kind = first["type"]
-    message = first["msg"].removeprefix("Value error, ")
+    message = first["msg"].removeprefix("Value error, ").removeprefix(f"{field} ")
     if kind == "missing":
         reason = "missing_field"
         message = "required field is missing"

@@ -1,0 +1,100 @@
+"""`metergate dev up` starts a working stack; Ctrl-C, SIGTERM, even a SIGKILL of it, leave no process behind."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+from confluent_kafka.admin import AdminClient
+
+from metergate.kafka.topics import TOPIC_SPECS
+
+pytestmark = pytest.mark.integration
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _descendants(roots: list[int]) -> set[int]:
+    """Every live process under `roots` (postgres forks its checkpointer, walwriter, backends...)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    found = {pid for pid in roots if _alive(pid)}
+    grew = True
+    while grew:
+        new = {pid for pid, parent in parents.items() if parent in found and pid not in found and _alive(pid)}
+        found |= new
+        grew = bool(new)
+    return found
+
+
+def _check_stack_works(settings: dict[str, str]) -> None:
+    admin = AdminClient({"bootstrap.servers": settings["METERGATE_KAFKA_BOOTSTRAP"]})
+    assert {spec.name for spec in TOPIC_SPECS} <= set(admin.list_topics(timeout=10).topics)
+    url = settings["METERGATE_DATABASE_URL"].replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(url) as connection:
+        assert connection.execute("SELECT version_num FROM metergate.alembic_version").fetchone() is not None
+
+
+def _start(tmp_path: Path) -> tuple[subprocess.Popen[str], dict[str, str], list[int]]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("METERGATE_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "metergate.cli.main", "dev", "up", "--data-dir", str(tmp_path / "stack")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )
+    lines: list[str] = []
+    deadline = time.monotonic() + 60
+    assert process.stdout is not None
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if "Ctrl-C stops the stack" in line:
+            break
+    output = "".join(lines)
+    assert "Ctrl-C stops the stack" in output, output
+    settings = dict(re.findall(r"^\s+(METERGATE_\w+)=(\S+)$", output, re.M))
+    pids = [int(pid) for pid in re.findall(r"pid (\d+)", output)]
+    return process, settings, pids
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm", "sigkill"])
+def test_stack_stops_without_orphans(tmp_path, how):
+    process, settings, pids = _start(tmp_path)
+    try:
+        assert len(pids) == 2 and all(_alive(pid) for pid in pids)
+        _check_stack_works(settings)  # topics exist, PostgreSQL is migrated
+        assert (tmp_path / "stack" / "stack.env").read_text().count("export METERGATE_") == 4
+        started = _descendants([process.pid])
+        assert set(pids) <= started and len(started) > 3  # postgres has its helper processes
+    finally:
+        sent = {"ctrl-c": signal.SIGINT, "sigterm": signal.SIGTERM, "sigkill": signal.SIGKILL}[how]
+        process.send_signal(sent)
+        process.wait(timeout=60)
+        assert process.stdout is not None
+        process.stdout.close()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(_alive(pid) for pid in started):
+        time.sleep(0.1)
+    assert sorted(pid for pid in started if _alive(pid)) == []
+    if how != "sigkill":
+        assert process.returncode == 0
