@@ -1,0 +1,407 @@
+"""Pricing: from a running usage total and a customer's resolved entitlements to charges (pure).
+
+Rules (the same ones `services/rating/README.md` states for finance):
+
+- **Included units first.** A metered feature's `included` units are covered by the base fee; every
+  pricing model applies to the *billable* quantity, `max(quantity - included, 0)`.
+- **Models** (`Pricing.model`):
+  - `none`: usage is tracked, the amount is zero;
+  - `per_unit`: billable x `unit_price`;
+  - `package`: every *started* block of `package_size` units costs `unit_price`
+    (`ceil(billable / package_size) x unit_price`; a block filled exactly is not a started new one);
+  - `graduated`: the billable quantity is cut into tiers; each tier prices the units that fall in
+    it at its own `unit_price`, plus its `flat_fee` once when any unit falls in it. The total is
+    the sum of the tiers;
+  - `volume`: the whole billable quantity is priced at the tier it falls in: billable x that
+    tier's `unit_price` + that tier's `flat_fee`.
+  Tier bounds (`up_to`) are inclusive and cumulative over the billable quantity, strictly
+  increasing; the last tier is unbounded (`up_to = None`). Zero billable units cost nothing in
+  every model (no flat fee, no package).
+- **Base fee** per billing period, a charge of its own (quantity 1).
+- **Price overrides** per subscription/contract are already applied by the catalog: the snapshot
+  is resolved per customer, so its `Pricing` *is* the price agreed for that subscription.
+- **Currency per plan** (`EntitlementSnapshot.currency`, ISO 4217).
+- **Rounding happens once**, on the charge amount, to the currency's minor unit, half-up. Every
+  intermediate figure is exact: the arithmetic runs in a 100-digit decimal context that traps
+  inexact overflow, so nothing is rounded silently (Decimal's default context keeps 28 digits,
+  which a 38-digit quantity times a 12-decimal price exceeds).
+- **Monotone.** For `none`, `per_unit`, `package` and `graduated` the amount never decreases when
+  usage grows. `volume` is monotone inside a tier; across a tier boundary it falls when the next
+  tier is cheaper - that is what a volume discount is. The credit ledger handles a falling amount
+  (see `metergate.domain.ledger`).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import (
+    ROUND_HALF_UP,
+    Context,
+    Decimal,
+    DivisionByZero,
+    InvalidOperation,
+    Overflow,
+    localcontext,
+)
+
+from metergate.domain.records import (
+    EntitlementSnapshot,
+    FeatureEntitlement,
+    FeatureKind,
+    PriceTier,
+    Pricing,
+    PricingModel,
+)
+from metergate.errors import InvalidInput
+
+ZERO = Decimal(0)
+ONE = Decimal(1)
+
+#: Exact arithmetic: products and sums of 38-digit quantities and 38-digit prices fit in 100 digits.
+_EXACT = Context(prec=100, rounding=ROUND_HALF_UP, traps=[InvalidOperation, DivisionByZero, Overflow])
+
+#: ISO 4217 minor units that are not 2 (every other currency has 2 decimals).
+_MINOR_UNITS: dict[str, int] = {
+    **dict.fromkeys(
+        ("BIF CLP DJF GNF ISK JPY KMF KRW PYG RWF UGX UYI VND VUV XAF XOF XPF").split(),
+        0,
+    ),
+    **dict.fromkeys("BHD IQD JOD KWD LYD OMR TND".split(), 3),
+    **dict.fromkeys("CLF UYW".split(), 4),
+}
+
+
+class PricingError(InvalidInput):
+    """A price that cannot be applied (bad tiers, package size, currency); the record goes to the DLQ."""
+
+    reason = "invalid_pricing"
+
+
+class ChargeType(enum.StrEnum):
+    USAGE = "usage"
+    BASE_FEE = "base_fee"
+
+
+class ChargeStatus(enum.StrEnum):
+    RATED = "rated"  # priced with the customer's plan
+    UNPRICED = "unpriced"  # usage recorded at zero: see `unpriced_reason`
+    SUPERSEDED = "superseded"  # an earlier rating of the same aggregate that no longer applies
+
+
+class UnpricedReason(enum.StrEnum):
+    UNKNOWN_PLAN = "unknown_plan"  # no entitlement snapshot for the customer (also sent to the DLQ)
+    NO_SUBSCRIPTION = "no_subscription"  # snapshot without a subscription: nothing is priced
+    METER_NOT_IN_PLAN = "meter_not_in_plan"  # the plan has no metered feature on this meter
+    INVALID_PRICING = "invalid_pricing"  # the feature's pricing cannot be applied (also DLQ)
+
+
+def minor_units(currency: str) -> int:
+    """Decimals of the currency's minor unit (ISO 4217); 2 unless listed otherwise."""
+    if len(currency) != 3 or not currency.isalpha() or not currency.isupper():
+        raise PricingError(
+            f"currency: expected an ISO 4217 code of three capital letters, got {currency!r}",
+            reason="invalid_currency",
+            field="currency",
+        )
+    return _MINOR_UNITS.get(currency, 2)
+
+
+def round_money(amount: Decimal, currency: str) -> Decimal:
+    """Round once, to the currency's minor unit, half-up (0.005 USD -> 0.01; -0.005 -> -0.01)."""
+    with localcontext(_EXACT):
+        return amount.quantize(ONE.scaleb(-minor_units(currency)), rounding=ROUND_HALF_UP)
+
+
+def is_minor_exact(amount: Decimal, currency: str) -> bool:
+    """True when `amount` needs no rounding in `currency` (credit grants must be such amounts)."""
+    return round_money(amount, currency) == amount
+
+
+def billable_quantity(quantity: Decimal, included: Decimal) -> Decimal:
+    """Units beyond the included ones; never negative."""
+    with localcontext(_EXACT):
+        return max(quantity - included, ZERO)
+
+
+def validate_pricing(pricing: Pricing, *, where: str = "pricing") -> None:
+    """Raise PricingError naming the field when `pricing` cannot be applied."""
+    if pricing.unit_price < 0:
+        raise PricingError(
+            f"{where}.unit_price: expected >= 0, got {pricing.unit_price}", field=f"{where}.unit_price"
+        )
+    if pricing.model is PricingModel.PACKAGE and pricing.package_size <= 0:
+        raise PricingError(
+            f"{where}.package_size: expected a positive number of units, got {pricing.package_size}",
+            field=f"{where}.package_size",
+        )
+    if pricing.model in (PricingModel.GRADUATED, PricingModel.VOLUME):
+        _validate_tiers(pricing.tiers, where=f"{where}.tiers")
+
+
+def _validate_tiers(tiers: tuple[PriceTier, ...], *, where: str) -> None:
+    if not tiers:
+        raise PricingError(f"{where}: expected at least one tier, got none", field=where)
+    previous = ZERO
+    for index, tier in enumerate(tiers):
+        name = f"{where}[{index}]"
+        if tier.unit_price < 0 or tier.flat_fee < 0:
+            raise PricingError(
+                f"{name}: expected unit_price and flat_fee >= 0, got {tier.unit_price} and {tier.flat_fee}",
+                field=name,
+            )
+        last = index == len(tiers) - 1
+        if tier.up_to is None:
+            if not last:
+                raise PricingError(
+                    f"{name}.up_to: only the last tier may be unbounded", field=f"{name}.up_to"
+                )
+            continue
+        if last:
+            raise PricingError(
+                f"{name}.up_to: the last tier must be unbounded (up_to null), got {tier.up_to}",
+                field=f"{name}.up_to",
+            )
+        if tier.up_to <= previous:
+            raise PricingError(
+                f"{name}.up_to: expected tiers in strictly increasing order (> {previous}), got {tier.up_to}",
+                field=f"{name}.up_to",
+            )
+        previous = tier.up_to
+
+
+@dataclass(frozen=True)
+class Price:
+    """The unrounded price of a billable quantity and the unit price applied (None when mixed)."""
+
+    amount: Decimal
+    unit_price: Decimal | None
+    detail: str  # how the amount was made, for people: "2 x 15 (package of 100)"
+
+
+def price(pricing: Pricing, billable: Decimal) -> Price:
+    """Unrounded amount of `billable` units under `pricing` (which must be valid)."""
+    with localcontext(_EXACT):
+        if billable <= 0:
+            return Price(ZERO, _headline_price(pricing), "no billable units")
+        model = pricing.model
+        if model is PricingModel.NONE:
+            return Price(ZERO, None, "not priced")
+        if model is PricingModel.PER_UNIT:
+            return Price(
+                billable * pricing.unit_price, pricing.unit_price, f"{billable} x {pricing.unit_price}"
+            )
+        if model is PricingModel.PACKAGE:
+            packages = started_packages(billable, pricing.package_size)
+            return Price(
+                packages * pricing.unit_price,
+                pricing.unit_price,
+                f"{packages} x {pricing.unit_price} (package of {pricing.package_size})",
+            )
+        if model is PricingModel.GRADUATED:
+            parts = graduated_parts(pricing.tiers, billable)
+            amount = sum((part for _, _, part in parts), ZERO)
+            detail = " + ".join(f"tier {index + 1}: {units} units = {part}" for index, units, part in parts)
+            return Price(amount, None, detail)
+        if model is PricingModel.VOLUME:
+            index, tier = volume_tier(pricing.tiers, billable)
+            amount = billable * tier.unit_price + tier.flat_fee
+            fee = f" + {tier.flat_fee}" if tier.flat_fee else ""
+            return Price(amount, tier.unit_price, f"tier {index + 1}: {billable} x {tier.unit_price}{fee}")
+        raise PricingError(f"pricing.model: unknown model {model!r}", field="pricing.model")
+
+
+def _headline_price(pricing: Pricing) -> Decimal | None:
+    if pricing.model in (PricingModel.PER_UNIT, PricingModel.PACKAGE):
+        return pricing.unit_price
+    return None
+
+
+def started_packages(billable: Decimal, package_size: Decimal) -> Decimal:
+    """Blocks of `package_size` needed for `billable` units: ceil(billable / package_size), exactly."""
+    with localcontext(_EXACT):
+        whole, rest = divmod(billable, package_size)
+        return whole + (ONE if rest else ZERO)
+
+
+def graduated_parts(tiers: tuple[PriceTier, ...], billable: Decimal) -> list[tuple[int, Decimal, Decimal]]:
+    """(tier index, units in the tier, amount of the tier) for every tier `billable` reaches."""
+    parts: list[tuple[int, Decimal, Decimal]] = []
+    with localcontext(_EXACT):
+        lower = ZERO
+        for index, tier in enumerate(tiers):
+            if billable <= lower:
+                break
+            upper = billable if tier.up_to is None else min(billable, tier.up_to)
+            units = upper - lower
+            parts.append((index, units, units * tier.unit_price + tier.flat_fee))
+            if tier.up_to is None:
+                break
+            lower = tier.up_to
+    return parts
+
+
+def volume_tier(tiers: tuple[PriceTier, ...], billable: Decimal) -> tuple[int, PriceTier]:
+    """The tier the whole quantity falls in (bounds inclusive)."""
+    for index, tier in enumerate(tiers):
+        if tier.up_to is None or billable <= tier.up_to:
+            return index, tier
+    raise PricingError("pricing.tiers: the last tier must be unbounded", field="pricing.tiers")
+
+
+@dataclass(frozen=True)
+class Charge:
+    """One billable line of one customer's period, before it is stored (amount already rounded)."""
+
+    charge: ChargeType
+    status: ChargeStatus
+    feature: str
+    meter: str | None
+    currency: str
+    quantity: Decimal
+    included_quantity: Decimal
+    billable_quantity: Decimal
+    pricing_model: str
+    unit_price: Decimal | None
+    amount: Decimal
+    detail: str
+    unpriced_reason: UnpricedReason | None = None
+
+
+def rate_feature(feature: FeatureEntitlement, quantity: Decimal, currency: str) -> Charge:
+    """The usage charge of one metered feature for a running total (raises PricingError)."""
+    where = f"features.{feature.feature}.pricing"
+    validate_pricing(feature.pricing, where=where)
+    billable = billable_quantity(quantity, feature.included)
+    priced = price(feature.pricing, billable)
+    return Charge(
+        charge=ChargeType.USAGE,
+        status=ChargeStatus.RATED,
+        feature=feature.feature,
+        meter=feature.meter,
+        currency=currency,
+        quantity=quantity,
+        included_quantity=feature.included,
+        billable_quantity=billable,
+        pricing_model=feature.pricing.model.value,
+        unit_price=priced.unit_price,
+        amount=round_money(priced.amount, currency),
+        detail=priced.detail,
+    )
+
+
+def unpriced_charge(
+    feature: str, meter: str, quantity: Decimal, currency: str, reason: UnpricedReason, detail: str
+) -> Charge:
+    """Usage recorded at zero: visible to finance, never billed, re-rated by the next version."""
+    return Charge(
+        charge=ChargeType.USAGE,
+        status=ChargeStatus.UNPRICED,
+        feature=feature,
+        meter=meter,
+        currency=currency,
+        quantity=quantity,
+        included_quantity=ZERO,
+        billable_quantity=ZERO,
+        pricing_model=PricingModel.NONE.value,
+        unit_price=None,
+        amount=ZERO,
+        detail=detail,
+        unpriced_reason=reason,
+    )
+
+
+@dataclass(frozen=True)
+class Rating:
+    """What a running total is worth under a customer's snapshot.
+
+    `charges`: one per metered feature on the meter (or one unpriced charge named after the meter).
+    `rejection`: set when the record must also go to the DLQ (reason code + message).
+    """
+
+    charges: tuple[Charge, ...]
+    rejection: InvalidInput | None = None
+
+
+def rate_usage(meter: str, quantity: Decimal, snapshot: EntitlementSnapshot | None) -> Rating:
+    """Price the running total of `meter` with the customer's resolved snapshot.
+
+    - no snapshot: one unpriced charge (`unknown_plan`) and a rejection for the DLQ;
+    - a snapshot without subscription: unpriced (`no_subscription`), no rejection;
+    - a meter no metered feature uses: unpriced (`meter_not_in_plan`), no rejection;
+    - a feature whose pricing cannot be applied: unpriced (`invalid_pricing`) and a rejection.
+    """
+    if quantity < 0 or not quantity.is_finite():
+        raise InvalidInput(
+            f"value: expected a finite running total >= 0, got {quantity}",
+            reason="invalid_value",
+            field="value",
+        )
+    if snapshot is None:
+        message = f"no entitlement snapshot for the customer: {meter} usage recorded unpriced"
+        return Rating(
+            (unpriced_charge(meter, meter, quantity, "USD", UnpricedReason.UNKNOWN_PLAN, message),),
+            InvalidInput(message, reason=UnpricedReason.UNKNOWN_PLAN.value, field="customer_id"),
+        )
+    currency = snapshot.currency
+    minor_units(currency)  # raises on a bad code
+    if snapshot.subscription_id is None:
+        return Rating(
+            (
+                unpriced_charge(
+                    meter, meter, quantity, currency, UnpricedReason.NO_SUBSCRIPTION, "no subscription"
+                ),
+            )
+        )
+    features = [f for f in snapshot.metered(meter) if f.kind is FeatureKind.METERED]
+    if not features:
+        detail = f"plan {snapshot.plan_key} v{snapshot.plan_version} has no metered feature on {meter}"
+        return Rating(
+            (unpriced_charge(meter, meter, quantity, currency, UnpricedReason.METER_NOT_IN_PLAN, detail),)
+        )
+    charges: list[Charge] = []
+    rejection: InvalidInput | None = None
+    for feature in features:
+        try:
+            charges.append(rate_feature(feature, quantity, currency))
+        except PricingError as exc:
+            charges.append(
+                unpriced_charge(
+                    feature.feature, meter, quantity, currency, UnpricedReason.INVALID_PRICING, exc.message
+                )
+            )
+            rejection = rejection or exc
+    return Rating(tuple(charges), rejection)
+
+
+def base_fee_charge(snapshot: EntitlementSnapshot) -> Charge | None:
+    """The period's base fee of a subscription (None when there is no subscription or no fee)."""
+    if snapshot.subscription_id is None or snapshot.base_fee == 0:
+        return None
+    if snapshot.base_fee < 0:
+        raise PricingError(f"base_fee: expected >= 0, got {snapshot.base_fee}", field="base_fee")
+    amount = round_money(snapshot.base_fee, snapshot.currency)
+    return Charge(
+        charge=ChargeType.BASE_FEE,
+        status=ChargeStatus.RATED,
+        feature="base_fee",
+        meter=None,
+        currency=snapshot.currency,
+        quantity=ONE,
+        included_quantity=ZERO,
+        billable_quantity=ONE,
+        pricing_model="flat",
+        unit_price=snapshot.base_fee,
+        amount=amount,
+        detail=f"base fee of plan {snapshot.plan_key} v{snapshot.plan_version}",
+    )
+
+
+def line_key(
+    customer_id: str, subscription_id: str, feature: str, period_start: datetime, charge: ChargeType
+) -> str:
+    """Identity of a line item: (customer, subscription, feature, period, charge)."""
+    return (
+        f"{customer_id}|{subscription_id}|{feature}|{period_start.astimezone(UTC).isoformat()}|{charge.value}"
+    )

@@ -1,0 +1,271 @@
+"""Rating: fold aggregate versions into line items and credit-ledger entries (pure: no I/O).
+
+The rating consumer loads, for one poll batch, the current line items of the aggregate keys in it
+and the credit wallets of their customers, feeds every record to `RatingFold.apply` in offset
+order, and writes what the fold changed in one transaction. The rules:
+
+- An aggregate key's lines carry the version they were computed from; a record whose version is not
+  newer is **stale** and changes nothing (replays, redeliveries, out-of-order copies).
+- A newer version is priced with the customer's current snapshot (`pricing.rate_usage`): one usage
+  line per metered feature on the meter, keyed (customer, subscription, feature, period, charge).
+  The subscription is the aggregate's (metering assigned the period from it), else the snapshot's.
+- A line the key had before but the new rating no longer produces (a snapshot arrived for a
+  customer rated `unknown_plan`, the plan moved the meter to another feature, the subscription
+  changed) is **superseded**: kept for audit with amount 0, so a running total is never billed
+  twice.
+- Every line whose amount changes moves the customer's credit (`ledger.change_line_amount`).
+- The period's base fee of the subscription becomes a line of its own the first time usage of that
+  period is rated (and follows newer snapshot versions). It is invoiced, not paid from credits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from decimal import Decimal
+
+from metergate.domain.ledger import CreditChange, Depletion, Entry, Wallet, change_line_amount
+from metergate.domain.pricing import (
+    Charge,
+    ChargeStatus,
+    ChargeType,
+    base_fee_charge,
+    line_key,
+    rate_usage,
+)
+from metergate.domain.records import EntitlementSnapshot, UsageAggregate
+from metergate.errors import InvalidInput
+
+ZERO = Decimal(0)
+
+
+@dataclass(frozen=True)
+class Line:
+    """A line item as stored: the latest rating of one charge of one customer's period."""
+
+    line_key: str
+    aggregate_key: str | None  # None for the base fee
+    customer_id: str
+    subscription_id: str  # "" when the customer has no subscription
+    plan_key: str | None
+    plan_version: int | None
+    feature: str
+    meter: str | None
+    charge: ChargeType
+    status: ChargeStatus
+    unpriced_reason: str | None
+    period_start: datetime
+    period_end: datetime
+    currency: str
+    quantity: Decimal
+    included_quantity: Decimal
+    billable_quantity: Decimal
+    pricing_model: str
+    unit_price: Decimal | None
+    amount: Decimal
+    credits_applied: Decimal
+    detail: str
+    aggregate_version: int | None
+    snapshot_version: int | None
+    event_count: int
+    last_event_id: str | None
+    last_event_at: datetime | None
+
+    @property
+    def amount_due(self) -> Decimal:
+        return self.amount - self.credits_applied
+
+
+@dataclass(frozen=True)
+class Applied:
+    """The outcome of one record: `stale`, or the lines it changed and (maybe) why it is also DLQ'd."""
+
+    stale: bool
+    lines: tuple[Line, ...] = ()
+    rejection: InvalidInput | None = None
+
+
+@dataclass
+class RatingFold:
+    """State of one batch: starts from what the database holds, accumulates what changes."""
+
+    #: aggregate_key -> {line_key: Line}, as loaded (every key of the batch, possibly empty)
+    lines: dict[str, dict[str, Line]]
+    #: (customer_id, currency) -> wallet; only customers with a credit account
+    wallets: dict[tuple[str, str], Wallet]
+    #: line_key -> credit used per grant (only lines that use credit)
+    credits: dict[str, dict[str, Decimal]]
+    #: base-fee line_key -> snapshot version stored (lines already in the database)
+    base_fees: dict[str, int | None] = field(default_factory=dict)
+
+    changed: dict[str, Line] = field(default_factory=dict)
+    entries: list[Entry] = field(default_factory=list)
+    depletions: list[tuple[Depletion, UsageAggregate, Line]] = field(default_factory=list)
+    updates: int = 0
+    stale: int = 0
+
+    def version_of(self, key: str) -> int | None:
+        versions = [
+            line.aggregate_version for line in self.lines.get(key, {}).values() if line.aggregate_version
+        ]
+        return max(versions) if versions else None
+
+    def apply(self, aggregate: UsageAggregate, snapshot: EntitlementSnapshot | None) -> Applied:
+        """Rate one aggregate version (raises InvalidInput when its value cannot be rated at all)."""
+        key = aggregate.key
+        current = self.version_of(key)
+        if current is not None and aggregate.version <= current:
+            self.stale += 1
+            return Applied(stale=True)
+        rating = rate_usage(aggregate.meter, aggregate.value, snapshot)
+        subscription = aggregate.subscription_id or (snapshot.subscription_id if snapshot else None) or ""
+        previous = self.lines.setdefault(key, {})
+        now_lines: dict[str, Line] = {}
+        for charge in rating.charges:
+            lk = line_key(
+                aggregate.customer_id, subscription, charge.feature, aggregate.period_start, charge.charge
+            )
+            now_lines[lk] = self._line(lk, key, aggregate, snapshot, subscription, charge, previous.get(lk))
+        for lk, old in previous.items():
+            if lk not in now_lines and old.status is not ChargeStatus.SUPERSEDED:
+                now_lines[lk] = replace(
+                    old,
+                    status=ChargeStatus.SUPERSEDED,
+                    amount=ZERO,
+                    detail=f"superseded by version {aggregate.version}",
+                    aggregate_version=aggregate.version,
+                )
+        changed: list[Line] = []
+        for lk, line in now_lines.items():
+            old = previous.get(lk)
+            line = self._move_credit(line, old, aggregate)
+            previous[lk] = line
+            self.changed[lk] = line
+            changed.append(line)
+        if snapshot is not None:
+            self._base_fee(aggregate, snapshot, subscription)
+        self.updates += 1
+        return Applied(stale=False, lines=tuple(changed), rejection=rating.rejection)
+
+    def _line(
+        self,
+        lk: str,
+        key: str,
+        aggregate: UsageAggregate,
+        snapshot: EntitlementSnapshot | None,
+        subscription: str,
+        charge: Charge,
+        old: Line | None,
+    ) -> Line:
+        return Line(
+            line_key=lk,
+            aggregate_key=key,
+            customer_id=aggregate.customer_id,
+            subscription_id=subscription,
+            plan_key=aggregate.plan_key or (snapshot.plan_key if snapshot else None),
+            plan_version=aggregate.plan_version or (snapshot.plan_version if snapshot else None),
+            feature=charge.feature,
+            meter=aggregate.meter,
+            charge=charge.charge,
+            status=charge.status,
+            unpriced_reason=charge.unpriced_reason.value if charge.unpriced_reason else None,
+            period_start=aggregate.period_start,
+            period_end=aggregate.period_end,
+            currency=charge.currency,
+            quantity=charge.quantity,
+            included_quantity=charge.included_quantity,
+            billable_quantity=charge.billable_quantity,
+            pricing_model=charge.pricing_model,
+            unit_price=charge.unit_price,
+            amount=charge.amount,
+            credits_applied=old.credits_applied if old else ZERO,
+            detail=charge.detail,
+            aggregate_version=aggregate.version,
+            snapshot_version=snapshot.version if snapshot else None,
+            event_count=aggregate.event_count,
+            last_event_id=aggregate.last_event_id,
+            last_event_at=aggregate.last_event_at,
+        )
+
+    def _move_credit(self, line: Line, old: Line | None, aggregate: UsageAggregate) -> Line:
+        old_amount = old.amount if old else ZERO
+        old_credits = self.credits.get(line.line_key, {})
+        if line.amount == old_amount and (not old_credits or (old and old.currency == line.currency)):
+            return line
+        if old is not None and old.currency != line.currency and old_credits:
+            # The charge changed currency (a new plan): give back all credit in the old currency,
+            # then draw afresh in the new one.
+            back = change_line_amount(
+                self.wallets.get((line.customer_id, old.currency)),
+                line_key=line.line_key,
+                customer_id=line.customer_id,
+                old_amount=old_amount,
+                new_amount=ZERO,
+                credits_by_grant=old_credits,
+                version=aggregate.version,
+                used_at=aggregate.last_event_at,
+            )
+            self._record(back, aggregate, line)
+            old_amount, old_credits = ZERO, {}
+        change = change_line_amount(
+            self.wallets.get((line.customer_id, line.currency)),
+            line_key=line.line_key,
+            customer_id=line.customer_id,
+            old_amount=old_amount,
+            new_amount=line.amount,
+            credits_by_grant=old_credits,
+            version=aggregate.version,
+            used_at=aggregate.last_event_at,
+        )
+        line = replace(line, credits_applied=change.credits_applied)
+        self._record(change, aggregate, line)
+        return line
+
+    def _record(self, change: CreditChange, aggregate: UsageAggregate, line: Line) -> None:
+        self.entries.extend(change.entries)
+        if change.credits_by_grant:
+            self.credits[line.line_key] = change.credits_by_grant
+        else:
+            self.credits.pop(line.line_key, None)
+        if change.depletion is not None:
+            self.depletions.append((change.depletion, aggregate, line))
+
+    def _base_fee(self, aggregate: UsageAggregate, snapshot: EntitlementSnapshot, subscription: str) -> None:
+        charge = base_fee_charge(snapshot)
+        if charge is None or not subscription:
+            return
+        lk = line_key(
+            aggregate.customer_id, subscription, charge.feature, aggregate.period_start, charge.charge
+        )
+        if lk in self.base_fees and (self.base_fees[lk] or 0) >= snapshot.version:
+            return
+        self.base_fees[lk] = snapshot.version
+        self.changed[lk] = Line(
+            line_key=lk,
+            aggregate_key=None,
+            customer_id=aggregate.customer_id,
+            subscription_id=subscription,
+            plan_key=snapshot.plan_key,
+            plan_version=snapshot.plan_version,
+            feature=charge.feature,
+            meter=None,
+            charge=charge.charge,
+            status=charge.status,
+            unpriced_reason=None,
+            period_start=aggregate.period_start,
+            period_end=aggregate.period_end,
+            currency=charge.currency,
+            quantity=charge.quantity,
+            included_quantity=charge.included_quantity,
+            billable_quantity=charge.billable_quantity,
+            pricing_model=charge.pricing_model,
+            unit_price=charge.unit_price,
+            amount=charge.amount,
+            credits_applied=ZERO,
+            detail=charge.detail,
+            aggregate_version=None,
+            snapshot_version=snapshot.version,
+            event_count=0,
+            last_event_id=None,
+            last_event_at=None,
+        )
