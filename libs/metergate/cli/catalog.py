@@ -24,7 +24,9 @@ def load_catalog(path: Path) -> Catalog:
     return parse_catalog(document, source=str(path))
 
 
-def publish_catalog(catalog: Catalog, client_config: dict[str, str], *, prefix: str = "", version: int | None = None) -> int:
+def publish_catalog(
+    catalog: Catalog, client_config: dict[str, str], *, prefix: str = "", version: int | None = None
+) -> int:
     """Publish meters to catalog.meters and one snapshot per subscribed customer; returns the version.
 
     The snapshot version defaults to the current time in milliseconds, so every apply publishes a
@@ -45,11 +47,16 @@ def publish_catalog(catalog: Catalog, client_config: dict[str, str], *, prefix: 
 
     meter_codec = codec(MeterDefinition)
     for meter in catalog.meters.values():
-        producer.produce(topics.meters, meter_codec.encode(meter), meter.meter.encode(), on_delivery=delivered)
+        producer.produce(
+            topics.meters, meter_codec.encode(meter), meter.meter.encode(), on_delivery=delivered
+        )
     snapshot_codec = codec(EntitlementSnapshot)
     for snapshot in catalog.snapshots(version=version, updated_at=now_utc()):
         producer.produce(
-            topics.snapshots, snapshot_codec.encode(snapshot), snapshot.customer_id.encode(), on_delivery=delivered
+            topics.snapshots,
+            snapshot_codec.encode(snapshot),
+            snapshot.customer_id.encode(),
+            on_delivery=delivered,
         )
     remaining = producer.flush(30)
     if remaining or failures:
@@ -84,7 +91,9 @@ def apply(file: Path) -> None:
     settings = KafkaSettings()
     version = publish_catalog(parsed, settings.client_config(), prefix=settings.topic_prefix)
     _summary(parsed)
-    click.echo(f"published {len(parsed.meters)} meters and {len(parsed.subscriptions)} snapshots (version {version})")
+    click.echo(
+        f"published {len(parsed.meters)} meters and {len(parsed.subscriptions)} snapshots (version {version})"
+    )
 
 
 def _summary(parsed: Catalog) -> None:

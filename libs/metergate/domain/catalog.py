@@ -57,8 +57,8 @@ from metergate.domain.records import (
     QUANTITY_PRECISION,
     QUANTITY_SCALE,
     Aggregation,
-    EntitlementSnapshot,
     Enforcement,
+    EntitlementSnapshot,
     FeatureEntitlement,
     FeatureKind,
     MeterDefinition,
@@ -188,14 +188,16 @@ class _Reader:
             if isinstance(value, int) and not isinstance(value, bool):
                 self.fail(path, f"expected an integer >= 0, got {value}")
             else:
-                self.fail(path, f"expected an integer >= 0 or a decimal string like \"2.5\", got {_shown(value)}")
+                self.fail(
+                    path, f'expected an integer >= 0 or a decimal string like "2.5", got {_shown(value)}'
+                )
             return None
         return self._checked(number, path, QUANTITY_SCALE, QUANTITY_PRECISION)
 
     def price(self, value: Any, path: str) -> Decimal | None:
         number = _number(value)
         if number is None or number < 0:
-            self.fail(path, f"expected a price >= 0 such as \"0.002\", got {_shown(value)}")
+            self.fail(path, f'expected a price >= 0 such as "0.002", got {_shown(value)}')
             return None
         return self._checked(number, path, PRICE_SCALE, PRICE_PRECISION)
 
@@ -225,7 +227,9 @@ class _Reader:
                 pass
             else:
                 return utc_millis(parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC))
-        self.fail(path, f"expected a date or an ISO 8601 timestamp like 2024-01-31T00:00:00Z, got {_shown(value)}")
+        self.fail(
+            path, f"expected a date or an ISO 8601 timestamp like 2024-01-31T00:00:00Z, got {_shown(value)}"
+        )
         return None
 
 
@@ -303,7 +307,9 @@ def _meters(reader: _Reader, value: Any) -> dict[str, MeterDefinition]:
         aggregation = reader.choice(body.get("aggregation"), f"{path}.aggregation", Aggregation)
         unique = reader.text(body.get("unique_property"), f"{path}.unique_property")
         if aggregation is Aggregation.UNIQUE_COUNT and not unique:
-            reader.fail(f"{path}.unique_property", "UNIQUE_COUNT needs the property whose distinct values it counts")
+            reader.fail(
+                f"{path}.unique_property", "UNIQUE_COUNT needs the property whose distinct values it counts"
+            )
         if aggregation is None:
             continue
         found[name] = MeterDefinition(
@@ -316,7 +322,9 @@ def _meters(reader: _Reader, value: Any) -> dict[str, MeterDefinition]:
     return found
 
 
-def _features(reader: _Reader, value: Any, meters: Mapping[str, MeterDefinition]) -> dict[str, FeatureDefinition]:
+def _features(
+    reader: _Reader, value: Any, meters: Mapping[str, MeterDefinition]
+) -> dict[str, FeatureDefinition]:
     found: dict[str, FeatureDefinition] = {}
     entries = reader.mapping(value, "features", required=False) or {}
     for name, spec in entries.items():
@@ -332,7 +340,9 @@ def _features(reader: _Reader, value: Any, meters: Mapping[str, MeterDefinition]
                 meter = name if name in meters else None
             if meter not in meters:
                 known = ", ".join(sorted(meters)) or "none defined"
-                reader.fail(f"{path}.meter", f"expected a meter of this catalog ({known}), got {_shown(meter)}")
+                reader.fail(
+                    f"{path}.meter", f"expected a meter of this catalog ({known}), got {_shown(meter)}"
+                )
                 continue
         elif meter is not None:
             reader.fail(f"{path}.meter", "only metered features have a meter")
@@ -399,7 +409,9 @@ def _tiers(reader: _Reader, value: Any, path: str) -> tuple[PriceTier, ...] | No
         else:
             bound = reader.quantity(up_to, f"{tier_path}.up_to")
             if bound is not None and previous is not None and bound <= previous:
-                reader.fail(f"{tier_path}.up_to", f"expected more than the previous tier's {previous}, got {bound}")
+                reader.fail(
+                    f"{tier_path}.up_to", f"expected more than the previous tier's {previous}, got {bound}"
+                )
                 ok = False
             if last:
                 reader.fail(f"{tier_path}.up_to", "the last tier must be unbounded (up_to: null)")
@@ -460,10 +472,14 @@ def _entitlement(
     if "thresholds" in body:
         raw = body["thresholds"]
         if not isinstance(raw, list):
-            reader.fail(f"{path}.thresholds", f"expected a list of percentages such as [80, 90], got {_shown(raw)}")
+            reader.fail(
+                f"{path}.thresholds", f"expected a list of percentages such as [80, 90], got {_shown(raw)}"
+            )
             fields["thresholds"] = None
         else:
-            values = [reader.integer(item, f"{path}.thresholds.{i}", low=1, high=1000) for i, item in enumerate(raw)]
+            values = [
+                reader.integer(item, f"{path}.thresholds.{i}", low=1, high=1000) for i, item in enumerate(raw)
+            ]
             fields["thresholds"] = None if None in values else tuple(sorted(set(values)))  # type: ignore[type-var]
     if "pricing" in body:
         fields["pricing"] = _pricing(reader, body["pricing"], f"{path}.pricing")
@@ -511,7 +527,10 @@ def _version_body(
 
 
 def _plans(
-    reader: _Reader, value: Any, features: Mapping[str, FeatureDefinition], meters: Mapping[str, MeterDefinition]
+    reader: _Reader,
+    value: Any,
+    features: Mapping[str, FeatureDefinition],
+    meters: Mapping[str, MeterDefinition],
 ) -> dict[str, dict[int, PlanVersion]]:
     found: dict[str, dict[int, PlanVersion]] = {}
     entries = reader.mapping(value, "plans", required=False) or {}
@@ -525,7 +544,9 @@ def _plans(
         if "versions" in body:
             inline = sorted(set(body) & _VERSION_FIELDS | ({"version"} & set(body)))
             if inline:
-                reader.fail(path, f"give either versions or the fields of one version inline, not both ({inline})")
+                reader.fail(
+                    path, f"give either versions or the fields of one version inline, not both ({inline})"
+                )
             raw_versions = reader.mapping(body["versions"], f"{path}.versions") or {}
             for key, version_spec in raw_versions.items():
                 version_path = f"{path}.versions.{key}"
@@ -577,11 +598,15 @@ def _subscriptions(
         number = body.get("version", max(versions))
         if number not in versions:
             known = ", ".join(str(v) for v in sorted(versions))
-            reader.fail(f"{path}.version", f"expected a version of plan {plan} ({known}), got {_shown(number)}")
+            reader.fail(
+                f"{path}.version", f"expected a version of plan {plan} ({known}), got {_shown(number)}"
+            )
             continue
         version = versions[number]
         anchor = reader.moment(body.get("anchor"), f"{path}.anchor")
-        reset = reader.choice(body.get("reset_period"), f"{path}.reset_period", ResetPeriod, version.reset_period)
+        reset = reader.choice(
+            body.get("reset_period"), f"{path}.reset_period", ResetPeriod, version.reset_period
+        )
         subscription_id = body.get("id", f"{customer}:{plan}")
         if reader.name(subscription_id, f"{path}.id") is None:
             continue
@@ -594,10 +619,14 @@ def _subscriptions(
         if "currency" in overrides:
             raw = overrides["currency"]
             if not isinstance(raw, str) or len(raw) != 3 or not raw.isalpha():
-                reader.fail(f"{path}.overrides.currency", f"expected an ISO 4217 code such as EUR, got {_shown(raw)}")
+                reader.fail(
+                    f"{path}.overrides.currency", f"expected an ISO 4217 code such as EUR, got {_shown(raw)}"
+                )
             else:
                 currency = raw.upper()
-        feature_overrides = reader.mapping(overrides.get("features"), f"{path}.overrides.features", required=False)
+        feature_overrides = reader.mapping(
+            overrides.get("features"), f"{path}.overrides.features", required=False
+        )
         for name, override in (feature_overrides or {}).items():
             entitlement = _entitlement(
                 reader, name, override, f"{path}.overrides.features.{name}", features, base=resolved.get(name)
