@@ -1,0 +1,178 @@
+"""The metering Faust app: topics, the agent, and the wiring of state, catalog and producer.
+
+- `meter_usage` is the agent over usage.events. Its stream yields one event per partition per fetch
+  (see transport.py); `take_events` groups up to `max_partition_runs` of them, waiting at most
+  `batch_timeout_s`. The batch is handed to `MeteringProcessor.process` in a single worker thread
+  (so the Faust loop keeps serving the consumer, timers and rebalances), then the consumer-group
+  offsets are committed (step 4 of the commit order in processor.py).
+- usage.events is subscribed with `acks=False`: Faust does not track or commit its offsets; the
+  agent commits exactly the offsets whose effects are durable.
+- The catalog (meters + snapshots) is read by `CatalogView`, outside the group, by every worker.
+- State is not in Faust tables: see services/metering/README.md ("Why not Faust tables").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+from faust.types import TP
+from metergate.errors import ConfigurationError
+from metergate.kafka.producer import make_producer
+from metergate_services.metering import metrics
+from metergate_services.metering.catalog_view import CatalogView
+from metergate_services.metering.processor import MeteringProcessor
+from metergate_services.metering.settings import MeteringSettings
+from metergate_services.metering.store import StateStore
+from metergate_services.metering.transport import PASSTHROUGH, batching_app_class
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Metering:
+    """Everything one worker process runs, so `main.run` (and tests) can start and stop it."""
+
+    settings: MeteringSettings
+    app: faust.App
+    store: StateStore
+    catalog: CatalogView
+    processor: MeteringProcessor
+    executor: ThreadPoolExecutor
+    stats: dict[str, int] = field(default_factory=lambda: {"batches": 0, "consumed": 0})
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True)
+        self.catalog.stop()
+        self.processor.producer.flush(10)
+        self.store.close()
+
+
+def ensure_changelog(settings: MeteringSettings, client_config: dict[str, str]) -> int:
+    """Create the state changelog like usage.events (same partition count); check the output topics.
+
+    cleanup.policy=compact,delete with retention = dedup window + 2 days: no event can change a
+    total or a dedup entry older than the window (such events are rejected), so Kafka may drop them.
+    """
+    topics = settings.kafka.topics
+    admin = AdminClient(client_config)
+    metadata = admin.list_topics(timeout=30).topics
+    if topics.events not in metadata:
+        raise ConfigurationError(f"topic {topics.events} does not exist (metergate topics create)")
+    partitions = len(metadata[topics.events].partitions)
+    for name in (topics.limits, topics.duplicates):
+        if name not in metadata or len(metadata[name].partitions) < partitions:
+            raise ConfigurationError(
+                f"{name} needs at least as many partitions as {topics.events} ({partitions}): outputs of "
+                "input partition p go to partition p, which is how recovery finds what a crash left sent"
+            )
+    if settings.changelog_topic not in metadata:
+        retention_ms = int((settings.dedup_window.total_seconds() + 2 * 86_400) * 1000)
+        future = admin.create_topics(
+            [
+                NewTopic(
+                    settings.changelog_topic,
+                    num_partitions=partitions,
+                    replication_factor=settings.kafka.replication,
+                    config={"cleanup.policy": "compact,delete", "retention.ms": str(retention_ms)},
+                )
+            ]
+        )[settings.changelog_topic]
+        try:
+            future.result()
+        except KafkaException as exc:
+            if "already exists" not in str(exc).lower() and "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise
+    return partitions
+
+
+def create_metering(settings: MeteringSettings) -> Metering:
+    kafka = settings.kafka
+    client_config = kafka.client_config()
+    topics = kafka.topics
+    ensure_changelog(settings, client_config)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = StateStore(settings.data_dir / "rocksdb")
+    catalog = CatalogView(client_config, topics.meters, topics.snapshots)
+    catalog.start()
+    catalog.wait_until_current(timeout_s=60)
+    producer = make_producer(client_config, **{"linger.ms": 2, "compression.type": "none"})
+    processor = MeteringProcessor(
+        topics=topics,
+        changelog_topic=settings.changelog_topic,
+        store=store,
+        meters=catalog.meter,
+        snapshots=catalog.snapshot,
+        refresh_catalog=catalog.refresh_if_stale,
+        producer=producer,
+        client_config=client_config,
+        dedup_window_ms=int(settings.dedup_window.total_seconds() * 1000),
+        future_skew_ms=int(settings.future_skew.total_seconds() * 1000),
+        late_grace_ms=int(settings.late_grace.total_seconds() * 1000),
+        recovery_idle_s=settings.recovery_idle_s,
+    )
+    app_class = batching_app_class(frozenset({topics.events}))
+    app = app_class(
+        settings.group_id,
+        broker=f"kafka://{kafka.bootstrap}",
+        store="memory://",
+        datadir=str(settings.data_dir / "faust"),
+        web_enabled=False,
+        topic_allow_declare=False,
+        topic_disable_leader=True,
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=settings.heartbeat_interval_s,
+        broker_rebalance_timeout=settings.rebalance_timeout_s,
+        broker_max_poll_records=settings.batch_size,
+        stream_wait_empty=False,
+        loghandlers=[],
+    )
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metering-batch")
+    metering = Metering(settings, app, store, catalog, processor, executor)
+    events = app.topic(topics.events, key_serializer=PASSTHROUGH, value_serializer=PASSTHROUGH, acks=False)
+
+    @app.agent(events, name="meter_usage")
+    async def meter_usage(stream: faust.StreamT[Any]) -> None:
+        loop = asyncio.get_running_loop()
+        async for batch in stream.take_events(64, within=settings.batch_timeout_s):
+            runs = [(event.message.partition, event.value) for event in batch]
+            assigned = [tp.partition for tp in app.consumer.assignment() if tp.topic == topics.events]
+            job = loop.run_in_executor(executor, processor.process, runs, assigned)
+            try:
+                outcome = await asyncio.shield(job)
+            except asyncio.CancelledError:
+                await job  # stopping: let the batch finish its commit order, then stop
+                raise
+            metering.stats["batches"] += 1
+            metering.stats["consumed"] += outcome.consumed
+            if outcome.committed:
+                # step 4 of the commit order: the group offset follows the durable input watermark
+                await app.consumer._commit(
+                    {TP(topics.events, p): offset + 1 for p, offset in outcome.committed.items()}
+                )
+                for partition, offset in outcome.committed.items():
+                    highwater = app.consumer.highwater(TP(topics.events, partition))
+                    if highwater is not None:
+                        metrics.CONSUMER_LAG.labels(str(partition)).set(max(0, highwater - offset - 1))
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
+        processor.revoke(tp.partition for tp in revoked if tp.topic == topics.events)
+
+    @app.timer(interval=600.0)
+    async def expire_old_state() -> None:
+        loop = asyncio.get_running_loop()
+        removed = await loop.run_in_executor(
+            executor, store.expire, processor.clock_ms(), processor.window_ms + processor.grace_ms
+        )
+        if removed:
+            log.info("expired %d dedup entries and totals older than the dedup window", removed)
+
+    return metering

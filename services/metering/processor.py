@@ -1,0 +1,733 @@
+"""The metering step: one batch of usage.events records in, counted usage and signals out.
+
+The rules live in `metergate.domain` (usage acceptance, dedup verdicts, periods, folds, limits);
+this module applies them to a batch, keeps the batch's state in memory, and makes the result durable
+in the order below. It runs in one worker thread (the Faust agent hands it batches); it does no
+Faust and no asyncio.
+
+COMMIT ORDER of a batch (`_commit`), and what a crash between two steps does
+-------------------------------------------------------------------------------
+0. Compute in memory: for each record after the partition's input watermark: decode, validate,
+   dedup verdict, period, fold into the running total (only if the record's offset is above the
+   total's own `applied_offset`), limit events due (not in the total's `emitted` marks, which are
+   updated in the same in-memory state).
+1. Send the outputs: DLQ records, duplicate receipts, limit events (each to the partition of the
+   input partition, so recovery knows where to look), then one UsageAggregate per touched key with
+   its version bumped. FLUSH and check every delivery.
+   Crash during 1: some outputs are out, no state is. The restart reprocesses the batch: totals
+   come out the same (same fold, same versions: consumers keep the highest version per key, so a
+   re-sent aggregate is harmless). Limit events, receipts and DLQ records are NOT re-sent: recovery
+   reads usage.limits / usage.duplicates / usage.dlq from the offsets stored with the last committed
+   batch and suppresses what is already there (limit marks; receipt and DLQ ids).
+2. Append the new state to the changelog topic (partition = input partition): one record per
+   touched total (carrying its applied_offset, version and emitted marks), one record with the
+   batch's new dedup entries, and the partition watermark (input offset + output positions). FLUSH.
+   Crash during 2: the changelog may hold part of the batch. With the data dir intact, the local
+   state is the previous batch's and recovery applies the changelog tail: totals in it are newer and
+   carry their applied_offset, so their events are not folded twice; dedup entries carry the offset
+   of their first copy, so a re-read first copy is a REPLAY, not a duplicate. Same with a wiped data
+   dir, from changelog offset 0. Limit events in the changelog's marks were all delivered in step 1.
+3. Write the same state to the local RocksDB in one WriteBatch (atomic), with the changelog position.
+   Crash before 3: as in 2 (the changelog is the source of truth; local state is a checkpoint of it).
+4. The agent commits the consumer-group offsets (input watermark + 1). Crash before 4: the group
+   offset lags; records at or below the stored input watermark are skipped on re-read.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from metergate.domain.aggregation import RunningTotal
+from metergate.domain.dedup import FirstSeen, Verdict, classify
+from metergate.domain.limits import due, mark, watches
+from metergate.domain.periods import Period, period_for
+from metergate.domain.records import (
+    DeadLetter,
+    DuplicateReceipt,
+    EntitlementSnapshot,
+    FeatureEntitlement,
+    LimitEvent,
+    MeterDefinition,
+    ResetPeriod,
+    UsageAggregate,
+    UsageEvent,
+    aggregate_key,
+    limit_event_id,
+)
+from metergate.domain.usage import Rejection, check_meter, check_shape, check_time
+from metergate.errors import DecodeError, DeliveryError
+from metergate.kafka.topics import Topics
+from metergate.wire.codec import codec
+from metergate_services.metering import metrics
+from metergate_services.metering.store import (
+    AGGREGATE,
+    WATERMARK,
+    Aggregate,
+    StateStore,
+    Watermark,
+    decode_dedup_group,
+    decode_seen,
+    dedup_key,
+    encode_dedup_group,
+    encode_seen,
+)
+from rocksdict import WriteBatch
+
+log = logging.getLogger(__name__)
+
+SERVICE = "metering"
+CHANGELOG_WATERMARK_KEY = b"w"
+CHANGELOG_DEDUP_PREFIX = b"d\x00"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class KafkaRecord(Protocol):
+    """What the processor needs of a consumed record (aiokafka's ConsumerRecord has it)."""
+
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp: int | None
+
+
+@dataclass
+class _Pending:
+    """One batch's effects, in memory until `_commit`."""
+
+    now_ms: int
+    totals: dict[str, tuple[int, Aggregate]] = field(default_factory=dict)  # key -> (partition, aggregate)
+    seen: dict[bytes, FirstSeen] = field(default_factory=dict)
+    new_seen: dict[int, list[tuple[str, str, FirstSeen]]] = field(default_factory=lambda: defaultdict(list))
+    input_offsets: dict[int, int] = field(default_factory=dict)
+    dead: list[tuple[int, str, str, bytes, dict[str, Any]]] = field(
+        default_factory=list
+    )  # p, guard, reason, value, dict
+    receipts: list[tuple[int, str, bytes, dict[str, Any]]] = field(default_factory=list)
+    limits: list[tuple[int, bytes, dict[str, Any], int | None]] = field(default_factory=list)
+    latencies_from_ms: list[int] = field(default_factory=list)
+    accepted: int = 0
+    duplicates: int = 0
+    rejected: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    limit_kinds: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    committed: Mapping[int, int]  # partition -> highest input offset now durable
+    consumed: int
+    accepted: int
+    duplicates: int
+    rejected: int
+    limit_events: int
+    limit_sent_at: Sequence[
+        tuple[int, float]
+    ] = ()  # (kafka timestamp ms of the crossing event, delivered at)
+
+
+class MeteringProcessor:
+    def __init__(
+        self,
+        *,
+        topics: Topics,
+        changelog_topic: str,
+        store: StateStore,
+        meters: Callable[[str], MeterDefinition | None],
+        snapshots: Callable[[str], EntitlementSnapshot | None],
+        refresh_catalog: Callable[[], bool],
+        producer: Producer,
+        client_config: Mapping[str, Any],
+        dedup_window_ms: int,
+        future_skew_ms: int,
+        late_grace_ms: int,
+        recovery_idle_s: float = 0.3,
+        clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+    ) -> None:
+        self.topics = topics
+        self.changelog_topic = changelog_topic
+        self.store = store
+        self.meters = meters
+        self.snapshots = snapshots
+        self.refresh_catalog = refresh_catalog
+        self.producer = producer
+        self.client_config = dict(client_config)
+        self.window_ms = dedup_window_ms
+        self.skew_ms = future_skew_ms
+        self.grace_ms = late_grace_ms
+        self.recovery_idle_s = recovery_idle_s
+        self.clock_ms = clock_ms
+        self.watermarks: dict[int, Watermark] = {}
+        self.sent_guard: dict[int, set[str]] = defaultdict(set)
+        self.sent_marks: dict[str, set[str]] = defaultdict(set)
+        self._revoked: set[int] = set()
+        self._period_cache: dict[tuple[str, int | None, str], tuple[Period, str, int, int]] = {}
+        self._feature_cache: dict[tuple[str, int, str], tuple[FeatureEntitlement, ...]] = {}
+        self._event_codec = codec(UsageEvent)
+        self._aggregate_codec = codec(UsageAggregate)
+        self._limit_codec = codec(LimitEvent)
+        self._receipt_codec = codec(DuplicateReceipt)
+        self._dead_codec = codec(DeadLetter)
+
+    # -- partition ownership --------------------------------------------------------------------------
+    def revoke(self, partitions: Iterable[int]) -> None:
+        """Called from the Faust loop on revocation; applied at the start of the next batch."""
+        self._revoked.update(partitions)
+
+    def _apply_revocations(self) -> None:
+        while self._revoked:
+            partition = self._revoked.pop()
+            self.watermarks.pop(partition, None)
+            self.sent_guard.pop(partition, None)
+
+    # -- the batch ----------------------------------------------------------------------------------
+    def process(
+        self, batches: Sequence[tuple[int, Sequence[KafkaRecord]]], assigned: Iterable[int] = ()
+    ) -> BatchOutcome:
+        self._apply_revocations()
+        missing = {p for p, _ in batches if p not in self.watermarks} | {
+            p for p in assigned if p not in self.watermarks
+        }
+        if missing:
+            self.recover(sorted(missing))
+        pending = _Pending(now_ms=self.clock_ms())
+        consumed = 0
+        for partition, records in batches:
+            consumed += len(records)
+            self._partition(partition, records, pending)
+        sent_at = self._commit(pending)
+        metrics.EVENTS_CONSUMED.inc(consumed)
+        metrics.EVENTS_ACCEPTED.inc(pending.accepted)
+        metrics.EVENTS_DUPLICATE.inc(pending.duplicates)
+        for reason, count in pending.rejected.items():
+            metrics.EVENTS_REJECTED.labels(reason).inc(count)
+        for kind, count in pending.limit_kinds.items():
+            metrics.LIMIT_EVENTS.labels(kind).inc(count)
+        done_s = time.time()
+        for from_ms in pending.latencies_from_ms:
+            metrics.PROCESSING_LATENCY.observe(max(0.0, done_s - from_ms / 1000))
+        return BatchOutcome(
+            committed={p: self.watermarks[p].input for p in pending.input_offsets},
+            consumed=consumed,
+            accepted=pending.accepted,
+            duplicates=pending.duplicates,
+            rejected=sum(pending.rejected.values()),
+            limit_events=len(pending.limits),
+            limit_sent_at=sent_at,
+        )
+
+    def _partition(self, partition: int, records: Sequence[KafkaRecord], pending: _Pending) -> None:
+        watermark = self.watermarks[partition]
+        fresh = [record for record in records if record.offset > watermark.input]
+        if not fresh:
+            return
+        pending.input_offsets[partition] = fresh[-1].offset
+        # decode the whole run first, then look every dedup key up in one multi-get
+        decoded: list[tuple[KafkaRecord, dict[str, Any] | None, Rejection | None]] = []
+        keys: list[bytes] = []
+        decode = self._event_codec.decode_dict
+        for record in fresh:
+            try:
+                datum = decode(record.value)
+            except DecodeError as exc:
+                decoded.append((record, None, Rejection(exc.reason, exc.message)))
+                continue
+            rejection = check_shape(datum)
+            decoded.append((record, datum, rejection))
+            if rejection is None:
+                keys.append(dedup_key(datum["customer_id"], datum["event_id"]))
+        stored = dict(zip(keys, self.store.seen_many(keys), strict=True))
+        for record, datum, rejection in decoded:
+            if rejection is not None or datum is None:
+                assert rejection is not None
+                self._reject(partition, record, rejection, pending)
+                continue
+            pending.latencies_from_ms.append(record.timestamp or pending.now_ms)
+            self._event(partition, record, datum, stored, pending)
+
+    def _event(
+        self,
+        partition: int,
+        record: KafkaRecord,
+        datum: dict[str, Any],
+        stored: Mapping[bytes, bytes | None],
+        pending: _Pending,
+    ) -> None:
+        customer, event_id = datum["customer_id"], datum["event_id"]
+        key = dedup_key(customer, event_id)
+        seen = pending.seen.get(key)
+        if seen is None:
+            raw = stored.get(key)
+            seen = None if raw is None else decode_seen(raw)
+        verdict = classify(seen, partition, record.offset)
+        if verdict is Verdict.DUPLICATE:
+            assert seen is not None
+            self._receipt(partition, record, datum, seen, pending)
+            return
+        event_ms = _millis(datum["timestamp"])
+        if verdict is Verdict.FIRST:
+            rejection = check_time(
+                event_ms, pending.now_ms, future_skew_ms=self.skew_ms, window_ms=self.window_ms
+            )
+            if rejection is not None:
+                self._reject(partition, record, rejection, pending)
+                return
+        meter = self.meters(datum["meter"])
+        if meter is None and self.refresh_catalog():
+            meter = self.meters(datum["meter"])
+        rejection = check_meter(datum, meter)
+        if rejection is not None:
+            self._reject(partition, record, rejection, pending)
+            return
+        assert meter is not None
+        if verdict is Verdict.FIRST:
+            first = FirstSeen(partition, record.offset, event_ms)
+            pending.seen[key] = first
+            pending.new_seen[partition].append((customer, event_id, first))
+        self._fold(partition, record, datum, meter, event_ms, pending)
+
+    def _fold(
+        self,
+        partition: int,
+        record: KafkaRecord,
+        datum: dict[str, Any],
+        meter: MeterDefinition,
+        event_ms: int,
+        pending: _Pending,
+    ) -> None:
+        customer = datum["customer_id"]
+        snapshot = self.snapshots(customer)
+        _, start_iso, start_ms, end_ms = self._period(customer, snapshot, datum["timestamp"], event_ms)
+        key = aggregate_key_from_iso(customer, meter.meter, start_iso)
+        entry = pending.totals.get(key)
+        if entry is None:
+            aggregate = self.store.aggregate(key)
+            if aggregate is None:
+                aggregate = Aggregate(
+                    customer, meter.meter, start_ms, end_ms, None, None, None, RunningTotal(meter.aggregation)
+                )
+            aggregate.total.emitted |= self.sent_marks.get(key, set())
+        else:
+            aggregate = entry[1]
+        total = aggregate.total
+        if record.offset <= total.applied_offset:
+            return  # a replay whose effect is already in this total (see COMMIT ORDER, step 2)
+        unique = None
+        if meter.unique_property:
+            unique = (datum.get("properties") or {}).get(meter.unique_property)
+        total.fold(datum["quantity"], event_ms, datum["event_id"], unique)
+        total.applied_offset = record.offset
+        if end_ms + self.grace_ms < pending.now_ms:
+            total.late = True
+        if snapshot is not None and snapshot.subscription_id is not None:
+            aggregate.subscription_id = snapshot.subscription_id
+            aggregate.plan_key = snapshot.plan_key
+            aggregate.plan_version = snapshot.plan_version
+        pending.totals[key] = (partition, aggregate)
+        pending.accepted += 1
+        if snapshot is not None:
+            for feature in self._watched(snapshot, meter.meter):
+                for item in due(feature, total.value, total.emitted):
+                    total.emitted.add(item.mark)
+                    self._limit(partition, record, datum, aggregate, item.feature, item, pending)
+
+    def _period(
+        self, customer: str, snapshot: EntitlementSnapshot | None, moment: datetime, event_ms: int
+    ) -> tuple[Period, str, int, int]:
+        if snapshot is None or snapshot.subscription_id is None or snapshot.billing_anchor is None:
+            anchor, anchor_ms, reset = None, None, ResetPeriod.MONTHLY
+        else:
+            anchor, reset = snapshot.billing_anchor, snapshot.reset_period
+            anchor_ms = _millis(anchor)
+        cache_key = (customer, anchor_ms, reset.value)
+        cached = self._period_cache.get(cache_key)
+        if cached is not None and cached[2] <= event_ms < cached[3]:
+            return cached
+        period = period_for(moment, anchor, reset)
+        found = (period, period.start.isoformat(), _millis(period.start), _millis(period.end))
+        if len(self._period_cache) > 200_000:
+            self._period_cache.clear()
+        self._period_cache[cache_key] = found
+        return found
+
+    def _watched(self, snapshot: EntitlementSnapshot, meter: str) -> tuple[FeatureEntitlement, ...]:
+        cache_key = (snapshot.customer_id, snapshot.version, meter)
+        found = self._feature_cache.get(cache_key)
+        if found is None:
+            found = tuple(feature for feature in snapshot.metered(meter) if watches(feature))
+            if len(self._feature_cache) > 200_000:
+                self._feature_cache.clear()
+            self._feature_cache[cache_key] = found
+        return found
+
+    # -- outputs ------------------------------------------------------------------------------------
+    def _reject(self, partition: int, record: KafkaRecord, rejection: Rejection, pending: _Pending) -> None:
+        pending.rejected[rejection.reason] += 1
+        guard = f"dlq:{partition}:{record.offset}"
+        value = {
+            "reason": rejection.reason,
+            "message": rejection.message,
+            "original_key": record.key,
+            "original_value": record.value,
+            "source": {"topic": self.topics.events, "partition": partition, "offset": record.offset},
+            "service": SERVICE,
+            "rejected_at": _from_millis(pending.now_ms),
+        }
+        pending.dead.append((partition, guard, rejection.reason, record.key or b"", value))
+
+    def _receipt(
+        self, partition: int, record: KafkaRecord, datum: dict[str, Any], seen: FirstSeen, pending: _Pending
+    ) -> None:
+        pending.duplicates += 1
+        value = {
+            "customer_id": datum["customer_id"],
+            "event_id": datum["event_id"],
+            "meter": datum["meter"],
+            "quantity": datum["quantity"],
+            "first_seen": {"topic": self.topics.events, "partition": seen.partition, "offset": seen.offset},
+            "duplicate": {"topic": self.topics.events, "partition": partition, "offset": record.offset},
+            "received_at": _from_millis(pending.now_ms),
+        }
+        pending.receipts.append(
+            (partition, f"dup:{partition}:{record.offset}", datum["customer_id"].encode(), value)
+        )
+
+    def _limit(
+        self,
+        partition: int,
+        record: KafkaRecord,
+        datum: dict[str, Any],
+        aggregate: Aggregate,
+        feature: str,
+        item: Any,
+        pending: _Pending,
+    ) -> None:
+        period_start = _from_millis(aggregate.period_start_ms)
+        value = {
+            "limit_event_id": limit_event_id(
+                aggregate.customer_id, feature, period_start, item.kind, item.threshold
+            ),
+            "kind": item.kind.value,
+            "customer_id": aggregate.customer_id,
+            "subject_id": datum.get("subject_id"),
+            "feature": feature,
+            "meter": aggregate.meter,
+            "period_start": period_start,
+            "period_end": _from_millis(aggregate.period_end_ms),
+            "threshold": item.threshold,
+            "usage": aggregate.total.value,
+            "limit": item.limit,
+            "event_id": datum["event_id"],
+            "occurred_at": datum["timestamp"],
+        }
+        pending.limit_kinds[item.kind.value] += 1
+        pending.limits.append((partition, aggregate.customer_id.encode(), value, record.timestamp))
+
+    # -- durability (see COMMIT ORDER in the module docstring) ---------------------------------------
+    def _commit(self, pending: _Pending) -> list[tuple[int, float]]:
+        producer = self.producer
+        failures: list[str] = []
+        positions: dict[tuple[str, int], int] = {}
+        sent_at: list[tuple[int, float]] = []
+
+        def remember(err: KafkaError | None, msg: Any) -> None:
+            if err is not None:
+                failures.append(f"{msg.topic()}: {err}")
+                return
+            key = (msg.topic(), msg.partition())
+            if msg.offset() >= positions.get(key, -1):
+                positions[key] = msg.offset()
+
+        def tracked(err: KafkaError | None, msg: Any) -> None:
+            if err is not None:
+                failures.append(f"{msg.topic()}: {err}")
+
+        def send(
+            topic: str, key: bytes | None, value: bytes | None, partition: int | None, callback: Any
+        ) -> None:
+            while True:
+                try:
+                    if partition is None:
+                        producer.produce(topic, value, key, on_delivery=callback)
+                    else:
+                        producer.produce(topic, value, key, partition=partition, on_delivery=callback)
+                    return
+                except BufferError:
+                    producer.poll(0.01)
+
+        # step 1: outputs
+        for partition, guard, _reason, key, value in pending.dead:
+            if guard in self.sent_guard.get(partition, ()):
+                continue
+            send(self.topics.dlq, key or None, self._dead_codec.encode_dict(value), None, remember)
+        for partition, guard, key, value in pending.receipts:
+            if guard in self.sent_guard.get(partition, ()):
+                continue
+            send(self.topics.duplicates, key, self._receipt_codec.encode_dict(value), partition, remember)
+        limit_timestamps: list[int | None] = []
+        for partition, key, value, event_ts in pending.limits:
+            send(self.topics.limits, key, self._limit_codec.encode_dict(value), partition, remember)
+            limit_timestamps.append(event_ts)
+        now = _from_millis(pending.now_ms)
+        for key, (_partition, aggregate) in pending.totals.items():
+            aggregate.total.version += 1
+            send(
+                self.topics.aggregates,
+                key.encode(),
+                self._aggregate_codec.encode_dict(_published(aggregate, now)),
+                None,
+                tracked,
+            )
+        self._flush(failures)
+        delivered_s = time.time()
+        sent_at = [(ts, delivered_s) for ts in limit_timestamps if ts is not None]
+
+        # step 2: changelog (partition = input partition)
+        touched = set(pending.input_offsets)
+        new_watermarks: dict[int, Watermark] = {}
+        for partition in touched:
+            old = self.watermarks[partition]
+            new_watermarks[partition] = Watermark(
+                input=pending.input_offsets[partition],
+                changelog=old.changelog,
+                limits=positions.get((self.topics.limits, partition), old.limits - 1) + 1,
+                duplicates=positions.get((self.topics.duplicates, partition), old.duplicates - 1) + 1,
+                dlq=positions.get((self.topics.dlq, 0), old.dlq - 1) + 1
+                if any(p == partition for p, *_ in pending.dead)
+                else old.dlq,
+            )
+        changelog_positions: dict[int, int] = {}
+
+        def logged(err: KafkaError | None, msg: Any) -> None:
+            if err is not None:
+                failures.append(f"{msg.topic()}: {err}")
+            elif msg.offset() >= changelog_positions.get(msg.partition(), -1):
+                changelog_positions[msg.partition()] = msg.offset()
+
+        local = WriteBatch(raw_mode=True)
+        for key, (partition, aggregate) in pending.totals.items():
+            encoded = aggregate.encode()
+            send(self.changelog_topic, AGGREGATE + key.encode(), encoded, partition, logged)
+            local.put(AGGREGATE + key.encode(), encoded)
+        for partition, entries in pending.new_seen.items():
+            if not entries:
+                continue
+            first_offset = entries[0][2].offset
+            send(
+                self.changelog_topic,
+                CHANGELOG_DEDUP_PREFIX + str(first_offset).encode(),
+                encode_dedup_group(entries),
+                partition,
+                logged,
+            )
+            for customer, event_id, seen in entries:
+                local.put(dedup_key(customer, event_id), encode_seen(seen))
+        for partition, watermark in new_watermarks.items():
+            send(self.changelog_topic, CHANGELOG_WATERMARK_KEY, watermark.encode(), partition, logged)
+        self._flush(failures)
+
+        # step 3: local checkpoint, one atomic write
+        for partition, watermark in new_watermarks.items():
+            watermark.changelog = changelog_positions.get(partition, watermark.changelog - 1) + 1
+            local.put(WATERMARK + str(partition).encode(), watermark.encode())
+            self.watermarks[partition] = watermark
+        self.store.write(local)
+        return sent_at
+
+    def _flush(self, failures: list[str]) -> None:
+        remaining = self.producer.flush(60)
+        if remaining:
+            raise DeliveryError(f"{remaining} record(s) still undelivered after 60 s")
+        if failures:
+            raise DeliveryError(f"{len(failures)} record(s) not delivered; first: {failures[0]}")
+
+    # -- recovery -----------------------------------------------------------------------------------
+    def recover(self, partitions: Sequence[int]) -> None:
+        """Bring the local state of `partitions` up to date before processing them.
+
+        1. Apply the changelog from the position stored locally (0 with an empty data dir) to its
+           true end: totals with a higher applied_offset replace the local ones, dedup groups add
+           their entries, the last watermark record wins.
+        2. Read usage.limits, usage.duplicates (the partition's own) and usage.dlq (filtered on this
+           partition) from the positions in that watermark: whatever an interrupted batch already
+           sent is remembered (limit marks per total, receipt and DLQ ids) and not sent again.
+        """
+        started = time.monotonic()
+        watermarks = {p: self.store.watermark(p) for p in partitions}
+        local = WriteBatch(raw_mode=True)
+        totals: dict[str, Aggregate] = {}
+        changelog = read_tails(
+            self.client_config,
+            [(self.changelog_topic, p, watermarks[p].changelog) for p in partitions],
+            idle_s=self.recovery_idle_s,
+        )
+        applied = 0
+        for (_topic, partition), records in changelog.items():
+            watermark = watermarks[partition]
+            for key, value, offset in records:
+                applied += 1
+                watermark.changelog = offset + 1
+                if value is None or key is None:
+                    continue
+                if key == CHANGELOG_WATERMARK_KEY:
+                    stored = Watermark.decode(value)
+                    watermark.input = max(watermark.input, stored.input)
+                    watermark.limits = max(watermark.limits, stored.limits)
+                    watermark.duplicates = max(watermark.duplicates, stored.duplicates)
+                    watermark.dlq = max(watermark.dlq, stored.dlq)
+                elif key.startswith(AGGREGATE):
+                    name = key[len(AGGREGATE) :].decode()
+                    incoming = Aggregate.decode(value)
+                    current = totals.get(name) or self.store.aggregate(name)
+                    if current is None or incoming.total.applied_offset >= current.total.applied_offset:
+                        totals[name] = incoming
+                        local.put(key, value)
+                elif key.startswith(CHANGELOG_DEDUP_PREFIX):
+                    for customer, event_id, seen in decode_dedup_group(value):
+                        local.put(dedup_key(customer, event_id), encode_seen(seen))
+        outputs = read_tails(
+            self.client_config,
+            [(self.topics.limits, p, watermarks[p].limits) for p in partitions]
+            + [(self.topics.duplicates, p, watermarks[p].duplicates) for p in partitions]
+            + ([(self.topics.dlq, 0, min(watermarks[p].dlq for p in partitions))] if partitions else []),
+            idle_s=self.recovery_idle_s,
+        )
+        resent = 0
+        for (topic, partition), records in outputs.items():
+            for _key, value, offset in records:
+                if value is None:
+                    continue
+                if topic == self.topics.limits:
+                    event = self._limit_codec.decode(value)
+                    if event.meter is None:
+                        continue
+                    name = aggregate_key(event.customer_id, event.meter, event.period_start)
+                    self.sent_marks[name].add(mark(event.feature, event.kind, event.threshold))
+                    watermarks[partition].limits = offset + 1
+                    resent += 1
+                elif topic == self.topics.duplicates:
+                    receipt = self._receipt_codec.decode(value)
+                    source = receipt.duplicate
+                    self.sent_guard[source.partition].add(f"dup:{source.partition}:{source.offset}")
+                    watermarks[partition].duplicates = offset + 1
+                else:
+                    dead = self._dead_codec.decode(value)
+                    source = dead.source
+                    if source.topic == self.topics.events and source.partition in watermarks:
+                        self.sent_guard[source.partition].add(f"dlq:{source.partition}:{source.offset}")
+                        if offset + 1 > watermarks[source.partition].dlq:
+                            watermarks[source.partition].dlq = offset + 1
+        for partition, watermark in watermarks.items():
+            local.put(WATERMARK + str(partition).encode(), watermark.encode())
+        self.store.write(local)
+        self.watermarks.update(watermarks)
+        log.info(
+            "recovered partitions %s in %.2fs: %d changelog records, %d limit events already sent",
+            list(partitions),
+            time.monotonic() - started,
+            applied,
+            resent,
+        )
+
+
+def read_tails(
+    client_config: Mapping[str, Any],
+    assignments: Sequence[tuple[str, int, int]],
+    *,
+    idle_s: float,
+    timeout_s: float = 120.0,
+) -> dict[tuple[str, int], list[tuple[bytes | None, bytes | None, int]]]:
+    """Read each (topic, partition) from an offset to its TRUE end.
+
+    The end is where the broker's reported end offset has been reached AND no record arrived for
+    `idle_s`: the embedded broker reports a short end (base offset of the newest batch + 1), so
+    trusting it alone would drop the tail of a changelog. On Apache Kafka this only adds `idle_s`.
+    """
+    found: dict[tuple[str, int], list[tuple[bytes | None, bytes | None, int]]] = {
+        (topic, partition): [] for topic, partition, _ in assignments
+    }
+    if not assignments:
+        return found
+    consumer = Consumer(
+        {
+            **client_config,
+            "group.id": f"metering-recovery-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "enable.partition.eof": False,
+            "fetch.wait.max.ms": 50,
+        }
+    )
+    try:
+        ends: dict[tuple[str, int], int] = {}
+        positions: dict[tuple[str, int], int] = {}
+        for topic, partition, start in assignments:
+            _, high = consumer.get_watermark_offsets(
+                TopicPartition(topic, partition), timeout=10, cached=False
+            )
+            ends[(topic, partition)] = high
+            positions[(topic, partition)] = start
+        consumer.assign([TopicPartition(topic, partition, start) for topic, partition, start in assignments])
+        deadline = time.monotonic() + timeout_s
+        last_seen = time.monotonic()
+        while time.monotonic() < deadline:
+            messages = consumer.consume(5000, timeout=0.05)
+            for message in messages:
+                if message.error():
+                    continue
+                tp = (message.topic(), message.partition())
+                found[tp].append((message.key(), message.value(), message.offset()))
+                positions[tp] = message.offset() + 1
+            if messages:
+                last_seen = time.monotonic()
+                continue
+            caught_up = all(positions[tp] >= end for tp, end in ends.items())
+            if caught_up and time.monotonic() - last_seen >= idle_s:
+                return found
+        raise TimeoutError(f"could not read {sorted(ends)} to their end within {timeout_s}s")
+    finally:
+        consumer.close()
+
+
+def aggregate_key_from_iso(customer_id: str, meter: str, period_start_iso: str) -> str:
+    """`records.aggregate_key` with the period start already formatted (the hot path caches it)."""
+    return f"{customer_id}|{meter}|{period_start_iso}"
+
+
+def _published(aggregate: Aggregate, now: datetime) -> dict[str, Any]:
+    total = aggregate.total
+    return {
+        "customer_id": aggregate.customer_id,
+        "meter": aggregate.meter,
+        "aggregation": total.aggregation.value,
+        "period_start": _from_millis(aggregate.period_start_ms),
+        "period_end": _from_millis(aggregate.period_end_ms),
+        "value": total.value,
+        "event_count": total.event_count,
+        "version": total.version,
+        "last_event_at": _from_millis(total.last_event_ms),
+        "last_event_id": total.last_event_id,
+        "late": total.late,
+        "subscription_id": aggregate.subscription_id,
+        "plan_key": aggregate.plan_key,
+        "plan_version": aggregate.plan_version,
+        "updated_at": now,
+    }
+
+
+def _millis(moment: datetime) -> int:
+    delta = moment - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
+
+
+def _from_millis(value: int) -> datetime:
+    return datetime.fromtimestamp(value / 1000, UTC).replace(microsecond=(value % 1000) * 1000)
+
+
+__all__ = ["BatchOutcome", "MeteringProcessor", "read_tails"]

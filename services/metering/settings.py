@@ -1,0 +1,54 @@
+"""Settings of the metering worker (env prefix METERGATE_METERING_), composed of the shared pieces.
+
+| variable | default | meaning |
+| --- | --- | --- |
+| METERGATE_METERING_APP_ID | metergate-metering | Faust app id = consumer group (the topic prefix is put in front) |
+| METERGATE_METERING_DATA_DIR | .metergate/metering | RocksDB state + Faust's data dir |
+| METERGATE_METERING_DEDUP_WINDOW | P35D (35 days) | dedup window in event time (seconds or ISO 8601 duration) |
+| METERGATE_METERING_FUTURE_SKEW | PT5M | how far ahead of the worker's clock an event may be |
+| METERGATE_METERING_LATE_GRACE | P1D | a period closed longer than this before an event arrives makes its aggregate `late` |
+| METERGATE_METERING_BATCH_SIZE | 5000 | most records fetched (and processed) at once |
+| METERGATE_METERING_BATCH_TIMEOUT_S | 0.02 | longest wait to fill a batch before processing what arrived |
+| METERGATE_METERING_SESSION_TIMEOUT_S | 6 | consumer-group session timeout (tuned for quick restarts on the embedded broker) |
+| METERGATE_METERING_HEARTBEAT_INTERVAL_S | 1 | consumer-group heartbeat interval |
+| METERGATE_METERING_REBALANCE_TIMEOUT_S | 10 | consumer-group rebalance timeout |
+| METERGATE_METERING_RECOVERY_IDLE_S | 0.3 | when reading a changelog/output tail, how long "no new record" means its end |
+| METERGATE_KAFKA_* / METERGATE_METRICS_PORT | | shared: bootstrap, topic prefix, ...; the Prometheus port |
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+from metergate.settings import KafkaSettings, MetricsSettings
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class MeteringSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="METERGATE_METERING_", frozen=True, extra="ignore")
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+
+    app_id: str = "metergate-metering"
+    data_dir: Path = Path(".metergate/metering")
+    dedup_window: timedelta = timedelta(days=35)
+    future_skew: timedelta = timedelta(minutes=5)
+    late_grace: timedelta = timedelta(days=1)
+    batch_size: int = Field(default=5000, ge=1)
+    batch_timeout_s: float = Field(default=0.02, gt=0)
+    session_timeout_s: float = Field(default=6.0, gt=0)
+    heartbeat_interval_s: float = Field(default=1.0, gt=0)
+    rebalance_timeout_s: float = Field(default=10.0, gt=0)
+    recovery_idle_s: float = Field(default=0.3, gt=0)
+
+    @property
+    def group_id(self) -> str:
+        return f"{self.kafka.topic_prefix}{self.app_id}"
+
+    @property
+    def changelog_topic(self) -> str:
+        """The worker's own state changelog (see services/metering/README.md)."""
+        return f"{self.kafka.topic_prefix}{self.app_id}-state-changelog"

@@ -1,0 +1,210 @@
+"""The worker's local state: one RocksDB (rocksdict) per worker, written once per batch.
+
+Keys (the same layout is used in the changelog topic, see README.md):
+
+| local key | value | changelog key |
+| --- | --- | --- |
+| `a\\0<aggregate key>` | running total + the aggregate's identity (JSON) | `a\\0<aggregate key>` |
+| `d\\0<customer>\\0<event id>` | first copy: "partition offset event_ms" | grouped: `d\\0<first offset of the batch>` |
+| `w\\0<partition>` | watermarks of a partition (JSON) | `w` (in the partition's own changelog partition) |
+
+A partition's watermark `Watermark` says how far everything is durable:
+- `input`: highest usage.events offset whose effects are in this state (-1: none);
+- `changelog`: next changelog offset not yet applied here (local state only);
+- `limits`, `duplicates`, `dlq`: next offset of those topics after the last record a committed
+  batch sent there; recovery reads from there on to learn what an interrupted batch already sent.
+
+The store's directory is owned through an flock on `owner.lock`; a RocksDB `LOCK` left behind by a
+SIGKILLed worker (whose flock the kernel released) is removed before opening.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import IO
+
+from metergate.domain.aggregation import RunningTotal
+from metergate.domain.dedup import FirstSeen
+from metergate.errors import ConfigurationError
+from rocksdict import Options, Rdict, WriteBatch
+
+log = logging.getLogger(__name__)
+
+AGGREGATE = b"a\x00"
+DEDUP = b"d\x00"
+WATERMARK = b"w\x00"
+
+
+@dataclass(slots=True)
+class Watermark:
+    input: int = -1
+    changelog: int = 0
+    limits: int = 0
+    duplicates: int = 0
+    dlq: int = 0
+
+    def encode(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Watermark:
+        return cls(**json.loads(raw))
+
+
+@dataclass(slots=True)
+class Aggregate:
+    """A running total with what identifies it on usage.aggregates."""
+
+    customer_id: str
+    meter: str
+    period_start_ms: int
+    period_end_ms: int
+    subscription_id: str | None
+    plan_key: str | None
+    plan_version: int | None
+    total: RunningTotal
+
+    def encode(self) -> bytes:
+        state = self.total.to_state()
+        state["c"] = self.customer_id
+        state["m"] = self.meter
+        state["ps"] = self.period_start_ms
+        state["pe"] = self.period_end_ms
+        if self.subscription_id is not None:
+            state["s"] = self.subscription_id
+            state["pk"] = self.plan_key
+            state["pv"] = self.plan_version
+        return json.dumps(state, separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Aggregate:
+        state = json.loads(raw)
+        return cls(
+            customer_id=state["c"],
+            meter=state["m"],
+            period_start_ms=state["ps"],
+            period_end_ms=state["pe"],
+            subscription_id=state.get("s"),
+            plan_key=state.get("pk"),
+            plan_version=state.get("pv"),
+            total=RunningTotal.from_state(state),
+        )
+
+
+def dedup_key(customer_id: str, event_id: str) -> bytes:
+    return DEDUP + customer_id.encode() + b"\x00" + event_id.encode()
+
+
+def encode_seen(seen: FirstSeen) -> bytes:
+    return f"{seen.partition} {seen.offset} {seen.event_ms}".encode()
+
+
+def decode_seen(raw: bytes) -> FirstSeen:
+    partition, offset, event_ms = raw.split(b" ")
+    return FirstSeen(int(partition), int(offset), int(event_ms))
+
+
+def encode_dedup_group(entries: Iterable[tuple[str, str, FirstSeen]]) -> bytes:
+    """The dedup entries of one partition-batch, as one changelog record."""
+    rows = [
+        [customer, event_id, seen.partition, seen.offset, seen.event_ms]
+        for customer, event_id, seen in entries
+    ]
+    return json.dumps(rows, separators=(",", ":")).encode()
+
+
+def decode_dedup_group(raw: bytes) -> Iterator[tuple[str, str, FirstSeen]]:
+    for customer, event_id, partition, offset, event_ms in json.loads(raw):
+        yield customer, event_id, FirstSeen(partition, offset, event_ms)
+
+
+class StateStore:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self._owner = self._take_ownership(directory / "owner.lock")
+        self.db = self._open(directory / "state")
+
+    @staticmethod
+    def _take_ownership(path: Path) -> IO[str]:
+        handle = path.open("a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip() or "another process"
+            handle.close()
+            raise ConfigurationError(
+                f"{path.parent} is in use by {owner}; give each worker its own data dir"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}\n")
+        handle.flush()
+        return handle
+
+    @staticmethod
+    def _open(path: Path) -> Rdict:
+        options = Options(raw_mode=True)
+        options.create_if_missing(True)
+        # We hold owner.lock, so no live worker uses this directory: a RocksDB LOCK file here was
+        # left by a worker that was killed. RocksDB's own lock is an fcntl lock the kernel released
+        # with the dead process; remove the file anyway so a stale one can never block a restart.
+        stale = path / "LOCK"
+        if stale.exists():
+            log.info("removing RocksDB LOCK left by a previous worker in %s", path)
+            stale.unlink()
+        return Rdict(str(path), options)
+
+    # -- reads --------------------------------------------------------------------------------------
+    def watermark(self, partition: int) -> Watermark:
+        raw = self.db.get(WATERMARK + str(partition).encode())
+        return Watermark() if raw is None else Watermark.decode(raw)
+
+    def aggregate(self, key: str) -> Aggregate | None:
+        raw = self.db.get(AGGREGATE + key.encode())
+        return None if raw is None else Aggregate.decode(raw)
+
+    def seen(self, customer_id: str, event_id: str) -> FirstSeen | None:
+        raw = self.db.get(dedup_key(customer_id, event_id))
+        return None if raw is None else decode_seen(raw)
+
+    def seen_many(self, keys: list[bytes]) -> list[bytes | None]:
+        return self.db[keys] if keys else []  # rocksdict multi-get
+
+    # -- writes -------------------------------------------------------------------------------------
+    def write(self, batch: WriteBatch) -> None:
+        self.db.write(batch)
+
+    def expire(self, now_ms: int, window_ms: int) -> int:
+        """Forget dedup entries and totals no event can reach any more (older than the window)."""
+        batch = WriteBatch(raw_mode=True)
+        removed = 0
+        horizon = now_ms - window_ms
+        for key, raw in self.db.items(from_key=DEDUP):
+            if not key.startswith(DEDUP):
+                break
+            if decode_seen(raw).event_ms < horizon:
+                batch.delete(key)
+                removed += 1
+        for key, raw in self.db.items(from_key=AGGREGATE):
+            if not key.startswith(AGGREGATE):
+                break
+            if json.loads(raw)["pe"] < horizon:
+                batch.delete(key)
+                removed += 1
+        if removed:
+            self.db.write(batch)
+        return removed
+
+    def close(self) -> None:
+        try:
+            self.db.close()
+        finally:
+            self._owner.close()
