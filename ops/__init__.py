@@ -1,0 +1,1 @@
+"""Operations: benchmarks and helpers run from the repository (python -m ops.bench)."""
