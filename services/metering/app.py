@@ -116,6 +116,8 @@ def create_metering(settings: MeteringSettings) -> Metering:
         future_skew_ms=int(settings.future_skew.total_seconds() * 1000),
         late_grace_ms=int(settings.late_grace.total_seconds() * 1000),
         recovery_idle_s=settings.recovery_idle_s,
+        crash_point=settings.crash_point,
+        crash_after_batches=settings.crash_after_batches,
     )
     app_class = batching_app_class(frozenset({topics.events}))
     app = app_class(

@@ -36,6 +36,8 @@ COMMIT ORDER of a batch (`_commit`), and what a crash between two steps does
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import time
 import uuid
 from collections import defaultdict
@@ -149,6 +151,8 @@ class MeteringProcessor:
         late_grace_ms: int,
         recovery_idle_s: float = 0.3,
         clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+        crash_point: str | None = None,
+        crash_after_batches: int = 1,
     ) -> None:
         self.topics = topics
         self.changelog_topic = changelog_topic
@@ -164,6 +168,9 @@ class MeteringProcessor:
         self.recovery_idle_s = recovery_idle_s
         self.clock_ms = clock_ms
         self.watermarks: dict[int, Watermark] = {}
+        self.crash_point = crash_point
+        self.crash_after_batches = crash_after_batches
+        self._batches_done = 0
         self.sent_guard: dict[int, set[str]] = defaultdict(set)
         self.sent_marks: dict[str, set[str]] = defaultdict(set)
         self._revoked: set[int] = set()
@@ -471,9 +478,12 @@ class MeteringProcessor:
                 continue
             send(self.topics.duplicates, key, self._receipt_codec.encode_dict(value), partition, remember)
         limit_timestamps: list[int | None] = []
-        for partition, key, value, event_ts in pending.limits:
+        for index, (partition, key, value, event_ts) in enumerate(pending.limits):
             send(self.topics.limits, key, self._limit_codec.encode_dict(value), partition, remember)
             limit_timestamps.append(event_ts)
+            if index == len(pending.limits) // 2 and self.crash_point == "outputs_partial":
+                self._flush(failures)
+                self._maybe_crash("outputs_partial")
         now = _from_millis(pending.now_ms)
         for key, (_partition, aggregate) in pending.totals.items():
             aggregate.total.version += 1
@@ -485,6 +495,7 @@ class MeteringProcessor:
                 tracked,
             )
         self._flush(failures)
+        self._maybe_crash("outputs_sent")
         delivered_s = time.time()
         sent_at = [(ts, delivered_s) for ts in limit_timestamps if ts is not None]
 
@@ -511,10 +522,13 @@ class MeteringProcessor:
                 changelog_positions[msg.partition()] = msg.offset()
 
         local = WriteBatch(raw_mode=True)
-        for key, (partition, aggregate) in pending.totals.items():
+        for index, (key, (partition, aggregate)) in enumerate(pending.totals.items()):
             encoded = aggregate.encode()
             send(self.changelog_topic, AGGREGATE + key.encode(), encoded, partition, logged)
             local.put(AGGREGATE + key.encode(), encoded)
+            if index == len(pending.totals) // 2 and self.crash_point == "changelog_partial":
+                self._flush(failures)
+                self._maybe_crash("changelog_partial")
         for partition, entries in pending.new_seen.items():
             if not entries:
                 continue
@@ -531,6 +545,7 @@ class MeteringProcessor:
         for partition, watermark in new_watermarks.items():
             send(self.changelog_topic, CHANGELOG_WATERMARK_KEY, watermark.encode(), partition, logged)
         self._flush(failures)
+        self._maybe_crash("changelog_sent")
 
         # step 3: local checkpoint, one atomic write
         for partition, watermark in new_watermarks.items():
@@ -538,7 +553,15 @@ class MeteringProcessor:
             local.put(WATERMARK + str(partition).encode(), watermark.encode())
             self.watermarks[partition] = watermark
         self.store.write(local)
+        self._maybe_crash("state_written")
+        self._batches_done += 1
         return sent_at
+
+    def _maybe_crash(self, point: str) -> None:
+        """Fault injection for the tests of the commit order: SIGKILL ourselves at a named step."""
+        if self.crash_point == point and self._batches_done + 1 >= self.crash_after_batches:
+            log.warning("fault injection: SIGKILL at %s in batch %d", point, self._batches_done + 1)
+            os.kill(os.getpid(), signal.SIGKILL)
 
     def _flush(self, failures: list[str]) -> None:
         remaining = self.producer.flush(60)

@@ -13,6 +13,7 @@
 | METERGATE_METERING_HEARTBEAT_INTERVAL_S | 1 | consumer-group heartbeat interval |
 | METERGATE_METERING_REBALANCE_TIMEOUT_S | 10 | consumer-group rebalance timeout |
 | METERGATE_METERING_RECOVERY_IDLE_S | 0.3 | when reading a changelog/output tail, how long "no new record" means its end |
+| METERGATE_METERING_CRASH_POINT, ..._CRASH_AFTER_BATCHES | (none), 1 | tests only: SIGKILL at a step of the commit order |
 | METERGATE_KAFKA_* / METERGATE_METRICS_PORT | | shared: bootstrap, topic prefix, ...; the Prometheus port |
 """
 
@@ -43,6 +44,10 @@ class MeteringSettings(BaseSettings):
     heartbeat_interval_s: float = Field(default=1.0, gt=0)
     rebalance_timeout_s: float = Field(default=10.0, gt=0)
     recovery_idle_s: float = Field(default=0.3, gt=0)
+    #: fault injection for tests: SIGKILL the worker at this step of the commit order
+    #: (outputs_partial, outputs_sent, changelog_partial, changelog_sent, state_written) of batch N
+    crash_point: str | None = None
+    crash_after_batches: int = Field(default=1, ge=1)
 
     @property
     def group_id(self) -> str:
