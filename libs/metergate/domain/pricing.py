@@ -43,8 +43,8 @@ from decimal import (
     DivisionByZero,
     InvalidOperation,
     Overflow,
-    localcontext,
 )
+from functools import cache
 
 from metergate.domain.records import (
     EntitlementSnapshot,
@@ -60,7 +60,9 @@ ZERO = Decimal(0)
 ONE = Decimal(1)
 
 #: Exact arithmetic: products and sums of 38-digit quantities and 38-digit prices fit in 100 digits.
+#: Used through its methods (no thread-local context switching on the hot path).
 _EXACT = Context(prec=100, rounding=ROUND_HALF_UP, traps=[InvalidOperation, DivisionByZero, Overflow])
+_add, _sub, _mul = _EXACT.add, _EXACT.subtract, _EXACT.multiply
 
 #: ISO 4217 minor units that are not 2 (every other currency has 2 decimals).
 _MINOR_UNITS: dict[str, int] = {
@@ -97,6 +99,7 @@ class UnpricedReason(enum.StrEnum):
     INVALID_PRICING = "invalid_pricing"  # the feature's pricing cannot be applied (also DLQ)
 
 
+@cache
 def minor_units(currency: str) -> int:
     """Decimals of the currency's minor unit (ISO 4217); 2 unless listed otherwise."""
     if len(currency) != 3 or not currency.isalpha() or not currency.isupper():
@@ -110,8 +113,12 @@ def minor_units(currency: str) -> int:
 
 def round_money(amount: Decimal, currency: str) -> Decimal:
     """Round once, to the currency's minor unit, half-up (0.005 USD -> 0.01; -0.005 -> -0.01)."""
-    with localcontext(_EXACT):
-        return amount.quantize(ONE.scaleb(-minor_units(currency)), rounding=ROUND_HALF_UP)
+    return amount.quantize(_minor_unit(currency), rounding=ROUND_HALF_UP, context=_EXACT)
+
+
+@cache
+def _minor_unit(currency: str) -> Decimal:
+    return ONE.scaleb(-minor_units(currency))
 
 
 def is_minor_exact(amount: Decimal, currency: str) -> bool:
@@ -121,8 +128,8 @@ def is_minor_exact(amount: Decimal, currency: str) -> bool:
 
 def billable_quantity(quantity: Decimal, included: Decimal) -> Decimal:
     """Units beyond the included ones; never negative."""
-    with localcontext(_EXACT):
-        return max(quantity - included, ZERO)
+    beyond = _sub(quantity, included)
+    return beyond if beyond > 0 else ZERO
 
 
 def validate_pricing(pricing: Pricing, *, where: str = "pricing") -> None:
@@ -182,34 +189,35 @@ class Price:
 
 def price(pricing: Pricing, billable: Decimal) -> Price:
     """Unrounded amount of `billable` units under `pricing` (which must be valid)."""
-    with localcontext(_EXACT):
-        if billable <= 0:
-            return Price(ZERO, _headline_price(pricing), "no billable units")
-        model = pricing.model
-        if model is PricingModel.NONE:
-            return Price(ZERO, None, "not priced")
-        if model is PricingModel.PER_UNIT:
-            return Price(
-                billable * pricing.unit_price, pricing.unit_price, f"{billable} x {pricing.unit_price}"
-            )
-        if model is PricingModel.PACKAGE:
-            packages = started_packages(billable, pricing.package_size)
-            return Price(
-                packages * pricing.unit_price,
-                pricing.unit_price,
-                f"{packages} x {pricing.unit_price} (package of {pricing.package_size})",
-            )
-        if model is PricingModel.GRADUATED:
-            parts = graduated_parts(pricing.tiers, billable)
-            amount = sum((part for _, _, part in parts), ZERO)
-            detail = " + ".join(f"tier {index + 1}: {units} units = {part}" for index, units, part in parts)
-            return Price(amount, None, detail)
-        if model is PricingModel.VOLUME:
-            index, tier = volume_tier(pricing.tiers, billable)
-            amount = billable * tier.unit_price + tier.flat_fee
-            fee = f" + {tier.flat_fee}" if tier.flat_fee else ""
-            return Price(amount, tier.unit_price, f"tier {index + 1}: {billable} x {tier.unit_price}{fee}")
-        raise PricingError(f"pricing.model: unknown model {model!r}", field="pricing.model")
+    if billable <= 0:
+        return Price(ZERO, _headline_price(pricing), "no billable units")
+    model = pricing.model
+    if model is PricingModel.NONE:
+        return Price(ZERO, None, "not priced")
+    if model is PricingModel.PER_UNIT:
+        return Price(
+            _mul(billable, pricing.unit_price), pricing.unit_price, f"{billable} x {pricing.unit_price}"
+        )
+    if model is PricingModel.PACKAGE:
+        packages = started_packages(billable, pricing.package_size)
+        return Price(
+            _mul(packages, pricing.unit_price),
+            pricing.unit_price,
+            f"{packages} x {pricing.unit_price} (package of {pricing.package_size})",
+        )
+    if model is PricingModel.GRADUATED:
+        parts = graduated_parts(pricing.tiers, billable)
+        amount = ZERO
+        for _, _, part in parts:
+            amount = _add(amount, part)
+        detail = " + ".join(f"tier {index + 1}: {units} units = {part}" for index, units, part in parts)
+        return Price(amount, None, detail)
+    if model is PricingModel.VOLUME:
+        index, tier = volume_tier(pricing.tiers, billable)
+        amount = _add(_mul(billable, tier.unit_price), tier.flat_fee)
+        fee = f" + {tier.flat_fee}" if tier.flat_fee else ""
+        return Price(amount, tier.unit_price, f"tier {index + 1}: {billable} x {tier.unit_price}{fee}")
+    raise PricingError(f"pricing.model: unknown model {model!r}", field="pricing.model")
 
 
 def _headline_price(pricing: Pricing) -> Decimal | None:
@@ -220,25 +228,23 @@ def _headline_price(pricing: Pricing) -> Decimal | None:
 
 def started_packages(billable: Decimal, package_size: Decimal) -> Decimal:
     """Blocks of `package_size` needed for `billable` units: ceil(billable / package_size), exactly."""
-    with localcontext(_EXACT):
-        whole, rest = divmod(billable, package_size)
-        return whole + (ONE if rest else ZERO)
+    whole, rest = _EXACT.divmod(billable, package_size)
+    return _add(whole, ONE) if rest else whole
 
 
 def graduated_parts(tiers: tuple[PriceTier, ...], billable: Decimal) -> list[tuple[int, Decimal, Decimal]]:
     """(tier index, units in the tier, amount of the tier) for every tier `billable` reaches."""
     parts: list[tuple[int, Decimal, Decimal]] = []
-    with localcontext(_EXACT):
-        lower = ZERO
-        for index, tier in enumerate(tiers):
-            if billable <= lower:
-                break
-            upper = billable if tier.up_to is None else min(billable, tier.up_to)
-            units = upper - lower
-            parts.append((index, units, units * tier.unit_price + tier.flat_fee))
-            if tier.up_to is None:
-                break
-            lower = tier.up_to
+    lower = ZERO
+    for index, tier in enumerate(tiers):
+        if billable <= lower:
+            break
+        upper = billable if tier.up_to is None else min(billable, tier.up_to)
+        units = _sub(upper, lower)
+        parts.append((index, units, _add(_mul(units, tier.unit_price), tier.flat_fee)))
+        if tier.up_to is None:
+            break
+        lower = tier.up_to
     return parts
 
 
@@ -269,10 +275,38 @@ class Charge:
     unpriced_reason: UnpricedReason | None = None
 
 
+#: id(pricing) -> pricing, for pricings already validated (the object is kept, so its id stays its own)
+_VALID: dict[int, Pricing] = {}
+
+
+def _validated(pricing: Pricing, where: str) -> None:
+    if _VALID.get(id(pricing)) is pricing:
+        return
+    validate_pricing(pricing, where=where)
+    if len(_VALID) >= 65536:
+        _VALID.clear()
+    _VALID[id(pricing)] = pricing
+
+
+#: (id(snapshot), meter) -> (snapshot, metered features on the meter)
+_METERED: dict[tuple[int, str], tuple[EntitlementSnapshot, tuple[FeatureEntitlement, ...]]] = {}
+
+
+def metered_features(snapshot: EntitlementSnapshot, meter: str) -> tuple[FeatureEntitlement, ...]:
+    """The snapshot's metered features on `meter` (memoised per snapshot object)."""
+    entry = _METERED.get((id(snapshot), meter))
+    if entry is not None and entry[0] is snapshot:
+        return entry[1]
+    features = tuple(f for f in snapshot.metered(meter) if f.kind is FeatureKind.METERED)
+    if len(_METERED) >= 262144:
+        _METERED.clear()
+    _METERED[(id(snapshot), meter)] = (snapshot, features)
+    return features
+
+
 def rate_feature(feature: FeatureEntitlement, quantity: Decimal, currency: str) -> Charge:
     """The usage charge of one metered feature for a running total (raises PricingError)."""
-    where = f"features.{feature.feature}.pricing"
-    validate_pricing(feature.pricing, where=where)
+    _validated(feature.pricing, f"features.{feature.feature}.pricing")
     billable = billable_quantity(quantity, feature.included)
     priced = price(feature.pricing, billable)
     return Charge(
@@ -354,7 +388,7 @@ def rate_usage(meter: str, quantity: Decimal, snapshot: EntitlementSnapshot | No
                 ),
             )
         )
-    features = [f for f in snapshot.metered(meter) if f.kind is FeatureKind.METERED]
+    features = metered_features(snapshot, meter)
     if not features:
         detail = f"plan {snapshot.plan_key} v{snapshot.plan_version} has no metered feature on {meter}"
         return Rating(
@@ -399,9 +433,11 @@ def base_fee_charge(snapshot: EntitlementSnapshot) -> Charge | None:
 
 
 def line_key(
-    customer_id: str, subscription_id: str, feature: str, period_start: datetime, charge: ChargeType
+    customer_id: str, subscription_id: str, feature: str, period_start: datetime | str, charge: ChargeType
 ) -> str:
-    """Identity of a line item: (customer, subscription, feature, period, charge)."""
-    return (
-        f"{customer_id}|{subscription_id}|{feature}|{period_start.astimezone(UTC).isoformat()}|{charge.value}"
-    )
+    """Identity of a line item: (customer, subscription, feature, period, charge).
+
+    `period_start` as a datetime, or already as its UTC ISO text (what `aggregate_key` uses).
+    """
+    period = period_start if isinstance(period_start, str) else period_start.astimezone(UTC).isoformat()
+    return f"{customer_id}|{subscription_id}|{feature}|{period}|{charge.value}"

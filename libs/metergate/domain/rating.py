@@ -20,6 +20,7 @@ order, and writes what the fold changed in one transaction. The rules:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
@@ -29,6 +30,7 @@ from metergate.domain.pricing import (
     Charge,
     ChargeStatus,
     ChargeType,
+    PricingError,
     base_fee_charge,
     line_key,
     rate_usage,
@@ -37,6 +39,7 @@ from metergate.domain.records import EntitlementSnapshot, UsageAggregate
 from metergate.errors import InvalidInput
 
 ZERO = Decimal(0)
+BASE_FEE = "base_fee"  # the feature name of a base-fee line
 
 
 @dataclass(frozen=True)
@@ -95,8 +98,10 @@ class RatingFold:
     wallets: dict[tuple[str, str], Wallet]
     #: line_key -> credit used per grant (only lines that use credit)
     credits: dict[str, dict[str, Decimal]]
-    #: base-fee line_key -> snapshot version stored (lines already in the database)
-    base_fees: dict[str, int | None] = field(default_factory=dict)
+    #: base-fee line_key -> snapshot version known to be stored already (read-only; may be partial)
+    known_base_fees: Mapping[str, int] = field(default_factory=dict)
+    #: base-fee line_key -> snapshot version this batch writes
+    base_fees: dict[str, int] = field(default_factory=dict)
 
     changed: dict[str, Line] = field(default_factory=dict)
     entries: list[Entry] = field(default_factory=list)
@@ -118,13 +123,18 @@ class RatingFold:
             self.stale += 1
             return Applied(stale=True)
         rating = rate_usage(aggregate.meter, aggregate.value, snapshot)
+        rejection = rating.rejection
+        bill_base_fee = snapshot is not None and snapshot.base_fee > 0
+        if snapshot is not None and snapshot.base_fee < 0:  # usage is still rated; the record goes to the DLQ
+            rejection = rejection or PricingError(
+                f"base_fee: expected >= 0, got {snapshot.base_fee}", field="base_fee"
+            )
         subscription = aggregate.subscription_id or (snapshot.subscription_id if snapshot else None) or ""
+        period = key.rsplit("|", 1)[1]  # the period start as aggregate_key writes it (UTC ISO)
         previous = self.lines.setdefault(key, {})
         now_lines: dict[str, Line] = {}
         for charge in rating.charges:
-            lk = line_key(
-                aggregate.customer_id, subscription, charge.feature, aggregate.period_start, charge.charge
-            )
+            lk = line_key(aggregate.customer_id, subscription, charge.feature, period, charge.charge)
             now_lines[lk] = self._line(lk, key, aggregate, snapshot, subscription, charge, previous.get(lk))
         for lk, old in previous.items():
             if lk not in now_lines and old.status is not ChargeStatus.SUPERSEDED:
@@ -136,16 +146,15 @@ class RatingFold:
                     aggregate_version=aggregate.version,
                 )
         changed: list[Line] = []
-        for lk, line in now_lines.items():
-            old = previous.get(lk)
-            line = self._move_credit(line, old, aggregate)
-            previous[lk] = line
-            self.changed[lk] = line
-            changed.append(line)
-        if snapshot is not None:
-            self._base_fee(aggregate, snapshot, subscription)
+        for lk, rated in now_lines.items():
+            moved = self._move_credit(rated, previous.get(lk), aggregate)
+            previous[lk] = moved
+            self.changed[lk] = moved
+            changed.append(moved)
+        if snapshot is not None and bill_base_fee and subscription:
+            self._base_fee(aggregate, snapshot, subscription, period)
         self.updates += 1
-        return Applied(stale=False, lines=tuple(changed), rejection=rating.rejection)
+        return Applied(stale=False, lines=tuple(changed), rejection=rejection)
 
     def _line(
         self,
@@ -217,7 +226,8 @@ class RatingFold:
             version=aggregate.version,
             used_at=aggregate.last_event_at,
         )
-        line = replace(line, credits_applied=change.credits_applied)
+        if change.credits_applied != line.credits_applied:
+            line = replace(line, credits_applied=change.credits_applied)
         self._record(change, aggregate, line)
         return line
 
@@ -230,16 +240,19 @@ class RatingFold:
         if change.depletion is not None:
             self.depletions.append((change.depletion, aggregate, line))
 
-    def _base_fee(self, aggregate: UsageAggregate, snapshot: EntitlementSnapshot, subscription: str) -> None:
-        charge = base_fee_charge(snapshot)
-        if charge is None or not subscription:
-            return
-        lk = line_key(
-            aggregate.customer_id, subscription, charge.feature, aggregate.period_start, charge.charge
-        )
-        if lk in self.base_fees and (self.base_fees[lk] or 0) >= snapshot.version:
+    def _base_fee(
+        self, aggregate: UsageAggregate, snapshot: EntitlementSnapshot, subscription: str, period: str
+    ) -> None:
+        lk = line_key(aggregate.customer_id, subscription, BASE_FEE, period, ChargeType.BASE_FEE)
+        if (
+            self.base_fees.get(lk, 0) >= snapshot.version
+            or self.known_base_fees.get(lk, 0) >= snapshot.version
+        ):
             return
         self.base_fees[lk] = snapshot.version
+        charge = base_fee_charge(snapshot)
+        if charge is None:
+            return
         self.changed[lk] = Line(
             line_key=lk,
             aggregate_key=None,

@@ -1,0 +1,248 @@
+"""Benchmark of the rating consumer: aggregate updates rated and committed to PostgreSQL per second.
+
+    python -m ops.bench_rating [--updates 200000] [--customers 10000] [--batch-size 5000]
+
+Uses METERGATE_KAFKA_BOOTSTRAP / METERGATE_DATABASE_URL when set, the embedded stack otherwise.
+Produces entitlement snapshots (graduated, per-unit and package pricing; 5% of customers with
+prepaid credit), then `--updates` running totals over customers x 3 meters (each key's versions in
+order), and runs the consumer in this process until every update is committed. The rate is
+measured from the first batch to the last commit (start-up, snapshot catch-up and the group join
+are reported apart). Nothing asserts a time; `bench()` returns the figures for other benchmarks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import text
+
+METERS = ("api_calls", "tokens", "storage_gb")
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    updates: int
+    customers: int
+    batch_size: int
+    produce_s: float
+    startup_s: float
+    rating_s: float
+    updates_per_s: float
+    line_items: int
+    ledger_entries: int
+    timings: dict[str, float]
+
+    def __str__(self) -> str:
+        return (
+            f"rating: {self.updates:,} aggregate updates over {self.customers:,} customers x {len(METERS)} meters, "
+            f"batch {self.batch_size}: {self.updates_per_s:,.0f} updates/s rated and committed "
+            f"({self.rating_s:.1f} s; start-up {self.startup_s:.1f} s; produce {self.produce_s:.1f} s); "
+            f"{self.line_items:,} line items, {self.ledger_entries:,} ledger entries\n"
+            f"  time per step (s): {', '.join(f'{k} {v:.2f}' for k, v in self.timings.items())}"
+        )
+
+
+def _snapshot(customer: str) -> Any:
+    from metergate.domain.records import (
+        EntitlementSnapshot,
+        FeatureEntitlement,
+        FeatureKind,
+        PriceTier,
+        Pricing,
+        PricingModel,
+    )
+
+    return EntitlementSnapshot(
+        customer_id=customer,
+        subscription_id=f"sub-{customer}",
+        plan_key="pro",
+        plan_version=1,
+        currency="USD",
+        base_fee=Decimal("49"),
+        features=(
+            FeatureEntitlement(
+                feature="api_calls",
+                kind=FeatureKind.METERED,
+                meter="api_calls",
+                included=Decimal(1000),
+                pricing=Pricing(
+                    model=PricingModel.GRADUATED,
+                    tiers=(
+                        PriceTier(up_to=Decimal(10000), unit_price=Decimal("0.002")),
+                        PriceTier(up_to=None, unit_price=Decimal("0.001")),
+                    ),
+                ),
+            ),
+            FeatureEntitlement(
+                feature="tokens",
+                kind=FeatureKind.METERED,
+                meter="tokens",
+                included=Decimal(100000),
+                pricing=Pricing(model=PricingModel.PER_UNIT, unit_price=Decimal("0.000002")),
+            ),
+            FeatureEntitlement(
+                feature="storage",
+                kind=FeatureKind.METERED,
+                meter="storage_gb",
+                pricing=Pricing(model=PricingModel.PACKAGE, unit_price=Decimal(5), package_size=Decimal(100)),
+            ),
+        ),
+        updated_at=datetime.now(UTC),
+    )
+
+
+def bench(
+    kafka_bootstrap: str,
+    database_url: str,
+    *,
+    updates: int = 200_000,
+    customers: int = 10_000,
+    batch_size: int = 5000,
+    partitions: int = 4,
+) -> BenchResult:
+    from metergate.db.credit_store import grant_credit
+    from metergate.db.engine import make_engine
+    from metergate.db.migrate import upgrade
+    from metergate.domain.ledger import Grant
+    from metergate.domain.records import Aggregation, EntitlementSnapshot, UsageAggregate
+    from metergate.kafka.admin import ensure_topics
+    from metergate.kafka.producer import DeliveryTracker, make_producer, produce
+    from metergate.kafka.topics import Topics
+    from metergate.settings import DatabaseSettings, KafkaSettings
+    from metergate.wire.codec import codec
+    from metergate_services.rating.consumer import RatingConsumer
+    from metergate_services.rating.settings import RatingSettings
+
+    run_id = uuid.uuid4().hex[:8]
+    topics = Topics(prefix=f"bench{run_id}.")
+    schema = f"bench_{run_id}"
+    config = {"bootstrap.servers": kafka_bootstrap}
+    ensure_topics(config, topics, partitions)
+    upgrade(database_url, schema)
+    engine = make_engine(database_url, schema)
+    names = [f"cust-{i:06d}" for i in range(customers)]
+    with engine.begin() as conn:
+        for index, customer in enumerate(names[::20]):  # 5% with prepaid credit
+            grant_credit(
+                conn,
+                Grant(f"g-{customer}", customer, "USD", Decimal(50 + index % 100), 1, datetime.now(UTC)),
+            )
+
+    started = time.perf_counter()
+    producer = make_producer(config)
+    tracker = DeliveryTracker()
+    snapshots = codec(EntitlementSnapshot)
+    for customer in names:
+        produce(producer, topics.snapshots, customer.encode(), snapshots.encode(_snapshot(customer)), tracker)
+    encoder = codec(UsageAggregate)
+    period_start = datetime.now(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    period_end = (period_start + timedelta(days=32)).replace(day=1)
+    keys = [(c, m) for c in names for m in METERS]
+    step = {"api_calls": 97, "tokens": 12_345, "storage_gb": 7}
+    for n in range(updates):
+        customer, meter = keys[n % len(keys)]
+        version = n // len(keys) + 1
+        aggregate = UsageAggregate(
+            customer_id=customer,
+            meter=meter,
+            aggregation=Aggregation.SUM,
+            period_start=period_start,
+            period_end=period_end,
+            value=Decimal(step[meter] * version),
+            event_count=version,
+            version=version,
+            last_event_at=period_start + timedelta(seconds=version),
+            last_event_id=f"e-{n}",
+            updated_at=period_start + timedelta(seconds=version),
+        )
+        produce(producer, topics.aggregates, aggregate.key.encode(), encoder.encode(aggregate), tracker)
+        if n % 50_000 == 0:
+            producer.poll(0)
+    producer.flush(120)
+    tracker.raise_failures()
+    produce_s = time.perf_counter() - started
+
+    settings = RatingSettings(
+        kafka=KafkaSettings(bootstrap=kafka_bootstrap, topic_prefix=topics.prefix),
+        database=DatabaseSettings(url=database_url, METERGATE_DATABASE_SCHEMA=schema),  # type: ignore[call-arg, arg-type]
+        batch_size=batch_size,
+        group_id=f"bench-{run_id}",
+        lag_interval_s=0,
+        expiry_interval_s=0,
+    )
+    consumer = RatingConsumer(settings)
+    began = time.perf_counter()
+    consumer.run(until=lambda c: c.committed_records >= updates)
+    assert consumer.first_batch_at is not None and consumer.last_commit_at is not None
+    rating_s = consumer.last_commit_at - consumer.first_batch_at
+    with engine.begin() as conn:
+        line_items = conn.execute(text("SELECT count(*) FROM line_items")).scalar_one()
+        entries = conn.execute(text("SELECT count(*) FROM credit_ledger")).scalar_one()
+        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+    engine.dispose()
+    from metergate.kafka.admin import delete_topics
+
+    delete_topics(config, topics.all())
+    return BenchResult(
+        updates=consumer.committed_updates,
+        customers=customers,
+        batch_size=batch_size,
+        produce_s=produce_s,
+        startup_s=consumer.first_batch_at - began,
+        rating_s=rating_s,
+        updates_per_s=consumer.committed_updates / rating_s if rating_s > 0 else 0.0,
+        line_items=line_items,
+        ledger_entries=entries,
+        timings=dict(consumer.timings),
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--updates", type=int, default=200_000)
+    parser.add_argument("--customers", type=int, default=10_000)
+    parser.add_argument("--batch-size", type=int, default=5000)
+    parser.add_argument("--runs", type=int, default=1)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    bootstrap = os.environ.get("METERGATE_KAFKA_BOOTSTRAP")
+    url = os.environ.get("METERGATE_DATABASE_URL")
+    stack = None
+    if not (bootstrap and url):
+        from metergate.embedded.stack import EmbeddedStack
+        from metergate.settings import DatabaseSettings, KafkaSettings
+
+        stack = EmbeddedStack(
+            Path(tempfile.mkdtemp(prefix="metergate-bench-")),
+            kafka=KafkaSettings(bootstrap=bootstrap, topic_prefix="unused-"),
+            database=DatabaseSettings(url=url),  # type: ignore[arg-type]
+            create_topics=False,
+            migrate=False,
+        )
+        info = stack.start()
+        bootstrap, url = info.kafka_bootstrap, info.database_url
+    try:
+        for _ in range(args.runs):
+            print(
+                bench(
+                    bootstrap, url, updates=args.updates, customers=args.customers, batch_size=args.batch_size
+                ),
+                flush=True,
+            )
+    finally:
+        if stack is not None:
+            stack.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,514 @@
+"""The rating consumer: usage.aggregates -> line items, credit ledger, outboxes; offsets in PostgreSQL.
+
+A thin shell: it decodes, asks the pure core (`metergate.domain.rating`) what changes, and writes
+that with `metergate.db.rating_store`, one transaction per poll batch. The Kafka group only spreads
+partitions over workers; Kafka offsets are never committed. The authoritative position of every
+partition is the `consumer_offsets` row written in the same transaction as the rows it produced;
+on assignment (start, rebalance) the consumer seeks to it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
+from metergate.db import credit_store, rating_store
+from metergate.db.engine import make_engine
+from metergate.domain.ledger import depletion_event_id
+from metergate.domain.rating import RatingFold
+from metergate.domain.records import (
+    DeadLetter,
+    KafkaPosition,
+    LimitEvent,
+    LimitKind,
+    UsageAggregate,
+    now_utc,
+)
+from metergate.errors import DeliveryError, InvalidInput
+from metergate.kafka.producer import DeliveryTracker, make_producer, produce
+from metergate.wire.codec import codec
+from metergate_services.rating import metrics
+from metergate_services.rating.line_cache import LineCache
+from metergate_services.rating.settings import RatingSettings
+from metergate_services.rating.snapshots import SnapshotCache
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+SERVICE = "rating"
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A database failure worth waiting out (server down or restarting, connection lost, deadlock)."""
+    if isinstance(exc, OperationalError | InterfaceError):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
+@dataclass
+class Batch:
+    """One poll batch, decoded, in consumption order."""
+
+    records: list[tuple[Message, UsageAggregate]] = field(default_factory=list)
+    rejected: list[DeadLetter] = field(default_factory=list)
+    next_offsets: dict[int, int] = field(default_factory=dict)  # partition -> offset after the batch
+
+    @property
+    def partitions(self) -> set[int]:
+        return set(self.next_offsets)
+
+
+class RatingConsumer:
+    def __init__(self, settings: RatingSettings, engine: Engine | None = None) -> None:
+        self.settings = settings
+        client = settings.kafka.client_config()
+        self.topics = settings.kafka.topics
+        self.topic = self.topics.aggregates
+        self.group = settings.group_id
+        self.engine = engine or make_engine(
+            settings.database.sqlalchemy_url(), settings.database.schema_name, pool_size=2, max_overflow=2
+        )
+        self._own_engine = engine is None
+        self.consumer = Consumer(
+            {
+                **client,
+                "group.id": self.group,
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "auto.offset.reset": "earliest",
+                "enable.partition.eof": False,
+                "session.timeout.ms": settings.session_timeout_ms,
+                "heartbeat.interval.ms": max(settings.session_timeout_ms // 6, 500),
+                "fetch.min.bytes": 1,
+                "queued.max.messages.kbytes": 65536,
+            }
+        )
+        self.producer = make_producer(client)
+        self.tracker = DeliveryTracker()
+        self.snapshots = SnapshotCache(client, self.topics.snapshots, on_reject=self._reject_snapshot)
+        #: partition -> next offset as stored in PostgreSQL (None: no row yet); only assigned partitions
+        self.expected: dict[int, int | None] = {}
+        self._stop = threading.Event()
+        self._aggregates = codec(UsageAggregate)
+        self._dead_letters = codec(DeadLetter)
+        self._limits = codec(LimitEvent)
+        self._outbox_pending = True  # publish leftovers of an earlier run first
+        self._snapshot_rejects: list[DeadLetter] = []
+        self._next_expiry = 0.0
+        self._next_lag = 0.0
+        self.line_cache = LineCache(settings.line_cache_keys)
+        #: base-fee lines this process committed (line_key -> snapshot version): not rewritten each batch
+        self._base_fees: dict[str, int] = {}
+        self.committed_updates = 0  # newer versions rated and committed by this process
+        self.committed_records = 0  # records consumed and committed (stale and rejected included)
+        #: seconds spent per step of a batch (decode, load, fold, dlq, write, commit), for benchmarks
+        self.timings: defaultdict[str, float] = defaultdict(float)
+        self.first_batch_at: float | None = None  # perf_counter() when the first batch arrived
+        self.last_commit_at: float | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def run(self, until: Callable[[RatingConsumer], bool] | None = None) -> None:
+        """Consume until stop() (or `until(self)` is true after a batch); then leave the group cleanly."""
+        try:
+            self.snapshots.catch_up(self.settings.snapshot_idle_s, self.settings.snapshot_timeout_s)
+            log.info(
+                "rating: %d entitlement snapshots loaded from %s", len(self.snapshots), self.snapshots.topic
+            )
+            self.consumer.subscribe(
+                [self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
+            )
+            while not self.stopping:
+                messages = self.consumer.consume(
+                    self.settings.batch_size, timeout=self.settings.poll_timeout_s
+                )
+                self.snapshots.poll()
+                if messages:
+                    self._handle(messages)
+                self._housekeeping()
+                if until is not None and until(self):
+                    break
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        try:
+            self.consumer.close()  # leave the group now: partitions move without waiting for a timeout
+        except RuntimeError:
+            pass
+        self.producer.flush(10)
+        self.snapshots.close()
+        if self._own_engine:
+            self.engine.dispose()
+
+    # -- assignment: seek to the offsets stored in PostgreSQL ----------------------------------
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        numbers = [tp.partition for tp in partitions]
+
+        def read(conn: Any) -> dict[int, int]:
+            return rating_store.stored_offsets(conn, self.group, self.topic, numbers)
+
+        stored = self._with_database(read, what="reading stored offsets")
+        if stored is None:  # stopping while the database is down
+            return
+        for tp in partitions:
+            offset = stored.get(tp.partition)
+            tp.offset = OFFSET_BEGINNING if offset is None else offset
+            self.expected[tp.partition] = offset
+        consumer.assign(partitions)
+        log.info(
+            "rating: assigned %s", {tp.partition: stored.get(tp.partition, "beginning") for tp in partitions}
+        )
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Nothing to commit here: every batch committed its offsets with its rows.
+        self.line_cache.drop_partitions([tp.partition for tp in partitions])
+        for tp in partitions:
+            self.expected.pop(tp.partition, None)
+            try:
+                metrics.LAG.remove(str(tp.partition))
+            except KeyError:
+                pass
+        log.info("rating: revoked %s", [tp.partition for tp in partitions])
+
+    def _reseek(self) -> None:
+        """Seek every assigned partition back to its stored offset (after a fencing conflict)."""
+        partitions = sorted(self.expected)
+        stored = self._with_database(
+            lambda conn: rating_store.stored_offsets(conn, self.group, self.topic, partitions),
+            what="re-reading offsets",
+        )
+        if stored is None:
+            return
+        for partition in partitions:
+            offset = stored.get(partition)
+            self.expected[partition] = offset
+            self.consumer.seek(
+                TopicPartition(self.topic, partition, OFFSET_BEGINNING if offset is None else offset)
+            )
+
+    # -- one batch ------------------------------------------------------------------------------
+
+    def _prepare(self, messages: Iterable[Message]) -> Batch:
+        batch = Batch()
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                if error.code() != KafkaError._PARTITION_EOF:
+                    log.warning("rating: consumer error: %s", error)
+                continue
+            partition, offset = message.partition(), message.offset()
+            if partition is None or offset is None or partition not in self.expected:
+                continue  # revoked while the batch was in flight
+            stored = self.expected[partition]
+            if stored is not None and offset < stored:
+                continue  # already committed (a redelivery after pause/resume)
+            batch.next_offsets[partition] = offset + 1
+            value = message.value()
+            if value is None:
+                continue  # a tombstone of the compacted topic: nothing to rate
+            try:
+                aggregate = self._aggregates.decode(value)
+                if aggregate.value < 0:
+                    raise InvalidInput(
+                        f"value: expected a running total >= 0, got {aggregate.value}",
+                        reason="invalid_value",
+                        field="value",
+                    )
+            except InvalidInput as exc:
+                batch.rejected.append(self._dead_letter(message, exc))
+                continue
+            batch.records.append((message, aggregate))
+        return batch
+
+    def _handle(self, messages: list[Message]) -> None:
+        started = time.perf_counter()
+        if self.first_batch_at is None:
+            self.first_batch_at = started
+        batch = self._prepare(messages)
+        self.timings["decode"] += time.perf_counter() - started
+        if not batch.next_offsets:
+            return
+        if any(self.snapshots.get(a.customer_id) is None for _, a in batch.records) and (
+            time.monotonic() - self.snapshots.last_caught_up > 1.0
+        ):
+            # a customer unknown so far: its snapshot may just have been published
+            self.snapshots.catch_up(idle_s=0.2, timeout_s=2.0)
+        delay = self.settings.retry_initial_s
+        while True:
+            try:
+                fold = self._commit(batch)
+                break
+            except rating_store.StaleAssignment as exc:
+                log.warning("rating: %s; re-reading stored offsets", exc)
+                self.line_cache.clear()
+                self._reseek()
+                return
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                metrics.DB_RETRIES.inc()
+                log.warning(
+                    "rating: PostgreSQL failed (%s); pausing consumption and retrying", _first_line(exc)
+                )
+                if not self._wait_for_database(delay):
+                    return  # stopping, or our partitions were taken away meanwhile
+                if not batch.partitions <= set(self.expected):
+                    return
+                delay = min(delay * 2, self.settings.retry_max_s)
+        metrics.UPDATES.inc(fold.updates)
+        metrics.STALE.inc(fold.stale)
+        metrics.LINE_ITEMS.inc(len(fold.changed))
+        for entry in fold.entries:
+            metrics.LEDGER_WRITES.labels(entry.entry_type.value).inc()
+        metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
+        self.committed_updates += fold.updates
+        self.committed_records += len(messages)
+        self.last_commit_at = time.perf_counter()
+        if fold.depletions:
+            self._outbox_pending = True
+            self._publish_limits()
+
+    def _commit(self, batch: Batch) -> RatingFold:
+        """Rate `batch` and commit it. The commit order, and what a failure at each step replays:
+
+        1. lock this batch's `consumer_offsets` rows and check they hold what this consumer
+           expects (else another consumer moved them: roll back, seek to the stored offsets);
+        2. read the stored lines of the batch's aggregate keys and lock the customers' credit
+           accounts; fold every record in offset order (pure);
+        3. send this batch's DLQ records and wait for the broker's acks (failure: roll back;
+           the whole batch is redone, so a DLQ record may be sent twice: DLQ consumers
+           deduplicate by `source` position);
+        4. write line items, ledger entries (+ grants' running figures), depletion counters and
+           their LimitEvents into `limit_outbox`, refreshed `invoice_sync` rows, and the offsets
+           after the batch, all in this one transaction;
+        5. COMMIT. A crash before it leaves nothing: the restart seeks to the stored offsets and
+           redoes the batch, and idempotency keys + version guards make the redo exact;
+        6. after COMMIT, publish `limit_outbox` rows to usage.limits and mark them published (a
+           crash in between re-publishes them at start: the same limit_event_id, so consumers
+           deduplicate; the depletion itself is recorded exactly once, in step 4).
+        """
+        expected = {partition: self.expected[partition] for partition in sorted(batch.partitions)}
+        mark = time.perf_counter()
+        with self.engine.begin() as conn:
+            rating_store.lock_offsets(conn, self.group, self.topic, expected)  # 1
+            key_partitions = {aggregate.key: message.partition() for message, aggregate in batch.records}
+            lines, credits, missing = self.line_cache.take(key_partitions)  # 2
+            if missing:
+                stored_lines, stored_credits = rating_store.load_lines(conn, missing)
+                lines.update(stored_lines)
+                credits.update(stored_credits)
+            customers = {aggregate.customer_id for _, aggregate in batch.records}
+            wallets = rating_store.load_credit(conn, customers)
+            mark = self._tick("load", mark)
+            fold = RatingFold(lines=lines, wallets=wallets, credits=credits, known_base_fees=self._base_fees)
+            dead_letters = list(batch.rejected)
+            for message, aggregate in batch.records:
+                try:
+                    applied = fold.apply(aggregate, self.snapshots.get(aggregate.customer_id))
+                except InvalidInput as exc:
+                    dead_letters.append(self._dead_letter(message, exc))
+                    continue
+                if applied.rejection is not None:
+                    dead_letters.append(self._dead_letter(message, applied.rejection))
+            dead_letters.extend(self._snapshot_rejects)
+            mark = self._tick("fold", mark)
+            self._send_dead_letters(dead_letters)  # 3
+            mark = self._tick("dlq", mark)
+            changed = list(fold.changed.values())
+            rating_store.write_lines(conn, changed, fold.credits)  # 4
+            mark = self._tick("write lines", mark)
+            rating_store.write_entries(conn, fold.entries)
+            depletions = [self._depletion_event(d, a, line) for d, a, line in fold.depletions]
+            rating_store.write_depletions(conn, depletions)
+            mark = self._tick("write ledger", mark)
+            rating_store.refresh_invoices(conn, {(line.customer_id, line.period_start) for line in changed})
+            mark = self._tick("write invoices", mark)
+            rating_store.save_offsets(conn, self.group, self.topic, batch.next_offsets)
+            mark = self._tick("write offsets", mark)
+        self._tick("commit", mark)
+        # 5: committed
+        if len(self._base_fees) > 1_000_000:
+            self._base_fees.clear()  # a memo only: a miss costs one guarded upsert
+        self._base_fees.update(fold.base_fees)
+        self.line_cache.store(key_partitions, fold.lines, fold.credits)
+        self._snapshot_rejects.clear()
+        self.expected.update(batch.next_offsets)
+        for dead_letter in dead_letters:
+            metrics.REJECTED.labels(dead_letter.reason).inc()
+        return fold
+
+    def _tick(self, step: str, since: float) -> float:
+        now = time.perf_counter()
+        self.timings[step] += now - since
+        return now
+
+    def _depletion_event(
+        self, depletion: Any, aggregate: UsageAggregate, line: Any
+    ) -> tuple[Any, str, bytes]:
+        event_id = depletion_event_id(depletion.customer_id, depletion.currency, depletion.sequence)
+        event = LimitEvent(
+            limit_event_id=event_id,
+            kind=LimitKind.CREDITS_DEPLETED,
+            customer_id=depletion.customer_id,
+            feature=line.feature,
+            meter=aggregate.meter,
+            period_start=aggregate.period_start,
+            period_end=aggregate.period_end,
+            usage=aggregate.value,
+            limit=None,
+            event_id=aggregate.last_event_id,
+            occurred_at=aggregate.last_event_at,
+        )
+        return depletion, event_id, self._limits.encode(event)
+
+    # -- side outputs ---------------------------------------------------------------------------
+
+    def _dead_letter(self, message: Message, exc: InvalidInput) -> DeadLetter:
+        return DeadLetter(
+            reason=exc.reason,
+            message=str(exc),
+            original_key=message.key(),
+            original_value=message.value(),
+            source=KafkaPosition(
+                topic=message.topic() or "", partition=message.partition() or 0, offset=message.offset() or 0
+            ),
+            service=SERVICE,
+            rejected_at=now_utc(),
+        )
+
+    def _reject_snapshot(self, message: Message, exc: InvalidInput) -> None:
+        self._snapshot_rejects.append(self._dead_letter(message, exc))
+
+    def _send_dead_letters(self, dead_letters: list[DeadLetter]) -> None:
+        if not dead_letters:
+            return
+        for dead_letter in dead_letters:
+            produce(
+                self.producer,
+                self.topics.dlq,
+                dead_letter.original_key,
+                self._dead_letters.encode(dead_letter),
+                self.tracker,
+            )
+        self._flush()
+
+    def _flush(self) -> None:
+        remaining = self.producer.flush(30)
+        if remaining:
+            raise DeliveryError(f"{remaining} record(s) still queued for Kafka after 30 s")
+        self.tracker.raise_failures()
+
+    def _publish_limits(self) -> None:
+        """Publish unpublished limit_outbox rows (step 6 of the commit order); retried later on failure."""
+        try:
+            with self.engine.begin() as conn:
+                rows = rating_store.unpublished_limits(conn)
+            if rows:
+                for _, customer_id, payload in rows:
+                    produce(self.producer, self.topics.limits, customer_id.encode(), payload, self.tracker)
+                self._flush()
+                with self.engine.begin() as conn:
+                    rating_store.mark_published(conn, [event_id for event_id, _, _ in rows])
+                metrics.LIMITS_PUBLISHED.inc(len(rows))
+            self._outbox_pending = False
+        except (DeliveryError, OperationalError, InterfaceError) as exc:
+            log.warning("rating: limit events not published yet (%s); will retry", _first_line(exc))
+
+    # -- periodic work ---------------------------------------------------------------------------
+
+    def _housekeeping(self) -> None:
+        now = time.monotonic()
+        if self._outbox_pending:
+            self._publish_limits()
+        interval = self.settings.expiry_interval_s
+        if interval and now >= self._next_expiry:
+            self._next_expiry = now + interval
+            try:
+                with self.engine.begin() as conn:
+                    entries = credit_store.expire_due(conn, datetime.now(UTC))
+                for entry in entries:
+                    metrics.LEDGER_WRITES.labels(entry.entry_type.value).inc()
+            except (OperationalError, InterfaceError) as exc:
+                log.warning("rating: credit expiry skipped (%s)", _first_line(exc))
+        interval = self.settings.lag_interval_s
+        if interval and now >= self._next_lag:
+            self._next_lag = now + interval
+            self._measure_lag()
+
+    def _measure_lag(self) -> None:
+        for partition, offset in list(self.expected.items()):
+            try:
+                _, high = self.consumer.get_watermark_offsets(
+                    TopicPartition(self.topic, partition), timeout=1.0
+                )
+            except Exception:  # the broker is busy or gone: skip this round
+                return
+            metrics.LAG.labels(str(partition)).set(max(high - (offset or 0), 0))
+
+    # -- the database being away -------------------------------------------------------------------
+
+    def _wait_for_database(self, delay: float) -> bool:
+        """Pause consumption until PostgreSQL answers; False when stopping instead."""
+        assignment = self.consumer.assignment()
+        if assignment:
+            self.consumer.pause(assignment)
+        try:
+            while not self.stopping:
+                self._sleep(delay)
+                delay = min(delay * 2, self.settings.retry_max_s)
+                self.consumer.poll(0)  # keep the group membership alive (no records: paused)
+                try:
+                    with self.engine.connect() as conn:
+                        conn.execute(text("SELECT 1"))
+                    log.info("rating: PostgreSQL is back; resuming")
+                    return True
+                except Exception as exc:
+                    if not is_transient(exc):
+                        raise
+                    metrics.DB_RETRIES.inc()
+            return False
+        finally:
+            assignment = self.consumer.assignment()
+            if assignment:
+                self.consumer.resume(assignment)
+
+    def _with_database(self, work: Callable[[Any], T], *, what: str) -> T | None:
+        delay = self.settings.retry_initial_s
+        while True:
+            try:
+                with self.engine.begin() as conn:
+                    return work(conn)
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                metrics.DB_RETRIES.inc()
+                log.warning("rating: PostgreSQL failed while %s (%s); retrying", what, _first_line(exc))
+                if self.stopping:
+                    return None
+                self._sleep(delay)
+                delay = min(delay * 2, self.settings.retry_max_s)
+
+    def _sleep(self, seconds: float) -> None:
+        self._stop.wait(seconds)
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

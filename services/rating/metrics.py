@@ -1,0 +1,19 @@
+"""Prometheus metrics of the rating consumer (served by `metergate.metrics.serve` when a port is set)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+UPDATES = Counter("metergate_rating_updates", "Aggregate updates rated and committed (newer versions)")
+STALE = Counter("metergate_rating_stale", "Aggregate updates ignored: not newer than the stored version")
+BATCH_SECONDS = Histogram(
+    "metergate_rating_batch_seconds",
+    "Time to rate and commit one poll batch",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+LEDGER_WRITES = Counter("metergate_ledger_writes", "Credit-ledger entries written", ["entry_type"])
+LINE_ITEMS = Counter("metergate_line_items_written", "Line items inserted or updated")
+REJECTED = Counter("metergate_rating_rejected", "Records sent to the DLQ by rating", ["reason"])
+LAG = Gauge("metergate_consumer_lag", "Records of usage.aggregates not yet rated", ["partition"])
+DB_RETRIES = Counter("metergate_rating_db_retries", "PostgreSQL failures the consumer waited out")
+LIMITS_PUBLISHED = Counter("metergate_rating_limit_events_published", "credits_depleted events published")

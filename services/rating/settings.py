@@ -1,0 +1,45 @@
+"""Settings of the rating consumer: `METERGATE_RATING_*`, plus the shared Kafka/database/metrics pieces.
+
+| variable | default | meaning |
+| --- | --- | --- |
+| METERGATE_RATING_GROUP_ID | metergate-rating | consumer group (offsets are stored in PostgreSQL under this name) |
+| METERGATE_RATING_BATCH_SIZE | 5000 | most records rated in one transaction |
+| METERGATE_RATING_POLL_TIMEOUT_S | 0.5 | longest wait for a batch to fill |
+| METERGATE_RATING_SNAPSHOT_IDLE_S | 0.5 | snapshot catch-up: no new snapshot for this long = caught up |
+| METERGATE_RATING_SNAPSHOT_TIMEOUT_S | 60 | longest start-up catch-up of entitlements.snapshots |
+| METERGATE_RATING_RETRY_INITIAL_S | 0.2 | first wait after PostgreSQL failed (doubles each retry) |
+| METERGATE_RATING_RETRY_MAX_S | 5 | longest wait between retries |
+| METERGATE_RATING_EXPIRY_INTERVAL_S | 60 | how often expired credit grants are closed (0 = never) |
+| METERGATE_RATING_LAG_INTERVAL_S | 10 | how often consumer lag is measured (0 = never) |
+| METERGATE_RATING_SESSION_TIMEOUT_MS | 6000 | Kafka group session timeout (a killed worker's partitions move after it) |
+| METERGATE_RATING_LINE_CACHE_KEYS | 100000 | aggregate keys whose committed lines stay in memory (0 = always read PostgreSQL) |
+
+Shared: METERGATE_KAFKA_* (bootstrap, topic prefix, security), METERGATE_DATABASE_URL and
+METERGATE_DATABASE_SCHEMA, METERGATE_METRICS_PORT (see `metergate.settings`).
+"""
+
+from __future__ import annotations
+
+from metergate.settings import DatabaseSettings, KafkaSettings, MetricsSettings
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class RatingSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="METERGATE_RATING_", frozen=True, extra="ignore")
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+
+    group_id: str = "metergate-rating"
+    batch_size: int = Field(default=5000, ge=1, le=100_000)
+    poll_timeout_s: float = Field(default=0.5, gt=0)
+    snapshot_idle_s: float = Field(default=0.5, gt=0)
+    snapshot_timeout_s: float = Field(default=60.0, gt=0)
+    retry_initial_s: float = Field(default=0.2, gt=0)
+    retry_max_s: float = Field(default=5.0, gt=0)
+    expiry_interval_s: float = Field(default=60.0, ge=0)
+    lag_interval_s: float = Field(default=10.0, ge=0)
+    session_timeout_ms: int = Field(default=6000, ge=1000)
+    line_cache_keys: int = Field(default=100_000, ge=0)
