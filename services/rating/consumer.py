@@ -10,6 +10,8 @@ on assignment (start, rebalance) the consumer seeks to it.
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import threading
 import time
 from collections import defaultdict
@@ -45,6 +47,13 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SERVICE = "rating"
+
+#: Tests only: "STEP@N" makes the process SIGKILL itself at STEP of its Nth batch, to prove that a
+#: crash between any two steps of the commit order loses and duplicates nothing. Steps, in order:
+#: locked, folded, dlq_sent, written (all before COMMIT), committed, published (limit events sent,
+#: not yet marked).
+FAULT_ENV = "METERGATE_RATING_FAULT"
+FAULT_STEPS = ("locked", "folded", "dlq_sent", "written", "committed", "published")
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -108,6 +117,14 @@ class RatingConsumer:
         self.line_cache = LineCache(settings.line_cache_keys)
         #: base-fee lines this process committed (line_key -> snapshot version): not rewritten each batch
         self._base_fees: dict[str, int] = {}
+        self._batches = 0
+        fault = os.environ.get(FAULT_ENV, "")
+        self._fault_at: tuple[str, int] | None = None
+        if fault:
+            step, _, number = fault.partition("@")
+            if step not in FAULT_STEPS or not number.isdigit():
+                raise ValueError(f"{FAULT_ENV}: expected STEP@N with STEP in {FAULT_STEPS}, got {fault!r}")
+            self._fault_at = (step, int(number))
         self.committed_updates = 0  # newer versions rated and committed by this process
         self.committed_records = 0  # records consumed and committed (stale and rejected included)
         #: seconds spent per step of a batch (decode, load, fold, dlq, write, commit), for benchmarks
@@ -306,9 +323,11 @@ class RatingConsumer:
            deduplicate; the depletion itself is recorded exactly once, in step 4).
         """
         expected = {partition: self.expected[partition] for partition in sorted(batch.partitions)}
+        self._batches += 1
         mark = time.perf_counter()
         with self.engine.begin() as conn:
             rating_store.lock_offsets(conn, self.group, self.topic, expected)  # 1
+            self._fault("locked")
             key_partitions = {aggregate.key: message.partition() for message, aggregate in batch.records}
             lines, credits, missing = self.line_cache.take(key_partitions)  # 2
             if missing:
@@ -330,7 +349,9 @@ class RatingConsumer:
                     dead_letters.append(self._dead_letter(message, applied.rejection))
             dead_letters.extend(self._snapshot_rejects)
             mark = self._tick("fold", mark)
+            self._fault("folded")
             self._send_dead_letters(dead_letters)  # 3
+            self._fault("dlq_sent")
             mark = self._tick("dlq", mark)
             changed = list(fold.changed.values())
             rating_store.write_lines(conn, changed, fold.credits)  # 4
@@ -343,7 +364,9 @@ class RatingConsumer:
             mark = self._tick("write invoices", mark)
             rating_store.save_offsets(conn, self.group, self.topic, batch.next_offsets)
             mark = self._tick("write offsets", mark)
+            self._fault("written")
         self._tick("commit", mark)
+        self._fault("committed")
         # 5: committed
         if len(self._base_fees) > 1_000_000:
             self._base_fees.clear()  # a memo only: a miss costs one guarded upsert
@@ -354,6 +377,11 @@ class RatingConsumer:
         for dead_letter in dead_letters:
             metrics.REJECTED.labels(dead_letter.reason).inc()
         return fold
+
+    def _fault(self, step: str) -> None:
+        if self._fault_at == (step, self._batches):
+            log.warning("rating: %s=%s@%d: killing myself", FAULT_ENV, step, self._batches)
+            os.kill(os.getpid(), signal.SIGKILL)
 
     def _tick(self, step: str, since: float) -> float:
         now = time.perf_counter()
@@ -425,6 +453,7 @@ class RatingConsumer:
                 for _, customer_id, payload in rows:
                     produce(self.producer, self.topics.limits, customer_id.encode(), payload, self.tracker)
                 self._flush()
+                self._fault("published")
                 with self.engine.begin() as conn:
                     rating_store.mark_published(conn, [event_id for event_id, _, _ in rows])
                 metrics.LIMITS_PUBLISHED.inc(len(rows))

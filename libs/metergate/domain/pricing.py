@@ -126,6 +126,29 @@ def is_minor_exact(amount: Decimal, currency: str) -> bool:
     return round_money(amount, currency) == amount
 
 
+def plain(value: Decimal) -> Decimal:
+    """The same number without trailing zeros (Avro gives quantities 9 decimals, prices 12), never in
+    exponent notation, never rounded: "1234.000000000" -> "1234", "0.002000000000" -> "0.002"."""
+    normal = _EXACT.normalize(value)
+    exponent = normal.as_tuple().exponent
+    if isinstance(exponent, int) and exponent > 0:
+        return normal.quantize(ONE, context=_EXACT)
+    return normal
+
+
+#: plain() of prices and included units, which repeat across records (bounded memo)
+_PLAIN: dict[Decimal, Decimal] = {}
+
+
+def _plain_price(value: Decimal) -> Decimal:
+    cached = _PLAIN.get(value)
+    if cached is None or str(cached) != str(plain(value)):
+        if len(_PLAIN) >= 65536:
+            _PLAIN.clear()
+        cached = _PLAIN[value] = plain(value)
+    return cached
+
+
 def billable_quantity(quantity: Decimal, included: Decimal) -> Decimal:
     """Units beyond the included ones; never negative."""
     beyond = _sub(quantity, included)
@@ -195,16 +218,12 @@ def price(pricing: Pricing, billable: Decimal) -> Price:
     if model is PricingModel.NONE:
         return Price(ZERO, None, "not priced")
     if model is PricingModel.PER_UNIT:
-        return Price(
-            _mul(billable, pricing.unit_price), pricing.unit_price, f"{billable} x {pricing.unit_price}"
-        )
+        unit = _plain_price(pricing.unit_price)
+        return Price(_mul(billable, unit), unit, f"{billable} x {unit}")
     if model is PricingModel.PACKAGE:
-        packages = started_packages(billable, pricing.package_size)
-        return Price(
-            _mul(packages, pricing.unit_price),
-            pricing.unit_price,
-            f"{packages} x {pricing.unit_price} (package of {pricing.package_size})",
-        )
+        unit, size = _plain_price(pricing.unit_price), _plain_price(pricing.package_size)
+        packages = started_packages(billable, size)
+        return Price(_mul(packages, unit), unit, f"{packages} x {unit} (package of {size})")
     if model is PricingModel.GRADUATED:
         parts = graduated_parts(pricing.tiers, billable)
         amount = ZERO
@@ -214,9 +233,9 @@ def price(pricing: Pricing, billable: Decimal) -> Price:
         return Price(amount, None, detail)
     if model is PricingModel.VOLUME:
         index, tier = volume_tier(pricing.tiers, billable)
-        amount = _add(_mul(billable, tier.unit_price), tier.flat_fee)
-        fee = f" + {tier.flat_fee}" if tier.flat_fee else ""
-        return Price(amount, tier.unit_price, f"tier {index + 1}: {billable} x {tier.unit_price}{fee}")
+        unit, flat = _plain_price(tier.unit_price), _plain_price(tier.flat_fee)
+        fee = f" + {flat}" if flat else ""
+        return Price(_add(_mul(billable, unit), flat), unit, f"tier {index + 1}: {billable} x {unit}{fee}")
     raise PricingError(f"pricing.model: unknown model {model!r}", field="pricing.model")
 
 
@@ -239,12 +258,14 @@ def graduated_parts(tiers: tuple[PriceTier, ...], billable: Decimal) -> list[tup
     for index, tier in enumerate(tiers):
         if billable <= lower:
             break
-        upper = billable if tier.up_to is None else min(billable, tier.up_to)
+        up_to = None if tier.up_to is None else _plain_price(tier.up_to)
+        upper = billable if up_to is None else min(billable, up_to)
         units = _sub(upper, lower)
-        parts.append((index, units, _add(_mul(units, tier.unit_price), tier.flat_fee)))
-        if tier.up_to is None:
+        amount = _add(_mul(units, _plain_price(tier.unit_price)), _plain_price(tier.flat_fee))
+        parts.append((index, units, amount))
+        if up_to is None:
             break
-        lower = tier.up_to
+        lower = up_to
     return parts
 
 
@@ -307,7 +328,9 @@ def metered_features(snapshot: EntitlementSnapshot, meter: str) -> tuple[Feature
 def rate_feature(feature: FeatureEntitlement, quantity: Decimal, currency: str) -> Charge:
     """The usage charge of one metered feature for a running total (raises PricingError)."""
     _validated(feature.pricing, f"features.{feature.feature}.pricing")
-    billable = billable_quantity(quantity, feature.included)
+    quantity = plain(quantity)
+    included = _plain_price(feature.included)
+    billable = billable_quantity(quantity, included)
     priced = price(feature.pricing, billable)
     return Charge(
         charge=ChargeType.USAGE,
@@ -316,7 +339,7 @@ def rate_feature(feature: FeatureEntitlement, quantity: Decimal, currency: str) 
         meter=feature.meter,
         currency=currency,
         quantity=quantity,
-        included_quantity=feature.included,
+        included_quantity=included,
         billable_quantity=billable,
         pricing_model=feature.pricing.model.value,
         unit_price=priced.unit_price,
@@ -329,6 +352,7 @@ def unpriced_charge(
     feature: str, meter: str, quantity: Decimal, currency: str, reason: UnpricedReason, detail: str
 ) -> Charge:
     """Usage recorded at zero: visible to finance, never billed, re-rated by the next version."""
+    quantity = plain(quantity)
     return Charge(
         charge=ChargeType.USAGE,
         status=ChargeStatus.UNPRICED,
@@ -426,7 +450,7 @@ def base_fee_charge(snapshot: EntitlementSnapshot) -> Charge | None:
         included_quantity=ZERO,
         billable_quantity=ONE,
         pricing_model="flat",
-        unit_price=snapshot.base_fee,
+        unit_price=plain(snapshot.base_fee),
         amount=amount,
         detail=f"base fee of plan {snapshot.plan_key} v{snapshot.plan_version}",
     )

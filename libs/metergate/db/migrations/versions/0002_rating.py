@@ -211,7 +211,8 @@ def upgrade() -> None:
         """
         CREATE VIEW finance_rated_usage AS
         SELECT period_start, period_end, customer_id, subscription_id, meter, feature, currency,
-               quantity, billable_quantity, amount, credits_applied, amount_due, status, aggregate_version
+               quantity, included_quantity, billable_quantity, pricing_model, unit_price, detail,
+               amount, credits_applied, amount_due, status, unpriced_reason, aggregate_version, last_event_id
         FROM line_items
         WHERE charge = 'usage' AND status <> 'superseded'
         """
