@@ -48,10 +48,10 @@ T = TypeVar("T")
 
 SERVICE = "rating"
 
-#: Tests only: "STEP@N" makes the process SIGKILL itself at STEP of its Nth batch, to prove that a
-#: crash between any two steps of the commit order loses and duplicates nothing. Steps, in order:
-#: locked, folded, dlq_sent, written (all before COMMIT), committed, published (limit events sent,
-#: not yet marked).
+#: Tests only: "STEP@N" makes the process SIGKILL itself the first time it reaches STEP in its Nth
+#: batch or later, to prove that a crash between any two steps of the commit order loses and
+#: duplicates nothing. Steps, in order: locked, folded, dlq_sent, written (all before COMMIT),
+#: committed, published (limit events sent, not yet marked published).
 FAULT_ENV = "METERGATE_RATING_FAULT"
 FAULT_STEPS = ("locked", "folded", "dlq_sent", "written", "committed", "published")
 
@@ -379,7 +379,7 @@ class RatingConsumer:
         return fold
 
     def _fault(self, step: str) -> None:
-        if self._fault_at == (step, self._batches):
+        if self._fault_at is not None and self._fault_at[0] == step and self._batches >= self._fault_at[1]:
             log.warning("rating: %s=%s@%d: killing myself", FAULT_ENV, step, self._batches)
             os.kill(os.getpid(), signal.SIGKILL)
 
