@@ -125,6 +125,7 @@ class RatingConsumer:
             if step not in FAULT_STEPS or not number.isdigit():
                 raise ValueError(f"{FAULT_ENV}: expected STEP@N with STEP in {FAULT_STEPS}, got {fault!r}")
             self._fault_at = (step, int(number))
+        self.database_failures = 0  # PostgreSQL errors waited out by this process
         self.committed_updates = 0  # newer versions rated and committed by this process
         self.committed_records = 0  # records consumed and committed (stale and rejected included)
         #: seconds spent per step of a batch (decode, load, fold, dlq, write, commit), for benchmarks
@@ -282,6 +283,7 @@ class RatingConsumer:
                 if not is_transient(exc):
                     raise
                 metrics.DB_RETRIES.inc()
+                self.database_failures += 1
                 log.warning(
                     "rating: PostgreSQL failed (%s); pausing consumption and retrying", _first_line(exc)
                 )
@@ -513,6 +515,7 @@ class RatingConsumer:
                     if not is_transient(exc):
                         raise
                     metrics.DB_RETRIES.inc()
+                    self.database_failures += 1
             return False
         finally:
             assignment = self.consumer.assignment()
@@ -529,6 +532,7 @@ class RatingConsumer:
                 if not is_transient(exc):
                     raise
                 metrics.DB_RETRIES.inc()
+                self.database_failures += 1
                 log.warning("rating: PostgreSQL failed while %s (%s); retrying", what, _first_line(exc))
                 if self.stopping:
                     return None

@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Producer
+from metergate.db.credit_store import grant_credit
 from metergate.db.engine import make_engine
 from metergate.db.migrate import upgrade
+from metergate.domain.ledger import Grant
 from metergate.domain.records import (
     Aggregation,
     DeadLetter,
@@ -339,3 +341,67 @@ def wait_until(
             return
         time.sleep(0.2)
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}\n{on_timeout()}")
+
+
+CREDIT_CUSTOMERS = ("credit-1", "credit-2")
+
+
+def feed_mixed_usage(feed: Feed) -> None:
+    """~1,400 records: 12 customers x 2 meters x 2 periods x 25 versions, two prepaid customers
+    (one key each: their credit runs out about 60% into the stream, twice), an unknown customer, junk."""
+    plain = [f"cust-{i:02d}" for i in range(12)]
+    for customer in plain:
+        feed.snapshot(
+            snapshot(customer, [metered("api_calls", PER_UNIT, "100"), metered("tokens", GRADUATED)])
+        )
+    for customer in CREDIT_CUSTOMERS:
+        feed.snapshot(snapshot(customer, [metered("tokens", PER_UNIT)], base_fee="5"))
+    for version in range(1, 41):
+        for customer in plain:
+            if version <= 25:
+                feed.aggregate(aggregate(customer, "api_calls", str(250 * version), version))
+                feed.aggregate(aggregate(customer, "tokens", str(90 * version), version))
+                feed.aggregate(
+                    aggregate(customer, "api_calls", str(70 * version), version, period_start=APRIL)
+                )
+                feed.aggregate(aggregate(customer, "tokens", str(40 * version), version, period_start=APRIL))
+        for customer in CREDIT_CUSTOMERS:  # 0.002 per token: 1.00 per version, 24.00 of credit each
+            total = 500 * version if version != 30 else 500 * 20  # version 30: a gauge falls back
+            feed.aggregate(aggregate(customer, "tokens", str(total), version))
+        if version % 4 == 0:
+            feed.aggregate(aggregate("unknown", "api_calls", str(version), version))
+        if version % 13 == 0:
+            feed.raw(feed.topics.aggregates, b"junk", b"\x00not avro")
+    feed.flush()
+
+
+def grant_mixed_credit(database_url: str, schema: str) -> None:
+    engine = make_engine(database_url, schema)
+    with engine.begin() as conn:
+        for customer in CREDIT_CUSTOMERS:
+            at = datetime(2026, 1, 1, tzinfo=UTC)
+            grant_credit(
+                conn,
+                Grant(
+                    f"{customer}-a",
+                    customer,
+                    "USD",
+                    D("14.00"),
+                    1,
+                    at,
+                    expires_at=datetime(2027, 1, 1, tzinfo=UTC),
+                ),
+            )
+            grant_credit(
+                conn,
+                Grant(
+                    f"{customer}-b",
+                    customer,
+                    "USD",
+                    D("10.00"),
+                    1,
+                    at,
+                    expires_at=datetime(2026, 12, 1, tzinfo=UTC),
+                ),
+            )
+    engine.dispose()

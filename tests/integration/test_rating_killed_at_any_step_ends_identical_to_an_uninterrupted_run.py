@@ -6,99 +6,28 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Mapping
-from datetime import UTC, datetime
-from decimal import Decimal as D
 
 import pytest
-from metergate.db.credit_store import grant_credit
-from metergate.db.engine import make_engine
-from metergate.domain.ledger import Grant
 from metergate.domain.records import LimitKind
 from metergate_services.rating.consumer import FAULT_ENV, FAULT_STEPS
 
 from tests.integration.rating_support import (
-    APRIL,
-    GRADUATED,
+    CREDIT_CUSTOMERS,
     GROUP,
-    PER_UNIT,
     Feed,
     RatingProcess,
-    aggregate,
     another_schema,
+    feed_mixed_usage,
+    grant_mixed_credit,
     limit_events,
-    metered,
     run_consumer,
     settings,
-    snapshot,
     state,
     stored_offsets,
     wait_until,
 )
 
 pytestmark = pytest.mark.integration
-
-CREDIT_CUSTOMERS = ("credit-1", "credit-2")
-
-
-def feed_mixed_usage(feed: Feed) -> None:
-    """~1,400 records: 12 customers x 2 meters x 2 periods x 25 versions, two prepaid customers
-    (one key each: their credit runs out about 60% into the stream, twice), an unknown customer, junk."""
-    plain = [f"cust-{i:02d}" for i in range(12)]
-    for customer in plain:
-        feed.snapshot(
-            snapshot(customer, [metered("api_calls", PER_UNIT, "100"), metered("tokens", GRADUATED)])
-        )
-    for customer in CREDIT_CUSTOMERS:
-        feed.snapshot(snapshot(customer, [metered("tokens", PER_UNIT)], base_fee="5"))
-    for version in range(1, 41):
-        for customer in plain:
-            if version <= 25:
-                feed.aggregate(aggregate(customer, "api_calls", str(250 * version), version))
-                feed.aggregate(aggregate(customer, "tokens", str(90 * version), version))
-                feed.aggregate(
-                    aggregate(customer, "api_calls", str(70 * version), version, period_start=APRIL)
-                )
-                feed.aggregate(aggregate(customer, "tokens", str(40 * version), version, period_start=APRIL))
-        for customer in CREDIT_CUSTOMERS:  # 0.002 per token: 1.00 per version, 24.00 of credit each
-            total = 500 * version if version != 30 else 500 * 20  # version 30: a gauge falls back
-            feed.aggregate(aggregate(customer, "tokens", str(total), version))
-        if version % 4 == 0:
-            feed.aggregate(aggregate("unknown", "api_calls", str(version), version))
-        if version % 13 == 0:
-            feed.raw(feed.topics.aggregates, b"junk", b"\x00not avro")
-    feed.flush()
-
-
-def grant(database_url: str, schema: str) -> None:
-    engine = make_engine(database_url, schema)
-    with engine.begin() as conn:
-        for customer in CREDIT_CUSTOMERS:
-            at = datetime(2026, 1, 1, tzinfo=UTC)
-            grant_credit(
-                conn,
-                Grant(
-                    f"{customer}-a",
-                    customer,
-                    "USD",
-                    D("14.00"),
-                    1,
-                    at,
-                    expires_at=datetime(2027, 1, 1, tzinfo=UTC),
-                ),
-            )
-            grant_credit(
-                conn,
-                Grant(
-                    f"{customer}-b",
-                    customer,
-                    "USD",
-                    D("10.00"),
-                    1,
-                    at,
-                    expires_at=datetime(2026, 12, 1, tzinfo=UTC),
-                ),
-            )
-    engine.dispose()
 
 
 def committed(database_url: str, schema: str, topic: str) -> int:
@@ -119,14 +48,14 @@ def test_rating_killed_at_any_step_ends_identical_to_an_uninterrupted_run(
     total = sum(ends.values())
 
     with another_schema(database_url) as reference:
-        grant(database_url, reference)
+        grant_mixed_credit(database_url, reference)
         run_consumer(settings(kafka_bootstrap, topics, database_url, reference, batch_size=50), ends)
         expected = state(database_url, reference)
     # each prepaid customer runs out, gets 4.00 back when its gauge falls, and runs out again
     assert len(expected["limit_outbox"]) == 4
     assert sum(1 for row in expected["credit_ledger"] if row[4] == "adjustment") == 2  # the falling gauge
 
-    grant(database_url, db_schema)
+    grant_mixed_credit(database_url, db_schema)
     env = {
         **metergate_env,
         "METERGATE_RATING_GROUP_ID": GROUP,

@@ -1,0 +1,83 @@
+"""PostgreSQL stops in the middle of a run and comes back: the consumer pauses, retries with backoff,
+resumes, and ends exactly where an undisturbed run over the same records ends."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from metergate.db.migrate import upgrade
+from metergate.embedded.postgres import EmbeddedPostgres
+from metergate_services.rating.consumer import RatingConsumer
+
+from tests.integration.rating_support import (
+    Feed,
+    another_schema,
+    caught_up,
+    feed_mixed_usage,
+    grant_mixed_credit,
+    run_consumer,
+    settings,
+    state,
+    stored_offsets,
+    wait_until,
+)
+
+pytestmark = pytest.mark.integration
+
+SCHEMA = "rating_restart"
+
+
+def test_postgres_restarted_mid_run_bills_nothing_twice_and_skips_nothing(
+    kafka_bootstrap, kafka_config, topics, database_url, tmp_path
+):
+    feed = Feed(kafka_config, topics)
+    feed_mixed_usage(feed)
+    ends = feed.aggregate_ends
+    total = sum(ends.values())
+    with another_schema(database_url) as reference:
+        grant_mixed_credit(database_url, reference)
+        run_consumer(settings(kafka_bootstrap, topics, database_url, reference, batch_size=50), ends)
+        expected = state(database_url, reference)
+
+    # a PostgreSQL of this test's own, which it stops and starts (never the session's)
+    postgres = EmbeddedPostgres(tmp_path / "pg")
+    postgres.start()
+    try:
+        upgrade(postgres.url, SCHEMA)
+        grant_mixed_credit(postgres.url, SCHEMA)
+        consumer = RatingConsumer(settings(kafka_bootstrap, topics, postgres.url, SCHEMA, batch_size=20))
+        failure: list[BaseException] = []
+
+        def consume() -> None:
+            try:
+                consumer.run(until=caught_up(ends))
+            except BaseException as exc:  # reported by the test thread
+                failure.append(exc)
+
+        worker = threading.Thread(target=consume, name="rating")
+        worker.start()
+        try:
+
+            def committed() -> int:
+                try:
+                    return sum(stored_offsets(postgres.url, SCHEMA, topics.aggregates).values())
+                except Exception:
+                    return 0
+
+            wait_until(lambda: committed() >= 200 or not worker.is_alive(), 90, "the first commits")
+            assert committed() < total, "the run ended before PostgreSQL could be stopped"
+            postgres.stop()  # fast shutdown: open transactions roll back, connections drop
+            time.sleep(2.0)
+            postgres.start()
+            worker.join(120)
+            assert not worker.is_alive(), "rating did not catch up after PostgreSQL came back"
+        finally:
+            consumer.stop()
+            worker.join(30)
+        assert failure == []
+        assert consumer.database_failures > 0  # it did notice, and waited
+        assert state(postgres.url, SCHEMA) == expected
+    finally:
+        postgres.stop()
