@@ -1,8 +1,8 @@
 """The metering Faust app: topics, the agent, and the wiring of state, catalog and producer.
 
-- `meter_usage` is the agent over usage.events. Its stream yields one event per partition per fetch
-  (see transport.py); `take_events` groups up to `max_partition_runs` of them, waiting at most
-  `batch_timeout_s`. The batch is handed to `MeteringProcessor.process` in a single worker thread
+- `meter_usage` is the agent over usage.events. Its stream yields one event per fetch: up to
+  `batch_size` records of all assigned partitions, `{partition: [records]}` (see transport.py;
+  Faust's `take_events` on top of it deadlocked now and then, and is not needed). The batch is handed to `MeteringProcessor.process` in a single worker thread
   (so the Faust loop keeps serving the consumer, timers and rebalances), then the consumer-group
   offsets are committed (step 4 of the commit order in processor.py).
 - usage.events is subscribed with `acks=False`: Faust does not track or commit its offsets; the
@@ -143,8 +143,8 @@ def create_metering(settings: MeteringSettings) -> Metering:
     @app.agent(events, name="meter_usage")
     async def meter_usage(stream: faust.StreamT[Any]) -> None:
         loop = asyncio.get_running_loop()
-        async for batch in stream.take_events(64, within=settings.batch_timeout_s):
-            runs = [(event.message.partition, event.value) for event in batch]
+        async for event in stream.events():
+            runs = sorted(event.value.items())
             assigned = [tp.partition for tp in app.consumer.assignment() if tp.topic == topics.events]
             job = loop.run_in_executor(executor, processor.process, runs, assigned)
             try:

@@ -8,8 +8,10 @@ state up to date from the changelog (see README.md).
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import os
+import signal
 
 import faust
 from metergate.metrics import serve
@@ -21,11 +23,13 @@ log = logging.getLogger(__name__)
 
 def run() -> None:
     settings = MeteringSettings()
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 <pid>`: dump every thread's stack
     level = os.environ.get("METERGATE_LOG_LEVEL", "WARNING").upper()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # aiokafka and Faust build many DEBUG/INFO records on the hot path; keep them quiet by default
+    noisy_level = level if os.environ.get("METERGATE_METERING_FAUST_LOGS") else "WARNING"
     for noisy in ("aiokafka", "faust", "mode"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+        logging.getLogger(noisy).setLevel(noisy_level)
     serve(settings.metrics.port)
     metering = create_metering(settings)
     worker = faust.Worker(

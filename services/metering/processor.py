@@ -171,8 +171,6 @@ class MeteringProcessor:
         self.crash_point = crash_point
         self.crash_after_batches = crash_after_batches
         self._batches_done = 0
-        self.sent_guard: dict[int, set[str]] = defaultdict(set)
-        self.sent_marks: dict[str, set[str]] = defaultdict(set)
         self._revoked: set[int] = set()
         self._period_cache: dict[tuple[str, int | None, str], tuple[Period, str, int, int]] = {}
         self._feature_cache: dict[tuple[str, int, str], tuple[FeatureEntitlement, ...]] = {}
@@ -191,7 +189,6 @@ class MeteringProcessor:
         while self._revoked:
             partition = self._revoked.pop()
             self.watermarks.pop(partition, None)
-            self.sent_guard.pop(partition, None)
 
     # -- the batch ----------------------------------------------------------------------------------
     def process(
@@ -319,7 +316,7 @@ class MeteringProcessor:
                 aggregate = Aggregate(
                     customer, meter.meter, start_ms, end_ms, None, None, None, RunningTotal(meter.aggregation)
                 )
-            aggregate.total.emitted |= self.sent_marks.get(key, set())
+            aggregate.total.emitted.update(self.watermarks[partition].marks.get(key, ()))
         else:
             aggregate = entry[1]
         total = aggregate.total
@@ -470,11 +467,11 @@ class MeteringProcessor:
 
         # step 1: outputs
         for partition, guard, _reason, key, value in pending.dead:
-            if guard in self.sent_guard.get(partition, ()):
+            if guard in self.watermarks[partition].guards:
                 continue
             send(self.topics.dlq, key or None, self._dead_codec.encode_dict(value), None, remember)
         for partition, guard, key, value in pending.receipts:
-            if guard in self.sent_guard.get(partition, ()):
+            if guard in self.watermarks[partition].guards:
                 continue
             send(self.topics.duplicates, key, self._receipt_codec.encode_dict(value), partition, remember)
         limit_timestamps: list[int | None] = []
@@ -504,8 +501,12 @@ class MeteringProcessor:
         new_watermarks: dict[int, Watermark] = {}
         for partition in touched:
             old = self.watermarks[partition]
+            written = {key for key, (p, _) in pending.totals.items() if p == partition}
+            new_input = pending.input_offsets[partition]
             new_watermarks[partition] = Watermark(
-                input=pending.input_offsets[partition],
+                marks={key: marks for key, marks in old.marks.items() if key not in written},
+                guards=[guard for guard in old.guards if int(guard.rsplit(":", 1)[1]) > new_input],
+                input=new_input,
                 changelog=old.changelog,
                 limits=positions.get((self.topics.limits, partition), old.limits - 1) + 1,
                 duplicates=positions.get((self.topics.duplicates, partition), old.duplicates - 1) + 1,
@@ -600,10 +601,9 @@ class MeteringProcessor:
                     continue
                 if key == CHANGELOG_WATERMARK_KEY:
                     stored = Watermark.decode(value)
-                    watermark.input = max(watermark.input, stored.input)
-                    watermark.limits = max(watermark.limits, stored.limits)
-                    watermark.duplicates = max(watermark.duplicates, stored.duplicates)
-                    watermark.dlq = max(watermark.dlq, stored.dlq)
+                    if stored.input >= watermark.input:
+                        stored.changelog = watermark.changelog
+                        watermark = watermarks[partition] = stored
                 elif key.startswith(AGGREGATE):
                     name = key[len(AGGREGATE) :].decode()
                     incoming = Aggregate.decode(value)
@@ -631,19 +631,22 @@ class MeteringProcessor:
                     if event.meter is None:
                         continue
                     name = aggregate_key(event.customer_id, event.meter, event.period_start)
-                    self.sent_marks[name].add(mark(event.feature, event.kind, event.threshold))
+                    marks = watermarks[partition].marks.setdefault(name, [])
+                    found = mark(event.feature, event.kind, event.threshold)
+                    if found not in marks:
+                        marks.append(found)
                     watermarks[partition].limits = offset + 1
                     resent += 1
                 elif topic == self.topics.duplicates:
                     receipt = self._receipt_codec.decode(value)
                     source = receipt.duplicate
-                    self.sent_guard[source.partition].add(f"dup:{source.partition}:{source.offset}")
+                    _guard(watermarks[partition], f"dup:{source.partition}:{source.offset}")
                     watermarks[partition].duplicates = offset + 1
                 else:
                     dead = self._dead_codec.decode(value)
                     source = dead.source
                     if source.topic == self.topics.events and source.partition in watermarks:
-                        self.sent_guard[source.partition].add(f"dlq:{source.partition}:{source.offset}")
+                        _guard(watermarks[source.partition], f"dlq:{source.partition}:{source.offset}")
                         if offset + 1 > watermarks[source.partition].dlq:
                             watermarks[source.partition].dlq = offset + 1
         for partition, watermark in watermarks.items():
@@ -716,6 +719,11 @@ def read_tails(
         raise TimeoutError(f"could not read {sorted(ends)} to their end within {timeout_s}s")
     finally:
         consumer.close()
+
+
+def _guard(watermark: Watermark, guard: str) -> None:
+    if guard not in watermark.guards:
+        watermark.guards.append(guard)
 
 
 def aggregate_key_from_iso(customer_id: str, meter: str, period_start_iso: str) -> str:

@@ -12,7 +12,9 @@ A partition's watermark `Watermark` says how far everything is durable:
 - `input`: highest usage.events offset whose effects are in this state (-1: none);
 - `changelog`: next changelog offset not yet applied here (local state only);
 - `limits`, `duplicates`, `dlq`: next offset of those topics after the last record a committed
-  batch sent there; recovery reads from there on to learn what an interrupted batch already sent.
+  batch sent there; recovery reads from there on to learn what an interrupted batch already sent;
+- `marks`, `guards`: what that reading found (limit marks per total, receipt/DLQ ids), kept in the
+  watermark (so durable with every batch) until the totals carry the marks / the input passes them.
 
 The store's directory is owned through an flock on `owner.lock`; a RocksDB `LOCK` left behind by a
 SIGKILLed worker (whose flock the kernel released) is removed before opening.
@@ -25,7 +27,7 @@ import json
 import logging
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO
 
@@ -48,9 +50,18 @@ class Watermark:
     limits: int = 0
     duplicates: int = 0
     dlq: int = 0
+    #: limit events found sent by an interrupted batch, per total, until that total is written with them
+    marks: dict[str, list[str]] = field(default_factory=dict)
+    #: receipt / DLQ ids found sent by an interrupted batch, until the input watermark passes them
+    guards: list[str] = field(default_factory=list)
 
     def encode(self) -> bytes:
-        return json.dumps(asdict(self), separators=(",", ":")).encode()
+        state = asdict(self)
+        if not self.marks:
+            del state["marks"]
+        if not self.guards:
+            del state["guards"]
+        return json.dumps(state, separators=(",", ":")).encode()
 
     @classmethod
     def decode(cls, raw: bytes) -> Watermark:

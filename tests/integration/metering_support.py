@@ -80,7 +80,7 @@ class Worker:
             "METERGATE_KAFKA_TOPIC_PREFIX": topics.prefix,
             "METERGATE_METERING_DATA_DIR": str(data_dir),
             "METERGATE_METERING_RECOVERY_IDLE_S": "0.3",
-            "METERGATE_LOG_LEVEL": "WARNING",
+            "METERGATE_LOG_LEVEL": os.environ.get("METERGATE_TEST_WORKER_LOG_LEVEL", "WARNING"),
         }
         self.env.update({f"METERGATE_METERING_{k.upper()}": str(v) for k, v in settings.items()})
         self.log = data_dir.parent / f"{data_dir.name}-worker.log"
@@ -104,7 +104,17 @@ class Worker:
 
     def wait_exit(self, timeout_s: float = 60) -> int:
         assert self.process is not None
-        return self.process.wait(timeout_s)
+        try:
+            return self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.dump_stacks()
+            raise AssertionError(f"worker still running after {timeout_s}s:\n{self.tail()}") from None
+
+    def dump_stacks(self) -> None:
+        """Ask a stuck worker for every thread's stack (faulthandler on SIGUSR1) into its log."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGUSR1)
+            time.sleep(1)
 
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:
