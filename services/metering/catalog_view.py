@@ -41,6 +41,8 @@ class CatalogView:
         self._progress = threading.Condition(self._lock)
         self._thread: threading.Thread | None = None
         self._consumer: Consumer | None = None
+        self._probe: Consumer | None = None  # end-offset queries, never used by the reading thread
+        self._probe_lock = threading.Lock()
         self._last_refresh = 0.0
         self._failure: BaseException | None = None
 
@@ -60,6 +62,9 @@ class CatalogView:
             for partition in metadata.topics[topic].partitions:
                 assignment.append(TopicPartition(topic, partition, OFFSET_BEGINNING))
         self._consumer.assign(assignment)
+        # A second client for end offsets: calling into the reading thread's consumer from another
+        # thread while it is inside consume() blocked for good (seen in tests).
+        self._probe = Consumer({**self._config, "group.id": f"catalog-probe-{uuid.uuid4().hex}"})
         self._thread = threading.Thread(target=self._run, name="catalog-view", daemon=True)
         self._thread.start()
 
@@ -69,6 +74,8 @@ class CatalogView:
             self._thread.join(timeout=5)
         if self._consumer is not None:
             self._consumer.close()
+        if self._probe is not None:
+            self._probe.close()
 
     def _run(self) -> None:
         meter_codec, snapshot_codec = codec(MeterDefinition), codec(EntitlementSnapshot)
@@ -110,16 +117,17 @@ class CatalogView:
 
     def wait_until_current(self, timeout_s: float = 10.0) -> None:
         """Block until everything the broker reports on both topics has been read."""
-        consumer = self._consumer
-        assert consumer is not None
+        probe = self._probe
+        assert probe is not None
         ends: dict[tuple[str, int], int] = {}
-        for topic in self._topics:
-            metadata = consumer.list_topics(topic, timeout=10)
-            for partition in metadata.topics[topic].partitions:
-                _, high = consumer.get_watermark_offsets(
-                    TopicPartition(topic, partition), timeout=10, cached=False
-                )
-                ends[(topic, partition)] = high
+        with self._probe_lock:
+            for topic in self._topics:
+                metadata = probe.list_topics(topic, timeout=10)
+                for partition in metadata.topics[topic].partitions:
+                    _, high = probe.get_watermark_offsets(
+                        TopicPartition(topic, partition), timeout=10, cached=False
+                    )
+                    ends[(topic, partition)] = high
         deadline = time.monotonic() + timeout_s
         with self._lock:
             while True:
@@ -133,7 +141,7 @@ class CatalogView:
                     raise TimeoutError(f"catalog topics not read to their end within {timeout_s}s: {behind}")
                 self._progress.wait(remaining)
             # end offsets can be short on the embedded broker: wait for one more quiet poll round
-            self._progress.wait(0.25)
+            self._progress.wait(0.15)
         self._last_refresh = time.monotonic()
 
     def refresh_if_stale(self, min_interval_s: float = 1.0) -> bool:

@@ -125,7 +125,12 @@ class Worker:
         assert self.process is not None
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(30)
+        try:
+            return self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.dump_stacks()
+            self.kill()
+            raise AssertionError(f"worker did not stop on SIGTERM within 30s:\n{self.tail()}") from None
 
     def tail(self) -> str:
         return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
