@@ -25,8 +25,10 @@ COMMANDS: tuple[tuple[str, str], ...] = (
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
 def main(verbose: int) -> None:
     """metergate: usage metering and entitlement enforcement on Kafka + PostgreSQL."""
-    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Services configure their own logging (`metergate run`); -v sets it for any command.
+    if verbose:
+        level = logging.INFO if verbose == 1 else logging.DEBUG
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 for _module, _attribute in COMMANDS:

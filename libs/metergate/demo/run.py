@@ -39,7 +39,7 @@ from metergate.embedded.stack import EmbeddedStack, StackInfo
 from metergate.settings import DatabaseSettings, KafkaSettings
 
 CATALOG = Path(__file__).resolve().parent / "catalog.yaml"
-SERVICES = ("metering", "rating", "enforcement")
+SERVICES: tuple[str, ...] = ("metering", "rating", "enforcement")
 
 
 def expected_value(meter: MeterDefinition, events: list[UsageEvent]) -> Decimal:

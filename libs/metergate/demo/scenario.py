@@ -3,8 +3,8 @@
 A deterministic mix (seeded) for the customers of `catalog.yaml`:
 
 - hobby-hank (free): API calls through 80% and 90% of 1,000, to the hard limit, and past it;
-- pixel-studio (pro v1): past 80% of its soft API-call limit, token overage, 12 distinct seats,
-  and one late event in an earlier, closed period;
+- pixel-studio (pro v1): past 80% of its soft API-call limit, token overage, 12 distinct seats;
+- nightly-ned (free, daily periods): one event three days late, counted to its own (closed) day;
 - acme-corp (enterprise, custom contract): past 50% of its negotiated API-call limit into overage;
 - nimbus-ai (pro, prepaid credits): token overage that drains its credits;
 - walk-in (no subscription): counted in the calendar month, not priced;
@@ -91,7 +91,10 @@ def build_scenario(now: datetime, seed: int = 7) -> Scenario:
         event("pixel-studio", "active_users", 1, properties={"user_id": f"user-{i % 12}"}) for i in range(60)
     ]
     distinct += [event("pixel-studio", "storage_gb", gb) for gb in (4, 9, 13, 11)]
-    late = event("pixel-studio", "api_calls", 500, timestamp=now - timedelta(days=62))
+    # nightly-ned (daily periods): today's calls, and one event of three days ago arriving now: its
+    # period closed beyond the grace, inside the dedup window -> counted to its own day, flagged late
+    distinct += [event("nightly-ned", "api_calls", 2) for _ in range(30)]
+    late = event("nightly-ned", "api_calls", 7, timestamp=now - timedelta(days=3))
     scenario.late_event_ids.append(late.event_id)
     distinct.append(late)
     # acme-corp: 160,000 calls against 150,000 included (negotiated), limit 300,000

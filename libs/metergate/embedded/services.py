@@ -28,7 +28,7 @@ class ServiceProcess:
         env.setdefault("PYTHONUNBUFFERED", "1")
         self.child = ChildProcess(
             name=f"metergate {name}",
-            argv=[sys.executable, "-m", "metergate.cli.main", "run", name],
+            argv=[sys.executable, "-m", "metergate.cli", "run", name],
             log_path=log_dir / f"{name}.log",
             stop_signal=signal.SIGTERM,
             env=env,
