@@ -20,7 +20,6 @@ import urllib.request
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, TextIO
@@ -94,7 +93,9 @@ class Demo:
         self.stack = EmbeddedStack(self.data_dir, kafka=self.kafka, database=self.database)
         self.info = self.stack.start()
         self.kafka = self.kafka.model_copy(update={"bootstrap": self.info.kafka_bootstrap})
-        self.say(f"  broker {self.info.kafka_bootstrap}, PostgreSQL {self.info.database_url} ({self.info.startup_s:.1f} s)")
+        self.say(
+            f"  broker {self.info.kafka_bootstrap}, PostgreSQL {self.info.database_url} ({self.info.startup_s:.1f} s)"
+        )
 
     def environment(self) -> dict[str, str]:
         assert self.info is not None
@@ -113,7 +114,9 @@ class Demo:
             service = ServiceProcess(name, self.environment(), logs, **extra)
             service.start()
             self.services[name] = service
-            self.say(f"  {name:12} pid {service.pid}, metrics http://127.0.0.1:{service.metrics_port}/metrics")
+            self.say(
+                f"  {name:12} pid {service.pid}, metrics http://127.0.0.1:{service.metrics_port}/metrics"
+            )
         self.enforcement_port = int(self.services["enforcement"].child.env["METERGATE_ENFORCEMENT_HTTP_PORT"])  # type: ignore[index]
 
     def stop(self) -> None:
@@ -141,7 +144,7 @@ class Demo:
         scenario = build_scenario(now)
         self.stream(scenario)
         self.wait_caught_up(scenario)
-        return self.report(scenario, catalog.meters, now)
+        return self.report(scenario, catalog.meters)
 
     def grant_credits(self, customer_id: str, amount: Decimal) -> None:
         from metergate.cli.credits import grant_credits
@@ -166,9 +169,12 @@ class Demo:
 
         topics = self.kafka.topics
         total = scenario.records_sent
-        with UsageProducer(self.kafka.client_config(), topics.events, source="demo") as usage, tqdm(
-            total=total, desc="streaming usage", unit="event", disable=not self.progress, file=sys.stderr
-        ) as bar:
+        with (
+            UsageProducer(self.kafka.client_config(), topics.events, source="demo") as usage,
+            tqdm(
+                total=total, desc="streaming usage", unit="event", disable=not self.progress, file=sys.stderr
+            ) as bar,
+        ):
             for index, event in enumerate(scenario.events):
                 usage.send(event)
                 bar.update(1)
@@ -190,7 +196,9 @@ class Demo:
         self.say("waiting for metering, rating and enforcement to catch up ...")
         metering = self.services["metering"]
         wait_for(
-            lambda: metric_sum(metering.metrics(), "metergate_events_consumed_total") >= scenario.records_sent,
+            lambda: (
+                metric_sum(metering.metrics(), "metergate_events_consumed_total") >= scenario.records_sent
+            ),
             timeout_s,
             "metering to consume every record",
         )
@@ -209,7 +217,9 @@ class Demo:
         from metergate.wire.codec import codec
 
         latest: dict[str, UsageAggregate] = {}
-        for _, value, _, _ in read_topic(self.kafka.client_config(), self.kafka.topics.aggregates, idle_s=1.5):
+        for _, value, _, _ in read_topic(
+            self.kafka.client_config(), self.kafka.topics.aggregates, idle_s=1.5
+        ):
             aggregate = codec(UsageAggregate).decode(value)
             current = latest.get(aggregate.key)
             if current is None or aggregate.version > current.version:
@@ -244,59 +254,91 @@ class Demo:
             return json.loads(response.read())  # type: ignore[no-any-return]
 
     # -- the report --------------------------------------------------------------------------------
-    def report(self, scenario: Any, meters: dict[str, MeterDefinition], now: datetime) -> DemoResult:
+    def report(self, scenario: Any, meters: dict[str, MeterDefinition]) -> DemoResult:
         from metergate.testing.topics import read_topic
         from metergate.wire.codec import codec
 
         result = DemoResult()
         aggregates = self.final_aggregates()
-        current = {
-            (a.customer_id, a.meter): a for a in aggregates.values() if a.period_start <= now < a.period_end
-        }
-        by_key: dict[tuple[str, str], list[UsageEvent]] = defaultdict(list)
+        # the independent count: each distinct event goes to the aggregate whose period holds its time
+        periods: dict[tuple[str, str], list[UsageAggregate]] = defaultdict(list)
+        for aggregate in aggregates.values():
+            periods[(aggregate.customer_id, aggregate.meter)].append(aggregate)
+        by_aggregate: dict[str, list[UsageEvent]] = defaultdict(list)
+        unplaced = []
         for event in scenario.distinct().values():
-            if event.event_id not in scenario.late_event_ids:
-                by_key[(event.customer_id, event.meter)].append(event)
+            home = next(
+                (
+                    a
+                    for a in periods.get((event.customer_id, event.meter), [])
+                    if a.period_start <= event.timestamp < a.period_end
+                ),
+                None,
+            )
+            if home is None:
+                unplaced.append(event.event_id)
+            else:
+                by_aggregate[home.key].append(event)
 
         self.say()
         self.say("=" * 100)
         self.say("metergate demo report")
         self.say("=" * 100)
-        self.say("\nUsage this period (counted by metering vs an independent count of the distinct events)")
-        self.say(f"  {'customer':14} {'meter':13} {'aggregation':12} {'counted':>14} {'expected':>14} {'events':>7}")
-        mismatches = 0
-        for (customer, meter), events in sorted(by_key.items()):
-            expected = expected_value(meters[meter], events)
-            aggregate = current.get((customer, meter))
-            counted = aggregate.value if aggregate else None
-            ok = counted == expected and aggregate is not None and aggregate.event_count == len(events)
+        self.say(
+            "\nUsage per customer, meter and period (counted by metering vs an independent count of the distinct events)"
+        )
+        self.say(
+            f"  {'customer':14} {'meter':13} {'period':11} {'aggregation':12} {'counted':>12} {'expected':>12} {'events':>7}"
+        )
+        mismatches = len(unplaced)
+        for aggregate in sorted(aggregates.values(), key=lambda a: (a.customer_id, a.meter, a.period_start)):
+            events = by_aggregate.get(aggregate.key, [])
+            expected = expected_value(meters[aggregate.meter], events) if events else None
+            ok = aggregate.value == expected and aggregate.event_count == len(events)
             mismatches += not ok
-            shown = "-" if counted is None else f"{counted.normalize():f}"
+            shown = "-" if expected is None else f"{expected.normalize():f}"
+            flag = " late" if aggregate.late else ""
             self.say(
-                f"  {customer:14} {meter:13} {meters[meter].aggregation.value:12} {shown:>14} "
-                f"{expected.normalize():>14f} {len(events):>7} {'ok' if ok else 'MISMATCH'}"
+                f"  {aggregate.customer_id:14} {aggregate.meter:13} {aggregate.period_start:%Y-%m-%d}  "
+                f"{aggregate.aggregation.value:12} {aggregate.value.normalize():>12f} {shown:>12} {len(events):>7} "
+                f"{'ok' if ok else 'MISMATCH'}{flag}"
             )
-        result.checks.append(Check("usage equals the independent count", mismatches == 0, f"{mismatches} mismatches"))
+        if unplaced:
+            self.say(f"  events counted nowhere: {unplaced[:10]}")
+        result.checks.append(
+            Check("usage equals the independent count", mismatches == 0, f"{mismatches} mismatches")
+        )
         late = [a for a in aggregates.values() if a.late]
         result.checks.append(
-            Check("the late event is counted in its own period, flagged late", len(late) == 1, f"{len(late)} late aggregates")
+            Check(
+                "the late event is counted in its own period, flagged late",
+                [a.last_event_id for a in late] == scenario.late_event_ids,
+                f"late aggregates: {[a.key for a in late]}",
+            )
         )
-        self.say(f"  late: {', '.join(f'{a.customer_id}/{a.meter} {a.period_start:%Y-%m-%d} value {a.value.normalize():f}' for a in late) or '-'}")
 
         state = self.enforcement_state()
         self.say("\nLimit events received by the enforcement service")
         kinds: Counter[str] = Counter()
-        for event in sorted(state["limit_events"], key=lambda e: (e["customer_id"], e["feature"], e["occurred_at"])):
+        for event in sorted(
+            state["limit_events"], key=lambda e: (e["customer_id"], e["feature"], e["occurred_at"])
+        ):
             kinds[event["kind"]] += 1
             threshold = f" {event['threshold']}%" if event["threshold"] is not None else ""
-            limit = Decimal(event["limit"]).normalize() if event["limit"] is not None else "-"
+            limit = f"{Decimal(event['limit']).normalize():f}" if event["limit"] is not None else "no limit"
             self.say(
-                f"  {event['customer_id']:14} {event['feature']:10} {event['kind']}{threshold:5} "
+                f"  {event['customer_id']:14} {event['feature']:10} {event['kind'] + threshold:24} "
                 f"usage {Decimal(event['usage']).normalize():f} of {limit}"
             )
         ids = [e["limit_event_id"] for e in state["limit_events"]]
         result.checks.append(Check("each limit event once", len(ids) == len(set(ids)), f"{len(ids)} events"))
-        expected_kinds = {"threshold_crossed", "limit_reached", "hard_limit_exceeded", "overage_started", "credits_depleted"}
+        expected_kinds = {
+            "threshold_crossed",
+            "limit_reached",
+            "hard_limit_exceeded",
+            "overage_started",
+            "credits_depleted",
+        }
         result.checks.append(
             Check("every kind of limit event seen", expected_kinds <= set(kinds), f"seen: {dict(kinds)}")
         )
@@ -304,15 +346,23 @@ class Demo:
         self.say("\nEnforcement: what an application asking before serving is told")
         blocked = [(b["customer"], b["feature"]) for b in state["blocked"]]
         for customer, feature in (
-            ("hobby-hank", "api_calls"), ("hobby-hank", "sso"), ("pixel-studio", "api_calls"),
-            ("pixel-studio", "sso"), ("acme-corp", "audit_log"), ("walk-in", "api_calls"),
+            ("hobby-hank", "api_calls"),
+            ("hobby-hank", "sso"),
+            ("pixel-studio", "api_calls"),
+            ("pixel-studio", "sso"),
+            ("acme-corp", "audit_log"),
+            ("walk-in", "api_calls"),
         ):
             decision = self.enforcement_check(customer, feature)
             verdict = "ALLOW" if decision["allowed"] else "DENY "
             self.say(f"  {verdict} {customer:14} {feature:10} {decision['reason']}")
         self.say(f"  blocked now: {', '.join(f'{c}/{f}' for c, f in blocked) or '-'}")
         result.checks.append(
-            Check("hobby-hank blocked at its hard limit", blocked == [("hobby-hank", "api_calls")], f"blocked: {blocked}")
+            Check(
+                "hobby-hank blocked at its hard limit",
+                blocked == [("hobby-hank", "api_calls")],
+                f"blocked: {blocked}",
+            )
         )
 
         with self.connection() as connection:
@@ -340,7 +390,9 @@ class Demo:
             )
         self.say("\nCredit ledger balances (finance_ledger_balances)")
         for customer, currency, granted, debited, balance, entries in balances:
-            self.say(f"  {customer:14} granted {granted} debited {debited} balance {balance} {currency} ({entries} entries)")
+            self.say(
+                f"  {customer:14} granted {granted} debited {debited} balance {balance} {currency} ({entries} entries)"
+            )
         sums = dict(ledger_sum)
         balanced = all(sums.get(customer) == balance for customer, _, _, _, balance, _ in balances)
         result.checks.append(Check("balance equals the sum of ledger entries", balanced, str(sums)))
@@ -350,24 +402,39 @@ class Demo:
         )
 
         config = self.kafka.client_config()
-        dlq = [codec(DeadLetter).decode(v) for _, v, _, _ in read_topic(config, self.kafka.topics.dlq, idle_s=1.0)]
+        dlq = [
+            codec(DeadLetter).decode(v)
+            for _, v, _, _ in read_topic(config, self.kafka.topics.dlq, idle_s=1.0)
+        ]
         receipts = [
-            codec(DuplicateReceipt).decode(v) for _, v, _, _ in read_topic(config, self.kafka.topics.duplicates, idle_s=1.0)
+            codec(DuplicateReceipt).decode(v)
+            for _, v, _, _ in read_topic(config, self.kafka.topics.duplicates, idle_s=1.0)
         ]
         self.say("\nRejected (usage.dlq) and duplicates (usage.duplicates)")
         for letter in dlq:
-            self.say(f"  DLQ {letter.reason:22} {letter.message}")
+            self.say(f"  DLQ from {letter.service:9} {letter.reason:22} {letter.message}")
         self.say(f"  duplicate receipts: {len(receipts)} (re-sent on purpose: {scenario.duplicates})")
-        got_reasons = sorted(letter.reason for letter in dlq)
+        got_reasons = sorted(letter.reason for letter in dlq if letter.service == "metering")
         want_reasons = sorted(bad.expected_reason for bad in scenario.malformed)
-        result.checks.append(Check("every malformed record in the DLQ with its reason", got_reasons == want_reasons, str(got_reasons)))
         result.checks.append(
-            Check("one receipt per duplicate", len(receipts) == scenario.duplicates, f"{len(receipts)} receipts")
+            Check(
+                "every malformed record in the DLQ with its reason",
+                got_reasons == want_reasons,
+                str(got_reasons),
+            )
+        )
+        result.checks.append(
+            Check(
+                "one receipt per duplicate", len(receipts) == scenario.duplicates, f"{len(receipts)} receipts"
+            )
         )
 
         self.say("\nChecks")
         for check in result.checks:
-            self.say(f"  [{'ok' if check.ok else 'FAILED'}] {check.name}" + ("" if check.ok else f": {check.detail}"))
+            self.say(
+                f"  [{'ok' if check.ok else 'FAILED'}] {check.name}"
+                + ("" if check.ok else f": {check.detail}")
+            )
         return result
 
 
@@ -386,12 +453,16 @@ def run_demo(data_dir: Path, *, keep_running: bool, progress: bool, out: TextIO 
     try:
         demo.start()
         result = demo.run()
-        demo.say(f"\ndemo finished in {time.monotonic() - started:.0f} s: {'all checks passed' if result.ok else 'SOME CHECKS FAILED'}")
+        demo.say(
+            f"\ndemo finished in {time.monotonic() - started:.0f} s: {'all checks passed' if result.ok else 'SOME CHECKS FAILED'}"
+        )
         if keep_running:
             demo.say("\nThe stack keeps running. Connect with:")
             for name, value in demo.environment().items():
                 demo.say(f"  export {name}={value}")
-            demo.say(f"  enforcement: curl 'http://127.0.0.1:{demo.enforcement_port}/check?customer=hobby-hank&feature=api_calls'")
+            demo.say(
+                f"  enforcement: curl 'http://127.0.0.1:{demo.enforcement_port}/check?customer=hobby-hank&feature=api_calls'"
+            )
             demo.say("Ctrl-C stops everything.")
             with contextlib.suppress(KeyboardInterrupt):
                 stop.wait()

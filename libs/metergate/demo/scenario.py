@@ -141,8 +141,12 @@ def malformed_records(now: datetime) -> list[Malformed]:
         "source": "demo",
     }
     return [
-        Malformed(b"pixel-studio", b'{"meter": "api_calls", "quantity": 1}', "not_avro", "JSON instead of Avro"),
-        Malformed(b"pixel-studio", b"\xc3\x01" + b"\x13" * 8 + b"\x00", "unknown_schema", "a schema nobody knows"),
+        Malformed(
+            b"pixel-studio", b'{"meter": "api_calls", "quantity": 1}', "not_avro", "JSON instead of Avro"
+        ),
+        Malformed(
+            b"pixel-studio", b"\xc3\x01" + b"\x13" * 8 + b"\x00", "unknown_schema", "a schema nobody knows"
+        ),
         Malformed(
             b"pixel-studio",
             usage.encode_dict({**base, "event_id": "bad-negative", "quantity": Decimal(-5)}),

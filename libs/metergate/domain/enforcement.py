@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 
 from metergate.domain.records import (
     Enforcement,
@@ -24,6 +25,11 @@ from metergate.domain.records import (
     LimitEvent,
     LimitKind,
 )
+
+def _shown(value: Decimal | None) -> str:
+    """A Decimal as a person writes it: 1000, not 1000.000000000 or 1E+3."""
+    return "unlimited" if value is None else f"{value.normalize():f}"
+
 
 BLOCKING_KINDS = frozenset({LimitKind.LIMIT_REACHED, LimitKind.HARD_LIMIT_EXCEEDED})
 
@@ -93,16 +99,15 @@ class EnforcementState:
             return Decision(True, "entitled", entitlement.config_value)
         block = self.blocks.get((customer_id, feature))
         if block is not None and now < block.period_end and entitlement.enforcement is Enforcement.HARD:
-            limit = block.event.limit
             return Decision(
                 False,
-                f"hard limit of {limit} reached for {feature!r} until {block.period_end.isoformat()}",
+                f"hard limit of {_shown(block.event.limit)} reached for {feature!r} until {block.period_end.isoformat()}",
             )
         if block is not None and now < block.period_end:
-            return Decision(True, f"entitled ({block.event.kind.value} at {block.event.usage}, {entitlement.enforcement.value} limit)")
+            return Decision(True, f"entitled ({block.event.kind.value} at {_shown(block.event.usage)}, {entitlement.enforcement.value} limit)")
         warning = self.warnings.get((customer_id, feature))
         if warning is not None and now < warning.period_end:
-            return Decision(True, f"entitled ({warning.kind.value} at {warning.usage})")
+            return Decision(True, f"entitled ({warning.kind.value} at {_shown(warning.usage)})")
         return Decision(True, "entitled")
 
     def blocked(self, now: datetime) -> list[tuple[str, str]]:
