@@ -15,7 +15,6 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
-
 from metergate.kafka.producer import DeliveryTracker, make_producer, produce
 
 
@@ -46,7 +45,9 @@ def produce_all(config: dict[str, Any], topic: str, records: Sequence[tuple[byte
     return len(records) / elapsed
 
 
-def consume_all(config: dict[str, Any], topic: str, partitions: int, expected: int, timeout_s: float = 300) -> float:
+def consume_all(
+    config: dict[str, Any], topic: str, partitions: int, expected: int, timeout_s: float = 300
+) -> float:
     """Read `expected` records from the beginning; return records/s from the first to the last."""
     consumer = Consumer(
         {
@@ -74,7 +75,9 @@ def consume_all(config: dict[str, Any], topic: str, partitions: int, expected: i
         consumer.close()
 
 
-def measure_ceiling(config: dict[str, Any], records: Sequence[tuple[bytes, bytes]], partitions: int) -> Ceiling:
+def measure_ceiling(
+    config: dict[str, Any], records: Sequence[tuple[bytes, bytes]], partitions: int
+) -> Ceiling:
     topic = f"bench.ceiling.{uuid.uuid4().hex[:8]}"
     create_topic(config, topic, partitions)
     produce_rate = produce_all(config, topic, records)
