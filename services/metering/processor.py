@@ -12,11 +12,11 @@ COMMIT ORDER of a batch (`_commit`), and what a crash between two steps does
    total's own `applied_offset`), limit events due (not in the total's `emitted` marks, which are
    updated in the same in-memory state).
 1. Send the outputs: DLQ records, duplicate receipts, limit events (each to the partition of the
-   input partition, so recovery knows where to look), then one UsageAggregate per touched key with
-   its version bumped. FLUSH and check every delivery.
+   input partition, so recovery knows where to look), then one UsageAggregate per touched key, whose
+   version is 1 + the offset of the last event folded in. FLUSH and check every delivery.
    Crash during 1: some outputs are out, no state is. The restart reprocesses the batch: totals
-   come out the same (same fold, same versions: consumers keep the highest version per key, so a
-   re-sent aggregate is harmless). Limit events, receipts and DLQ records are NOT re-sent: recovery
+   come out the same (same fold; a version names the last event folded in, so a re-sent aggregate
+   repeats its version with the same value, and consumers keep the highest version per key). Limit events, receipts and DLQ records are NOT re-sent: recovery
    reads usage.limits / usage.duplicates / usage.dlq from the offsets stored with the last committed
    batch and suppresses what is already there (limit marks; receipt and DLQ ids).
 2. Append the new state to the changelog topic (partition = input partition): one record per
@@ -483,7 +483,11 @@ class MeteringProcessor:
                 self._maybe_crash("outputs_partial")
         now = _from_millis(pending.now_ms)
         for key, (_partition, aggregate) in pending.totals.items():
-            aggregate.total.version += 1
+            # version = 1 + offset of the last event folded in: strictly increasing per key (a key's
+            # events all live in one partition), and the same version always means the same events,
+            # whatever batch boundaries a replay after a crash happens to have (a counter per
+            # publication would give one version two different values)
+            aggregate.total.version = aggregate.total.applied_offset + 1
             send(
                 self.topics.aggregates,
                 key.encode(),

@@ -13,7 +13,8 @@ only on event time (and, for equal times, on the order of the partition log, whi
 
 A `RunningTotal` also carries what makes its updates idempotent across crashes and replays:
 `applied_offset`, the highest input offset (of its one partition) already folded in, `version`,
-bumped once per publication, and `emitted`, the limit events already sent for this period.
+the published version (the metering worker sets it to applied_offset + 1, so a version always
+names the same events), and `emitted`, the limit events already sent for this period.
 """
 
 from __future__ import annotations

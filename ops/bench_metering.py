@@ -1,0 +1,461 @@
+"""Benchmark of the metering worker, with the raw consume rates of the same broker in the same run.
+
+    .venv/bin/python -m ops.bench_metering [--events 200000] [--live-events 50000] [--live-rate 10000]
+
+Uses METERGATE_KAFKA_BOOTSTRAP when set, else starts an embedded (tansu) broker of its own.
+Phases, all on one topic set with a fresh prefix:
+
+1. produce `events` usage events (10k customers, 3 meters, 2% duplicates) to usage.events;
+2. raw consume rates of that same topic: confluent-kafka (librdkafka), stock Faust (one event per
+   record, no processing: "consuming alone"), and Faust through the metering transport (one event
+   per fetch, no processing);
+3. the metering worker (a subprocess, as in production) on the backlog: events/s from its
+   `metergate_events_consumed_total` metric, first to last processed record;
+4. live: while the worker runs, produce `live_events` at `live_rate`/s to customers whose limits
+   are crossed often, and measure event-to-limit-event latency (produce time of the crossing event
+   to receipt of its limit event) p50 / p99;
+5. recovery: SIGKILL the worker, restart it, and time restart -> a probe event committed; then the
+   same with its data directory deleted (state rebuilt from the changelog).
+
+Prints the figures; asserts nothing about time. `run_bench(...)` returns them as a dict.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
+from metergate.cli.catalog import publish_catalog
+from metergate.domain.catalog import parse_catalog
+from metergate.domain.records import LimitEvent, UsageEvent
+from metergate.embedded.processes import free_port
+from metergate.kafka.admin import ensure_topics
+from metergate.kafka.topics import Topics
+from metergate.wire.codec import codec
+
+ROOT = Path(__file__).resolve().parents[1]
+PARTITIONS = 4
+
+
+def catalog(customers: int, live_customers: int) -> dict[str, Any]:
+    return {
+        "meters": {
+            "api_calls": {"aggregation": "SUM"},
+            "tokens": {"aggregation": "SUM"},
+            "users": {"aggregation": "UNIQUE_COUNT", "unique_property": "user_id"},
+        },
+        "features": {"api_calls": {"kind": "metered", "meter": "api_calls"}},
+        "plans": {
+            "pro": {
+                "features": {
+                    "api_calls": {"included": 500, "limit": 5000, "enforcement": "hard", "thresholds": [80]}
+                }
+            },
+            "tiny": {
+                "features": {"api_calls": {"limit": 20, "enforcement": "hard", "thresholds": [50, 80, 100]}}
+            },
+        },
+        "subscriptions": {
+            **{f"c{i}": {"plan": "pro", "anchor": "2024-01-15"} for i in range(customers)},
+            **{f"live{i}": {"plan": "tiny", "anchor": "2024-01-15"} for i in range(live_customers)},
+        },
+    }
+
+
+def produce_backlog(config: Mapping[str, Any], topic: str, count: int, customers: int) -> float:
+    rng = random.Random(1)
+    encode = codec(UsageEvent).encode_dict
+    producer = Producer({**config, "linger.ms": 20, "batch.num.messages": 10000, "enable.idempotence": True})
+    now = datetime.now(UTC)
+    meters = ("api_calls", "tokens", "users")
+    started = time.monotonic()
+    sent: list[tuple[bytes, bytes]] = []
+    for index in range(count):
+        if sent and rng.random() < 0.02:
+            key, value = sent[rng.randrange(len(sent))]  # an exact duplicate
+        else:
+            customer = f"c{rng.randrange(customers)}"
+            value = encode(
+                {
+                    "event_id": f"e{index}",
+                    "customer_id": customer,
+                    "subject_id": None,
+                    "meter": meters[index % 3],
+                    "quantity": Decimal(rng.randrange(1, 1000)) / 100,
+                    "timestamp": now,
+                    "properties": {"user_id": f"u{rng.randrange(50)}"},
+                    "source": None,
+                }
+            )
+            key = customer.encode()
+            if len(sent) < 50_000:
+                sent.append((key, value))
+        while True:
+            try:
+                producer.produce(topic, value, key)
+                break
+            except BufferError:
+                producer.poll(0.01)
+        producer.poll(0)
+    assert producer.flush(60) == 0
+    return time.monotonic() - started
+
+
+def confluent_consume_rate(config: Mapping[str, Any], topic: str, count: int) -> float:
+    consumer = Consumer({**config, "group.id": f"bench-{uuid.uuid4().hex}", "enable.auto.commit": False})
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(PARTITIONS)])
+    seen, started = 0, None
+    deadline = time.monotonic() + 120
+    while seen < count and time.monotonic() < deadline:
+        messages = consumer.consume(10000, timeout=0.5)
+        if messages and started is None:
+            started = time.monotonic()
+        seen += sum(1 for m in messages if not m.error())
+    elapsed = time.monotonic() - (started or time.monotonic())
+    consumer.close()
+    return seen / elapsed if elapsed else 0.0
+
+
+def faust_consume_rate(bootstrap: str, topic: str, count: int, batched: bool) -> float:
+    output = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ops.bench_metering",
+            "faust-consume",
+            bootstrap,
+            topic,
+            str(count),
+            str(int(batched)),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    return float(output.stdout.strip().splitlines()[-1])
+
+
+def _faust_consume(bootstrap: str, topic: str, count: int, batched: bool) -> None:
+    """Child process: a Faust app that only counts records (`batched`: through the metering transport)."""
+    import logging
+
+    import faust
+    from metergate_services.metering.transport import PASSTHROUGH, batching_app_class
+
+    logging.disable(logging.INFO)
+    app_class = batching_app_class(frozenset({topic})) if batched else faust.App
+    data = tempfile.mkdtemp(prefix="bench-faust-")
+    app = app_class(
+        f"bench-consume-{uuid.uuid4().hex[:8]}",
+        broker=f"kafka://{bootstrap}",
+        store="memory://",
+        datadir=data,
+        web_enabled=False,
+        topic_allow_declare=False,
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=6,
+        broker_heartbeat_interval=1,
+        broker_rebalance_timeout=10,
+        broker_max_poll_records=5000 if batched else None,
+        loghandlers=[],
+    )
+    source = app.topic(
+        topic,
+        key_serializer=PASSTHROUGH if batched else "raw",
+        value_serializer=PASSTHROUGH if batched else "raw",
+        acks=not batched,
+    )
+    state: dict[str, Any] = {"n": 0, "t0": None}
+
+    @app.agent(source)
+    async def consume(stream: Any) -> None:
+        async for event in stream.events():
+            if state["t0"] is None:
+                state["t0"] = time.monotonic()
+            state["n"] += sum(len(v) for v in event.value.values()) if batched else 1
+            if state["n"] >= count:
+                print(state["n"] / (time.monotonic() - state["t0"]), flush=True)
+                os._exit(0)
+
+    sys.argv = [sys.argv[0], "worker", "-l", "warn"]
+    app.main()
+
+
+class WorkerProcess:
+    def __init__(self, bootstrap: str, topics: Topics, data_dir: Path, metrics_port: int) -> None:
+        self.env = {
+            **os.environ,
+            "METERGATE_KAFKA_BOOTSTRAP": bootstrap,
+            "METERGATE_KAFKA_TOPIC_PREFIX": topics.prefix,
+            "METERGATE_METERING_DATA_DIR": str(data_dir),
+            "METERGATE_METRICS_PORT": str(metrics_port),
+        }
+        self.port = metrics_port
+        self.log = data_dir.parent / "worker.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "metergate_services.metering.main"],
+                env=self.env,
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    def consumed(self) -> float | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=1) as response:
+                text = response.read().decode()
+        except OSError:
+            return None
+        for line in text.splitlines():
+            if line.startswith("metergate_events_consumed_total "):
+                return float(line.split()[1])
+        return None
+
+    def kill(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def committed(config: Mapping[str, Any], group: str, topic: str) -> int:
+    consumer = Consumer({**config, "group.id": group, "enable.auto.commit": False})
+    try:
+        found = consumer.committed([TopicPartition(topic, p) for p in range(PARTITIONS)], timeout=10)
+        return sum(max(tp.offset, 0) for tp in found)
+    finally:
+        consumer.close()
+
+
+def total_records(config: Mapping[str, Any], topic: str) -> int:
+    """Records on the topic, counted by reading it (end offsets can be short on the embedded broker)."""
+    consumer = Consumer({**config, "group.id": f"bench-{uuid.uuid4().hex}", "enable.auto.commit": False})
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(PARTITIONS)])
+    seen, idle_since = 0, time.monotonic()
+    while time.monotonic() - idle_since < 1.0:
+        messages = consumer.consume(10000, timeout=0.2)
+        if messages:
+            seen += len(messages)
+            idle_since = time.monotonic()
+    consumer.close()
+    return seen
+
+
+def wait_committed(
+    config: Mapping[str, Any], group: str, topic: str, target: int, timeout_s: float = 300
+) -> float:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if committed(config, group, topic) >= target:
+            return time.monotonic()
+        time.sleep(0.05)
+    raise TimeoutError(f"group {group} did not commit {target} records within {timeout_s}s")
+
+
+def run_bench(
+    bootstrap: str | None = None, *, events: int = 200_000, live_events: int = 50_000, live_rate: int = 10_000
+) -> dict[str, Any]:
+    workdir = Path(tempfile.mkdtemp(prefix="bench-metering-"))
+    broker = None
+    if bootstrap is None:
+        from metergate.embedded.broker import EmbeddedBroker
+
+        broker = EmbeddedBroker(workdir / "broker")
+        broker.start()
+        bootstrap = broker.bootstrap
+    config = {"bootstrap.servers": bootstrap}
+    topics = Topics(prefix=f"bench{uuid.uuid4().hex[:6]}.")
+    ensure_topics(config, topics, PARTITIONS)
+    customers, live_customers = 10_000, 2_000
+    figures: dict[str, Any] = {"events": events, "partitions": PARTITIONS}
+    worker = WorkerProcess(bootstrap, topics, workdir / "worker", free_port())
+    group = f"{topics.prefix}metergate-metering"
+    try:
+        publish_catalog(parse_catalog(catalog(customers, live_customers)), config, prefix=topics.prefix)
+        figures["produce_s"] = round(produce_backlog(config, topics.events, events, customers), 2)
+        figures["raw_consume_confluent_per_s"] = round(confluent_consume_rate(config, topics.events, events))
+        figures["raw_consume_faust_per_record_per_s"] = round(
+            faust_consume_rate(bootstrap, topics.events, events, False)
+        )
+        figures["raw_consume_faust_batched_per_s"] = round(
+            faust_consume_rate(bootstrap, topics.events, events, True)
+        )
+
+        worker.start()
+        first: tuple[float, float] | None = None
+        last: tuple[float, float] = (0.0, 0.0)
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            value = worker.consumed()
+            now = time.monotonic()
+            if value:
+                if first is None:
+                    first = (now, value)
+                last = (now, value)
+                if value >= events:
+                    break
+            time.sleep(0.05)
+        assert first is not None, worker.log.read_text()[-2000:]
+        rate = (last[1] - first[1]) / (last[0] - first[0]) if last[0] > first[0] else 0.0
+        figures["metering_per_s"] = round(rate)
+        figures["ratio_to_faust_per_record"] = round(rate / figures["raw_consume_faust_per_record_per_s"], 2)
+        figures["ratio_to_faust_batched"] = round(rate / figures["raw_consume_faust_batched_per_s"], 2)
+        figures["ratio_to_confluent"] = round(rate / figures["raw_consume_confluent_per_s"], 3)
+        backlog_total = total_records(config, topics.events)
+        wait_committed(config, group, topics.events, backlog_total)
+
+        figures.update(live_latency(config, topics, live_events, live_rate, live_customers))
+        figures.update(recovery_times(config, topics, worker, group))
+    finally:
+        worker.stop()
+        if broker is not None:
+            broker.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    return figures
+
+
+def live_latency(
+    config: Mapping[str, Any], topics: Topics, count: int, rate: int, live_customers: int
+) -> dict[str, Any]:
+    produced_at: dict[str, float] = {}
+    received: list[tuple[str, float]] = []
+    stop = threading.Event()
+    tail = Consumer({**config, "group.id": f"bench-{uuid.uuid4().hex}", "enable.auto.commit": False})
+    tail.assign([TopicPartition(topics.limits, p, OFFSET_END) for p in range(PARTITIONS)])
+    limit_codec = codec(LimitEvent)
+
+    def follow() -> None:
+        while not stop.is_set():
+            for message in tail.consume(1000, timeout=0.05):
+                if not message.error() and message.value():
+                    received.append((limit_codec.decode(message.value()).event_id or "", time.time()))
+
+    follower = threading.Thread(target=follow, daemon=True)
+    follower.start()
+    time.sleep(1.0)
+    encode = codec(UsageEvent).encode_dict
+    producer = Producer({**config, "linger.ms": 1, "enable.idempotence": True})
+    started = time.monotonic()
+    for index in range(count):
+        customer = f"live{index % live_customers}"
+        event_id = f"live-{index}"
+        value = encode(
+            {
+                "event_id": event_id,
+                "customer_id": customer,
+                "subject_id": None,
+                "meter": "api_calls",
+                "quantity": Decimal(1),
+                "timestamp": datetime.now(UTC),
+                "properties": {},
+                "source": None,
+            }
+        )
+        produced_at[event_id] = time.time()
+        producer.produce(topics.events, value, customer.encode())
+        producer.poll(0)
+        ahead = (index + 1) / rate - (time.monotonic() - started)
+        if ahead > 0:
+            time.sleep(ahead)
+    producer.flush(30)
+    achieved = count / (time.monotonic() - started)
+    time.sleep(3.0)
+    stop.set()
+    follower.join(5)
+    tail.close()
+    latencies = sorted(at - produced_at[event_id] for event_id, at in received if event_id in produced_at)
+    if not latencies:
+        return {"live_rate_per_s": round(achieved), "limit_events": 0}
+    return {
+        "live_rate_per_s": round(achieved),
+        "limit_events": len(latencies),
+        "limit_latency_p50_s": round(statistics.median(latencies), 3),
+        "limit_latency_p99_s": round(latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))], 3),
+        "limit_latency_max_s": round(latencies[-1], 3),
+    }
+
+
+def recovery_times(
+    config: Mapping[str, Any], topics: Topics, worker: WorkerProcess, group: str
+) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    encode = codec(UsageEvent).encode
+    producer = Producer({**config, "enable.idempotence": True})
+    for label, wipe in (
+        ("recovery_after_sigkill_s", False),
+        ("recovery_after_sigkill_wiped_data_dir_s", True),
+    ):
+        worker.kill()
+        if wipe:
+            shutil.rmtree(Path(worker.env["METERGATE_METERING_DATA_DIR"]) / "rocksdb", ignore_errors=True)
+        before = total_records(config, topics.events)
+        restarted = time.monotonic()
+        worker.start()
+        event = UsageEvent(
+            event_id=f"probe-{uuid.uuid4().hex}",
+            customer_id="c1",
+            meter="api_calls",
+            quantity=Decimal(1),
+            timestamp=datetime.now(UTC),
+        )
+        producer.produce(topics.events, encode(event), b"c1")
+        producer.flush(10)
+        done = wait_committed(config, group, topics.events, before + 1, timeout_s=300)
+        results[label] = round(done - restarted, 2)
+    return results
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "faust-consume":
+        _faust_consume(sys.argv[2], sys.argv[3], int(sys.argv[4]), bool(int(sys.argv[5])))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--live-events", type=int, default=50_000)
+    parser.add_argument("--live-rate", type=int, default=10_000)
+    args = parser.parse_args()
+    figures = run_bench(
+        os.environ.get("METERGATE_KAFKA_BOOTSTRAP"),
+        events=args.events,
+        live_events=args.live_events,
+        live_rate=args.live_rate,
+    )
+    width = max(len(name) for name in figures)
+    for name, value in figures.items():
+        print(f"{name:<{width}}  {value}")
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
