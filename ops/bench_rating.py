@@ -31,7 +31,8 @@ METERS = ("api_calls", "tokens", "storage_gb")
 
 @dataclass(frozen=True)
 class BenchResult:
-    updates: int
+    updates: int  # aggregate updates consumed, rated and committed
+    applied: int  # of which newer versions applied one by one (the rest collapsed into them)
     customers: int
     batch_size: int
     produce_s: float
@@ -46,6 +47,7 @@ class BenchResult:
         return (
             f"rating: {self.updates:,} aggregate updates over {self.customers:,} customers x {len(METERS)} meters, "
             f"batch {self.batch_size}: {self.updates_per_s:,.0f} updates/s rated and committed "
+            f"({self.applied:,} applied one by one, the rest collapsed into a newer version of the same batch) "
             f"({self.rating_s:.1f} s; start-up {self.startup_s:.1f} s; produce {self.produce_s:.1f} s); "
             f"{self.line_items:,} line items, {self.ledger_entries:,} ledger entries\n"
             f"  time per step (s): {', '.join(f'{k} {v:.2f}' for k, v in self.timings.items())}"
@@ -109,6 +111,7 @@ def bench(
     customers: int = 10_000,
     batch_size: int = 5000,
     partitions: int = 4,
+    workers: int = 1,
 ) -> BenchResult:
     from metergate.db.credit_store import grant_credit
     from metergate.db.engine import make_engine
@@ -172,6 +175,20 @@ def bench(
     tracker.raise_failures()
     produce_s = time.perf_counter() - started
 
+    if workers > 1:
+        return _bench_processes(
+            kafka_bootstrap,
+            database_url,
+            topics,
+            schema,
+            run_id,
+            updates,
+            customers,
+            batch_size,
+            workers,
+            produce_s,
+            engine,
+        )
     settings = RatingSettings(
         kafka=KafkaSettings(bootstrap=kafka_bootstrap, topic_prefix=topics.prefix),
         database=DatabaseSettings(url=database_url, METERGATE_DATABASE_SCHEMA=schema),  # type: ignore[call-arg, arg-type]
@@ -194,16 +211,100 @@ def bench(
 
     delete_topics(config, topics.all())
     return BenchResult(
-        updates=consumer.committed_updates,
+        updates=consumer.committed_records,
+        applied=consumer.committed_updates,
         customers=customers,
         batch_size=batch_size,
         produce_s=produce_s,
         startup_s=consumer.first_batch_at - began,
         rating_s=rating_s,
-        updates_per_s=consumer.committed_updates / rating_s if rating_s > 0 else 0.0,
+        updates_per_s=consumer.committed_records / rating_s if rating_s > 0 else 0.0,
         line_items=line_items,
         ledger_entries=entries,
         timings=dict(consumer.timings),
+    )
+
+
+def _bench_processes(
+    kafka_bootstrap: str,
+    database_url: str,
+    topics: Any,
+    schema: str,
+    run_id: str,
+    updates: int,
+    customers: int,
+    batch_size: int,
+    workers: int,
+    produce_s: float,
+    engine: Any,
+) -> BenchResult:
+    """`workers` rating processes in one consumer group; timed by the offsets they commit."""
+    import signal
+    import subprocess
+    import sys
+
+    env = {
+        **os.environ,
+        "METERGATE_KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "METERGATE_KAFKA_TOPIC_PREFIX": topics.prefix,
+        "METERGATE_DATABASE_URL": database_url,
+        "METERGATE_DATABASE_SCHEMA": schema,
+        "METERGATE_RATING_GROUP_ID": f"bench-{run_id}",
+        "METERGATE_RATING_BATCH_SIZE": str(batch_size),
+        "METERGATE_RATING_LAG_INTERVAL_S": "0",
+        "METERGATE_RATING_EXPIRY_INTERVAL_S": "0",
+    }
+    began = time.perf_counter()
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-m", "metergate_services.rating.main"], env=env, stderr=subprocess.DEVNULL
+        )
+        for _ in range(workers)
+    ]
+    try:
+        first_at: float | None = None
+        first_done = 0
+        while True:
+            with engine.begin() as conn:
+                done = conn.execute(
+                    text("SELECT coalesce(sum(next_offset), 0) FROM consumer_offsets WHERE topic = :t"),
+                    {"t": topics.aggregates},
+                ).scalar_one()
+            now = time.perf_counter()
+            if first_at is None and done > 0:
+                first_at, first_done = now, done
+            if done >= updates:
+                break
+            if any(child.poll() is not None for child in children):
+                raise RuntimeError("a rating worker exited")
+            time.sleep(0.02)
+    finally:
+        for child in children:
+            child.send_signal(signal.SIGTERM)
+        for child in children:
+            child.wait(60)
+    assert first_at is not None
+    rating_s = now - first_at
+    with engine.begin() as conn:
+        line_items = conn.execute(text("SELECT count(*) FROM line_items")).scalar_one()
+        entries = conn.execute(text("SELECT count(*) FROM credit_ledger")).scalar_one()
+        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+    engine.dispose()
+    from metergate.kafka.admin import delete_topics
+
+    delete_topics({"bootstrap.servers": kafka_bootstrap}, topics.all())
+    return BenchResult(
+        updates=updates,
+        applied=-1,
+        customers=customers,
+        batch_size=batch_size,
+        produce_s=produce_s,
+        startup_s=first_at - began,
+        rating_s=rating_s,
+        updates_per_s=(updates - int(first_done)) / rating_s if rating_s > 0 else 0.0,
+        line_items=line_items,
+        ledger_entries=entries,
+        timings={"workers": float(workers)},
     )
 
 
@@ -213,6 +314,9 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=10_000)
     parser.add_argument("--batch-size", type=int, default=5000)
     parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument(
+        "--workers", type=int, default=1, help="rating processes in one group (>1: subprocesses)"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     bootstrap = os.environ.get("METERGATE_KAFKA_BOOTSTRAP")
@@ -235,7 +339,12 @@ def main() -> None:
         for _ in range(args.runs):
             print(
                 bench(
-                    bootstrap, url, updates=args.updates, customers=args.customers, batch_size=args.batch_size
+                    bootstrap,
+                    url,
+                    updates=args.updates,
+                    customers=args.customers,
+                    batch_size=args.batch_size,
+                    workers=args.workers,
                 ),
                 flush=True,
             )

@@ -338,10 +338,13 @@ class RatingConsumer:
                 credits.update(stored_credits)
             customers = {aggregate.customer_id for _, aggregate in batch.records}
             wallets = rating_store.load_credit(conn, customers)
+            stored = {line_key for key_lines in lines.values() for line_key in key_lines}
+            records = newest_per_key(batch.records, with_credit={customer for customer, _ in wallets})
             mark = self._tick("load", mark)
             fold = RatingFold(lines=lines, wallets=wallets, credits=credits, known_base_fees=self._base_fees)
+            fold.stale += len(batch.records) - len(records)
             dead_letters = list(batch.rejected)
-            for message, aggregate in batch.records:
+            for message, aggregate in records:
                 try:
                     applied = fold.apply(aggregate, self.snapshots.get(aggregate.customer_id))
                 except InvalidInput as exc:
@@ -356,7 +359,7 @@ class RatingConsumer:
             self._fault("dlq_sent")
             mark = self._tick("dlq", mark)
             changed = list(fold.changed.values())
-            rating_store.write_lines(conn, changed, fold.credits)  # 4
+            rating_store.write_lines(conn, changed, fold.credits, stored)  # 4
             mark = self._tick("write lines", mark)
             rating_store.write_entries(conn, fold.entries)
             depletions = [self._depletion_event(d, a, line) for d, a, line in fold.depletions]
@@ -541,6 +544,26 @@ class RatingConsumer:
 
     def _sleep(self, seconds: float) -> None:
         self._stop.wait(seconds)
+
+
+def newest_per_key(
+    records: list[tuple[Message, UsageAggregate]], with_credit: set[str]
+) -> list[tuple[Message, UsageAggregate]]:
+    """The batch's records to rate, in order: every version of a customer with credit (each version
+    may draw or return credit: rule 4 of metergate.domain.ledger), only the newest version of every
+    other key (its intermediate versions within one batch change nothing the newest does not)."""
+    newest: dict[str, int] = {}
+    for index, (_, aggregate) in enumerate(records):
+        if aggregate.customer_id in with_credit:
+            continue
+        key = aggregate.key
+        held = newest.get(key)
+        if held is None or aggregate.version >= records[held][1].version:
+            newest[key] = index
+    if len(newest) == len(records):
+        return records
+    keep = set(newest.values())
+    return [r for index, r in enumerate(records) if index in keep or r[1].customer_id in with_credit]
 
 
 def _first_line(exc: BaseException) -> str:

@@ -161,6 +161,29 @@ _UPSERT_LINES = f"""
     """
 _NUMERIC_LINE_COLUMNS = {name for name, sqltype in _LINE_COLUMNS if sqltype in ("numeric", "jsonb")}
 
+#: what a newer version of a stored line can change (its identity columns never change)
+_IDENTITY = {
+    "aggregate_key",
+    "customer_id",
+    "subscription_id",
+    "feature",
+    "meter",
+    "period_start",
+    "period_end",
+}
+_UPDATE_COLUMNS = tuple((n, t) for n, t in _LINE_COLUMNS if n not in _IDENTITY)
+_UPDATE_NAMES = [name for name, _ in _UPDATE_COLUMNS]
+_UPDATE_LINES = f"""
+    UPDATE line_items AS l SET
+        {", ".join(f"{n} = u.{n}" for n in _UPDATE_NAMES if n != "line_key")},
+        updated_at = now()
+    FROM unnest({_arrays(_UPDATE_COLUMNS)}) AS u({", ".join(_UPDATE_NAMES)})
+    WHERE l.line_key = u.line_key
+      AND ((u.charge = 'usage' AND l.aggregate_version < u.aggregate_version)
+        OR (u.charge = 'base_fee' AND l.snapshot_version < u.snapshot_version))
+    RETURNING l.charge
+    """
+
 
 def _sources_json(sources: Mapping[str, Decimal] | None) -> str | None:
     if not sources:
@@ -193,13 +216,12 @@ def load_lines(
     return lines, credits
 
 
-def write_lines(conn: Connection, lines: Sequence[Line], credits: Mapping[str, Mapping[str, Decimal]]) -> int:
-    """Upsert `lines` (each key once); usage lines only ever move to a newer aggregate version."""
-    if not lines:
-        return 0
-    columns: dict[str, list[Any]] = {name: [] for name in _LINE_NAMES}
-    for line in sorted(lines, key=lambda item: item.line_key):
-        for name in _LINE_NAMES:
+def _columns(
+    lines: Iterable[Line], names: Sequence[str], credits: Mapping[str, Mapping[str, Decimal]]
+) -> dict[str, list[Any]]:
+    columns: dict[str, list[Any]] = {name: [] for name in names}
+    for line in lines:
+        for name in names:
             if name == "credit_sources":
                 value: Any = (
                     _sources_json(credits.get(line.line_key)) if line.charge is ChargeType.USAGE else None
@@ -209,11 +231,36 @@ def write_lines(conn: Connection, lines: Sequence[Line], credits: Mapping[str, M
                 if name in ("charge", "status"):
                     value = value.value
             columns[name].append(value)
-    for name in _NUMERIC_LINE_COLUMNS:
+    for name in _NUMERIC_LINE_COLUMNS & set(names):
         columns[name] = _texts(columns[name])
-    written = [row[0] for row in conn.exec_driver_sql(_UPSERT_LINES, columns)]
+    return columns
+
+
+def write_lines(
+    conn: Connection,
+    lines: Sequence[Line],
+    credits: Mapping[str, Mapping[str, Decimal]],
+    stored: Collection[str] = frozenset(),
+) -> int:
+    """Write `lines` (each key once); usage lines only ever move to a newer aggregate version.
+
+    Lines in `stored` (known to exist) are updated in place, sending only what can change; the
+    others are inserted (an upsert, guarded the same way, in case one exists after all).
+    """
+    if not lines:
+        return 0
+    ordered = sorted(lines, key=lambda item: item.line_key)
+    updates = [line for line in ordered if line.line_key in stored]
+    inserts = [line for line in ordered if line.line_key not in stored]
+    written: list[str] = []
+    if updates:
+        columns = _columns(updates, _UPDATE_NAMES, credits)
+        written += [row[0] for row in conn.exec_driver_sql(_UPDATE_LINES, columns)]
+    if inserts:
+        columns = _columns(inserts, _LINE_NAMES, credits)
+        written += [row[0] for row in conn.exec_driver_sql(_UPSERT_LINES, columns)]
     expected_usage = sum(1 for line in lines if line.charge is ChargeType.USAGE)
-    if sum(1 for charge in written if charge == "usage") != expected_usage:
+    if written.count("usage") != expected_usage:
         raise IntegrityFault(
             f"{expected_usage} usage line(s) computed but only {written.count('usage')} were newer than the stored ones"
         )

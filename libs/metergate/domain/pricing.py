@@ -45,6 +45,7 @@ from decimal import (
     Overflow,
 )
 from functools import cache
+from typing import NamedTuple
 
 from metergate.domain.records import (
     EntitlementSnapshot,
@@ -201,8 +202,7 @@ def _validate_tiers(tiers: tuple[PriceTier, ...], *, where: str) -> None:
         previous = tier.up_to
 
 
-@dataclass(frozen=True)
-class Price:
+class Price(NamedTuple):
     """The unrounded price of a billable quantity and the unit price applied (None when mixed)."""
 
     amount: Decimal
@@ -277,8 +277,7 @@ def volume_tier(tiers: tuple[PriceTier, ...], billable: Decimal) -> tuple[int, P
     raise PricingError("pricing.tiers: the last tier must be unbounded", field="pricing.tiers")
 
 
-@dataclass(frozen=True)
-class Charge:
+class Charge(NamedTuple):
     """One billable line of one customer's period, before it is stored (amount already rounded)."""
 
     charge: ChargeType
