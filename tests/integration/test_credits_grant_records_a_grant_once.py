@@ -1,0 +1,61 @@
+"""`metergate credits grant` records a grant and its ledger entry once per grant id; bad grants are
+refused with the field named; `credits balance` and `credits expire` read and close the ledger."""
+
+from __future__ import annotations
+
+from decimal import Decimal as D
+
+import pytest
+from click.testing import CliRunner
+from metergate.cli.credits import credits
+
+from tests.integration.rating_support import query
+
+pytestmark = pytest.mark.integration
+
+
+def test_credits_grant_records_a_grant_once(database_url, db_schema):
+    runner = CliRunner()
+    env = {"METERGATE_DATABASE_URL": database_url, "METERGATE_DATABASE_SCHEMA": db_schema}
+
+    def run(*args: str) -> tuple[int, str]:
+        result = runner.invoke(credits, list(args), env=env)
+        return result.exit_code, result.output
+
+    code, out = run(
+        "grant", "acme", "25.00", "--priority", "2", "--expires-at", "2026-02-01", "--grant-id", "q1"
+    )
+    assert code == 0, out
+    assert out.startswith("granted: q1 25.00 USD to acme, priority 2, expires 2026-02-01T00:00:00+00:00")
+    code, out = run(
+        "grant", "acme", "25.00", "--priority", "2", "--expires-at", "2026-02-01", "--grant-id", "q1"
+    )
+    assert (code, out.split(":")[0]) == (0, "already granted (nothing written)")
+    code, out = run("grant", "acme", "30.00", "--grant-id", "q1")
+    assert code != 0 and "already used for a different grant" in out
+    code, out = run("grant", "acme", "1.001")
+    assert code != 0 and "amount: 1.001 has more decimals than USD has minor units" in out
+    code, out = run("grant", "acme", "0")
+    assert code != 0 and "amount: expected a positive amount" in out
+    code, out = run("grant", "acme", "lots")
+    assert code != 0 and "expected a decimal amount" in out
+    code, out = run("grant", "acme", "500", "--currency", "jpy", "--grant-id", "yen")
+    assert code == 0, out
+
+    assert query(database_url, db_schema, "SELECT idempotency_key, amount FROM credit_ledger ORDER BY 1") == [
+        ("grant:q1", D("25.00")),
+        ("grant:yen", D("500")),
+    ]
+    code, out = run("balance", "acme")
+    assert code == 0
+    assert out.splitlines() == [
+        "acme JPY: balance 500 (granted 500, debited 0, adjusted 0, expired 0)",
+        "acme USD: balance 25.00 (granted 25.00, debited 0, adjusted 0, expired 0)",
+    ]
+    code, out = run("expire")  # q1 expired on 2026-02-01 (the clock is later)
+    assert code == 0 and out.splitlines() == ["expired q1: -25.00 USD", "1 expiry entry written"]
+    code, out = run("expire")
+    assert out.splitlines()[-1] == "0 expiry entries written"
+    assert query(
+        database_url, db_schema, "SELECT remaining, expired FROM credit_grants WHERE grant_id = 'q1'"
+    ) == [(D("0.00"), True)]
