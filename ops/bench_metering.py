@@ -152,7 +152,10 @@ def faust_consume_rate(bootstrap: str, topic: str, count: int, batched: bool) ->
         timeout=300,
         check=True,
     )
-    return float(output.stdout.strip().splitlines()[-1])
+    # Faust's worker redirects stdout into its log (stderr): look in both
+    text = output.stdout + output.stderr
+    rates = [line.split("RATE ", 1)[1].split()[0] for line in text.splitlines() if "RATE " in line]
+    return float(rates[-1])
 
 
 def _faust_consume(bootstrap: str, topic: str, count: int, batched: bool) -> None:
@@ -194,7 +197,7 @@ def _faust_consume(bootstrap: str, topic: str, count: int, batched: bool) -> Non
                 state["t0"] = time.monotonic()
             state["n"] += sum(len(v) for v in event.value.values()) if batched else 1
             if state["n"] >= count:
-                print(state["n"] / (time.monotonic() - state["t0"]), flush=True)
+                print(f"\nRATE {state['n'] / (time.monotonic() - state['t0'])}", flush=True)
                 os._exit(0)
 
     sys.argv = [sys.argv[0], "worker", "-l", "warn"]

@@ -69,6 +69,7 @@ from metergate.errors import DecodeError, DeliveryError
 from metergate.kafka.topics import Topics
 from metergate.wire.codec import codec
 from metergate_services.metering import metrics
+from metergate_services.metering.fastwire import read_event, write_aggregate
 from metergate_services.metering.store import (
     AGGREGATE,
     WATERMARK,
@@ -172,6 +173,9 @@ class MeteringProcessor:
         self.crash_after_batches = crash_after_batches
         self._batches_done = 0
         self._revoked: set[int] = set()
+        #: committed totals kept between batches (they are mutated in place by a batch; a batch that
+        #: fails clears the cache, see `process`)
+        self._cache: dict[str, Aggregate] = {}
         self._period_cache: dict[tuple[str, int | None, str], tuple[Period, str, int, int]] = {}
         self._feature_cache: dict[tuple[str, int, str], tuple[FeatureEntitlement, ...]] = {}
         self._event_codec = codec(UsageEvent)
@@ -186,6 +190,8 @@ class MeteringProcessor:
         self._revoked.update(partitions)
 
     def _apply_revocations(self) -> None:
+        if self._revoked:
+            self._cache.clear()  # another worker may change those keys meanwhile
         while self._revoked:
             partition = self._revoked.pop()
             self.watermarks.pop(partition, None)
@@ -202,10 +208,21 @@ class MeteringProcessor:
             self.recover(sorted(missing))
         pending = _Pending(now_ms=self.clock_ms())
         consumed = 0
-        for partition, records in batches:
-            consumed += len(records)
-            self._partition(partition, records, pending)
-        sent_at = self._commit(pending)
+        try:
+            for partition, records in batches:
+                consumed += len(records)
+                self._partition(partition, records, pending)
+            sent_at = self._commit(pending)
+        except BaseException:
+            # in-memory state may hold this batch's uncommitted effects: forget it all, so the next
+            # attempt starts from durable state (recovery runs again)
+            self._cache.clear()
+            self.watermarks.clear()
+            raise
+        if len(self._cache) > 500_000:
+            self._cache.clear()
+        for key, (_partition, aggregate) in pending.totals.items():
+            self._cache[key] = aggregate
         metrics.EVENTS_CONSUMED.inc(consumed)
         metrics.EVENTS_ACCEPTED.inc(pending.accepted)
         metrics.EVENTS_DUPLICATE.inc(pending.duplicates)
@@ -235,7 +252,7 @@ class MeteringProcessor:
         # decode the whole run first, then look every dedup key up in one multi-get
         decoded: list[tuple[KafkaRecord, dict[str, Any] | None, Rejection | None]] = []
         keys: list[bytes] = []
-        decode = self._event_codec.decode_dict
+        decode = read_event
         for record in fresh:
             try:
                 datum = decode(record.value)
@@ -274,7 +291,7 @@ class MeteringProcessor:
             assert seen is not None
             self._receipt(partition, record, datum, seen, pending)
             return
-        event_ms = _millis(datum["timestamp"])
+        event_ms = datum["timestamp"]  # int milliseconds (fastwire.read_event)
         if verdict is Verdict.FIRST:
             rejection = check_time(
                 event_ms, pending.now_ms, future_skew_ms=self.skew_ms, window_ms=self.window_ms
@@ -307,11 +324,11 @@ class MeteringProcessor:
     ) -> None:
         customer = datum["customer_id"]
         snapshot = self.snapshots(customer)
-        _, start_iso, start_ms, end_ms = self._period(customer, snapshot, datum["timestamp"], event_ms)
+        _, start_iso, start_ms, end_ms = self._period(customer, snapshot, event_ms)
         key = aggregate_key_from_iso(customer, meter.meter, start_iso)
         entry = pending.totals.get(key)
         if entry is None:
-            aggregate = self.store.aggregate(key)
+            aggregate = self._cache.get(key) or self.store.aggregate(key)
             if aggregate is None:
                 aggregate = Aggregate(
                     customer, meter.meter, start_ms, end_ms, None, None, None, RunningTotal(meter.aggregation)
@@ -342,7 +359,7 @@ class MeteringProcessor:
                     self._limit(partition, record, datum, aggregate, item.feature, item, pending)
 
     def _period(
-        self, customer: str, snapshot: EntitlementSnapshot | None, moment: datetime, event_ms: int
+        self, customer: str, snapshot: EntitlementSnapshot | None, event_ms: int
     ) -> tuple[Period, str, int, int]:
         if snapshot is None or snapshot.subscription_id is None or snapshot.billing_anchor is None:
             anchor, anchor_ms, reset = None, None, ResetPeriod.MONTHLY
@@ -353,7 +370,7 @@ class MeteringProcessor:
         cached = self._period_cache.get(cache_key)
         if cached is not None and cached[2] <= event_ms < cached[3]:
             return cached
-        period = period_for(moment, anchor, reset)
+        period = period_for(_from_millis(event_ms), anchor, reset)
         found = (period, period.start.isoformat(), _millis(period.start), _millis(period.end))
         if len(self._period_cache) > 200_000:
             self._period_cache.clear()
@@ -381,7 +398,7 @@ class MeteringProcessor:
             "original_value": record.value,
             "source": {"topic": self.topics.events, "partition": partition, "offset": record.offset},
             "service": SERVICE,
-            "rejected_at": _from_millis(pending.now_ms),
+            "rejected_at": pending.now_ms,
         }
         pending.dead.append((partition, guard, rejection.reason, record.key or b"", value))
 
@@ -396,7 +413,7 @@ class MeteringProcessor:
             "quantity": datum["quantity"],
             "first_seen": {"topic": self.topics.events, "partition": seen.partition, "offset": seen.offset},
             "duplicate": {"topic": self.topics.events, "partition": partition, "offset": record.offset},
-            "received_at": _from_millis(pending.now_ms),
+            "received_at": pending.now_ms,
         }
         pending.receipts.append(
             (partition, f"dup:{partition}:{record.offset}", datum["customer_id"].encode(), value)
@@ -412,7 +429,7 @@ class MeteringProcessor:
         item: Any,
         pending: _Pending,
     ) -> None:
-        period_start = _from_millis(aggregate.period_start_ms)
+        period_start = _from_millis(aggregate.period_start_ms)  # for the deterministic id
         value = {
             "limit_event_id": limit_event_id(
                 aggregate.customer_id, feature, period_start, item.kind, item.threshold
@@ -423,12 +440,12 @@ class MeteringProcessor:
             "feature": feature,
             "meter": aggregate.meter,
             "period_start": period_start,
-            "period_end": _from_millis(aggregate.period_end_ms),
+            "period_end": aggregate.period_end_ms,
             "threshold": item.threshold,
             "usage": aggregate.total.value,
             "limit": item.limit,
             "event_id": datum["event_id"],
-            "occurred_at": datum["timestamp"],
+            "occurred_at": datum["timestamp"],  # event time of the crossing event, ms
         }
         pending.limit_kinds[item.kind.value] += 1
         pending.limits.append((partition, aggregate.customer_id.encode(), value, record.timestamp))
@@ -481,7 +498,6 @@ class MeteringProcessor:
             if index == len(pending.limits) // 2 and self.crash_point == "outputs_partial":
                 self._flush(failures)
                 self._maybe_crash("outputs_partial")
-        now = _from_millis(pending.now_ms)
         for key, (_partition, aggregate) in pending.totals.items():
             # version = 1 + offset of the last event folded in: strictly increasing per key (a key's
             # events all live in one partition), and the same version always means the same events,
@@ -491,7 +507,7 @@ class MeteringProcessor:
             send(
                 self.topics.aggregates,
                 key.encode(),
-                self._aggregate_codec.encode_dict(_published(aggregate, now)),
+                _published(aggregate, pending.now_ms),
                 None,
                 tracked,
             )
@@ -587,6 +603,7 @@ class MeteringProcessor:
            sent is remembered (limit marks per total, receipt and DLQ ids) and not sent again.
         """
         started = time.monotonic()
+        self._cache.clear()
         watermarks = {p: self.store.watermark(p) for p in partitions}
         local = WriteBatch(raw_mode=True)
         totals: dict[str, Aggregate] = {}
@@ -735,25 +752,25 @@ def aggregate_key_from_iso(customer_id: str, meter: str, period_start_iso: str) 
     return f"{customer_id}|{meter}|{period_start_iso}"
 
 
-def _published(aggregate: Aggregate, now: datetime) -> dict[str, Any]:
+def _published(aggregate: Aggregate, now_ms: int) -> bytes:
     total = aggregate.total
-    return {
-        "customer_id": aggregate.customer_id,
-        "meter": aggregate.meter,
-        "aggregation": total.aggregation.value,
-        "period_start": _from_millis(aggregate.period_start_ms),
-        "period_end": _from_millis(aggregate.period_end_ms),
-        "value": total.value,
-        "event_count": total.event_count,
-        "version": total.version,
-        "last_event_at": _from_millis(total.last_event_ms),
-        "last_event_id": total.last_event_id,
-        "late": total.late,
-        "subscription_id": aggregate.subscription_id,
-        "plan_key": aggregate.plan_key,
-        "plan_version": aggregate.plan_version,
-        "updated_at": now,
-    }
+    return write_aggregate(
+        customer_id=aggregate.customer_id,
+        meter=aggregate.meter,
+        aggregation=total.aggregation.value,
+        period_start_ms=aggregate.period_start_ms,
+        period_end_ms=aggregate.period_end_ms,
+        value=total.value,
+        event_count=total.event_count,
+        version=total.version,
+        last_event_ms=total.last_event_ms,
+        last_event_id=total.last_event_id,
+        late=total.late,
+        subscription_id=aggregate.subscription_id,
+        plan_key=aggregate.plan_key,
+        plan_version=aggregate.plan_version,
+        updated_at_ms=now_ms,
+    )
 
 
 def _millis(moment: datetime) -> int:

@@ -20,12 +20,14 @@ names the same events), and `emitted`, the limit events already sent for this pe
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import Context, Decimal
 from typing import Any
 
 from metergate.domain.records import Aggregation
 
 _ZERO = Decimal(0)
+#: sums are exact: the default context keeps 28 digits, a quantity alone may have 38
+_EXACT = Context(prec=80)
 
 
 @dataclass(slots=True)
@@ -47,9 +49,9 @@ class RunningTotal:
         first = self.event_count == 0
         self.event_count += 1
         if aggregation is Aggregation.SUM:
-            self.value += quantity
+            self.value = _EXACT.add(self.value, quantity)
         elif aggregation is Aggregation.COUNT:
-            self.value += 1
+            self.value = _EXACT.add(self.value, 1)
         elif aggregation is Aggregation.MAX:
             if first or quantity > self.value:
                 self.value = quantity

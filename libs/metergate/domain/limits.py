@@ -20,11 +20,12 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import Context, Decimal
 
 from metergate.domain.records import Enforcement, FeatureEntitlement, FeatureKind, LimitKind, PricingModel
 
 _ZERO = Decimal(0)
+_EXACT = Context(prec=80)  # the default 28 digits would round usage * 100 for large figures
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +61,7 @@ def due(feature: FeatureEntitlement, usage: Decimal, emitted: Collection[str]) -
     found: list[DueLimit] = []
     if limit is not None and limit > 0:
         for threshold in sorted(set(feature.thresholds)):
-            if usage * 100 >= limit * threshold:
+            if _EXACT.multiply(usage, 100) >= _EXACT.multiply(limit, threshold):
                 found.append(DueLimit(name, LimitKind.THRESHOLD_CROSSED, threshold, limit))
     if feature.pricing.model is not PricingModel.NONE and feature.included > 0 and usage > feature.included:
         found.append(DueLimit(name, LimitKind.OVERAGE_STARTED, None, limit))

@@ -62,6 +62,8 @@ def check_shape(datum: dict[str, Any]) -> Rejection | None:
     ):
         return Rejection("invalid_quantity", f"quantity: more than {QUANTITY_SCALE} digits after the point")
     timestamp = datum.get("timestamp")
+    if isinstance(timestamp, int) and not isinstance(timestamp, bool):
+        return None  # milliseconds since the epoch, UTC (as Avro timestamp-millis carries it)
     if not isinstance(timestamp, datetime) or timestamp.tzinfo is None:
         return Rejection("invalid_timestamp", f"timestamp: expected a UTC timestamp, got {timestamp!r}")
     return None

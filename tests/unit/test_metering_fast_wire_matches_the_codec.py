@@ -1,0 +1,119 @@
+"""The metering worker's fast reader/writer produce exactly what the codec reads and writes."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from metergate.domain.records import Aggregation, UsageAggregate, UsageEvent
+from metergate.errors import DecodeError
+from metergate.wire.codec import codec
+from metergate_services.metering.fastwire import read_event, write_aggregate
+
+pytestmark = pytest.mark.unit
+
+millis = st.integers(min_value=0, max_value=4_102_444_800_000)
+text = st.text(min_size=1, max_size=40)
+quantities = st.decimals(
+    min_value=-(10**20), max_value=10**20, places=9, allow_nan=False, allow_infinity=False
+)
+
+
+def moment(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, UTC).replace(microsecond=(ms % 1000) * 1000)
+
+
+@given(
+    customer=text,
+    meter=text,
+    aggregation=st.sampled_from(list(Aggregation)),
+    start=millis,
+    end=millis,
+    value=quantities,
+    count=st.integers(0, 2**62),
+    version=st.integers(0, 2**62),
+    last=millis,
+    last_id=st.text(max_size=30),
+    late=st.booleans(),
+    subscription=st.none() | text,
+    plan=st.none() | text,
+    plan_version=st.none() | st.integers(-(2**31), 2**31 - 1),
+    updated=millis,
+)
+def test_aggregate_bytes_equal_the_codec(
+    customer,
+    meter,
+    aggregation,
+    start,
+    end,
+    value,
+    count,
+    version,
+    last,
+    last_id,
+    late,
+    subscription,
+    plan,
+    plan_version,
+    updated,
+):
+    fields = dict(
+        customer_id=customer,
+        meter=meter,
+        aggregation=aggregation.value,
+        value=value,
+        event_count=count,
+        version=version,
+        last_event_id=last_id,
+        late=late,
+        subscription_id=subscription,
+        plan_key=plan,
+        plan_version=plan_version,
+    )
+    fast = write_aggregate(
+        **fields, period_start_ms=start, period_end_ms=end, last_event_ms=last, updated_at_ms=updated
+    )
+    reference = codec(UsageAggregate).encode_dict(
+        {**fields, "period_start": start, "period_end": end, "last_event_at": last, "updated_at": updated}
+    )
+    assert fast == reference
+    decoded = codec(UsageAggregate).decode(fast)
+    assert decoded.value == value and decoded.period_start == moment(start)
+
+
+@given(
+    quantity=st.decimals(min_value=0, max_value=10**20, places=9, allow_nan=False),
+    ms=millis,
+    props=st.dictionaries(text, text, max_size=3),
+)
+def test_event_reader_agrees_with_the_codec(quantity, ms, props):
+    event = UsageEvent(
+        event_id="e", customer_id="c", meter="m", quantity=quantity, timestamp=moment(ms), properties=props
+    )
+    datum = read_event(codec(UsageEvent).encode(event))
+    reference = codec(UsageEvent).decode_dict(codec(UsageEvent).encode(event))
+    assert datum["quantity"] == reference["quantity"] == quantity
+    assert datum["timestamp"] == ms
+    assert {k: v for k, v in datum.items() if k not in ("quantity", "timestamp")} == {
+        k: v for k, v in reference.items() if k not in ("quantity", "timestamp")
+    }
+
+
+@pytest.mark.parametrize(("value", "reason"), [(b"nope", "not_avro"), (None, "not_avro")])
+def test_event_reader_keeps_the_codec_reasons(value, reason):
+    with pytest.raises(DecodeError) as caught:
+        read_event(value)
+    assert caught.value.reason == reason
+
+
+def test_a_corrupt_body_is_undecodable():
+    good = codec(UsageEvent).encode(
+        UsageEvent(event_id="e", customer_id="c", meter="m", quantity=Decimal(1), timestamp=moment(0))
+    )
+    with pytest.raises(DecodeError) as caught:
+        read_event(good[:12] + b"\xff\xff\xff\xff")
+    assert caught.value.reason == "undecodable"
