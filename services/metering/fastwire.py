@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import copy
 import io
-from functools import lru_cache
 from decimal import Context, Decimal
+from functools import lru_cache
 from typing import Any
 
 import fastavro
