@@ -11,8 +11,15 @@ from metergate.settings import StackSettings
 
 
 @click.command("demo")
-@click.option("--keep-running", is_flag=True, help="Leave the stack and services up after the report (Ctrl-C stops).")
-@click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="Default: <METERGATE_DATA_DIR>/demo (wiped first)")
+@click.option(
+    "--keep-running", is_flag=True, help="Leave the stack and services up after the report (Ctrl-C stops)."
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Default: <METERGATE_DATA_DIR>/demo (wiped first)",
+)
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def demo(keep_running: bool, data_dir: Path | None, no_progress: bool) -> None:
     """Start the embedded stack and every service, apply a sample catalog, stream a realistic usage
