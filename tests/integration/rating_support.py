@@ -376,32 +376,17 @@ def feed_mixed_usage(feed: Feed) -> None:
 
 
 def grant_mixed_credit(database_url: str, schema: str) -> None:
+    """Two grants of each prepaid customer: 14.00 (expires 2027) and 10.00 (expires Dec 2026)."""
+    at = datetime(2026, 1, 1, tzinfo=UTC)
     engine = make_engine(database_url, schema)
-    with engine.begin() as conn:
-        for customer in CREDIT_CUSTOMERS:
-            at = datetime(2026, 1, 1, tzinfo=UTC)
-            grant_credit(
-                conn,
-                Grant(
-                    f"{customer}-a",
-                    customer,
-                    "USD",
-                    D("14.00"),
-                    1,
-                    at,
-                    expires_at=datetime(2027, 1, 1, tzinfo=UTC),
-                ),
-            )
-            grant_credit(
-                conn,
-                Grant(
-                    f"{customer}-b",
-                    customer,
-                    "USD",
-                    D("10.00"),
-                    1,
-                    at,
-                    expires_at=datetime(2026, 12, 1, tzinfo=UTC),
-                ),
-            )
-    engine.dispose()
+    try:
+        with engine.begin() as conn:
+            for customer in CREDIT_CUSTOMERS:
+                for suffix, amount, expires in (("a", "14.00", 2027), ("b", "10.00", 2026)):
+                    expires_at = datetime(expires, 12 if expires == 2026 else 1, 1, tzinfo=UTC)
+                    grant = Grant(
+                        f"{customer}-{suffix}", customer, "USD", D(amount), 1, at, expires_at=expires_at
+                    )
+                    grant_credit(conn, grant)
+    finally:
+        engine.dispose()

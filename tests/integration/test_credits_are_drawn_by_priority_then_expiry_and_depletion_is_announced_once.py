@@ -37,9 +37,10 @@ def utc(*parts: int) -> datetime:
 
 
 def test_credits_are_drawn_by_priority_then_expiry_and_depletion_is_announced_once(
-    kafka_bootstrap, kafka_config, topics, database_url, db_schema
+    kafka_bootstrap, kafka_config, topics, database_url, db_schema, request
 ):
     engine = make_engine(database_url, db_schema)
+    request.addfinalizer(engine.dispose)
     with engine.begin() as conn:
         granted = utc(2026, 1, 1)
         # drawn second: lower priority, although it expires first
@@ -132,4 +133,3 @@ def test_credits_are_drawn_by_priority_then_expiry_and_depletion_is_announced_on
     for statement in ("UPDATE credit_ledger SET amount = 0", "DELETE FROM credit_ledger"):
         with pytest.raises(DBAPIError, match="append-only"), engine.begin() as conn:
             conn.execute(text(statement))
-    engine.dispose()
