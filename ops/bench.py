@@ -60,7 +60,6 @@ def usage_records(
 
 def run(events: int, customers: int, live_events: int, live_rate: int, rating_updates: int) -> dict[str, Any]:
     from metergate.embedded.stack import EmbeddedStack
-
     from ops.bench_metering import run_bench
     from ops.bench_rating import bench as rating_bench
     from ops.ceiling import measure_ceiling

@@ -24,15 +24,16 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from prometheus_client import Counter
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
 from metergate.domain.enforcement import EnforcementState
 from metergate.domain.records import EntitlementSnapshot, LimitEvent, now_utc
 from metergate.errors import InvalidInput
 from metergate.metrics import serve
 from metergate.settings import KafkaSettings, MetricsSettings
 from metergate.wire.codec import codec
-from prometheus_client import Counter
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 log = logging.getLogger("metergate.enforcement")
 
@@ -95,7 +96,9 @@ class EnforcementService:
                     applied = self.state.apply_limit_event(event)
                 if applied:
                     LIMIT_EVENTS.labels(event.kind.value).inc()
-                    log.info("%s %s %s usage=%s", event.kind.value, event.customer_id, event.feature, event.usage)
+                    log.info(
+                        "%s %s %s usage=%s", event.kind.value, event.customer_id, event.feature, event.usage
+                    )
                 else:
                     SKIPPED.labels("resent").inc()
         except InvalidInput as error:  # not ours to fix: count it and go on

@@ -66,7 +66,9 @@ def test_demo_end_to_end(tmp_path):
         aggregates = demo.final_aggregates()
         assert metric_sum(rating, "metergate_rating_updates_total") >= len(aggregates)
         with demo.connection() as connection:
-            ledger_rows = connection.execute("SELECT count(*) FROM credit_ledger WHERE entry_type <> 'credit_grant'").fetchone()[0]
+            ledger_rows = connection.execute(
+                "SELECT count(*) FROM credit_ledger WHERE entry_type <> 'credit_grant'"
+            ).fetchone()[0]
         assert metric_sum(rating, "metergate_ledger_writes_total") == ledger_rows
     finally:
         demo.stop()

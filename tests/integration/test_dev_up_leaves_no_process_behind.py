@@ -58,7 +58,10 @@ def _start(tmp_path: Path) -> tuple[subprocess.Popen[str], dict[str, str], list[
     env["PYTHONUNBUFFERED"] = "1"
     process = subprocess.Popen(
         [sys.executable, "-m", "metergate.cli.main", "dev", "up", "--data-dir", str(tmp_path / "stack")],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
     )
     lines: list[str] = []
     deadline = time.monotonic() + 60

@@ -40,15 +40,33 @@ def test_emit_file(tmp_path, kafka_config, topics, monkeypatch):
     assert "line 3: not JSON" in result.output
     assert "line 4: timestamp: must be timezone-aware" in result.output
     assert "line 5: meter: required field is missing" in result.output
-    sent = [codec(UsageEvent).decode(value) for _, value, _, _ in read_topic(kafka_config, topics.events, expect=2)]
+    sent = [
+        codec(UsageEvent).decode(value)
+        for _, value, _, _ in read_topic(kafka_config, topics.events, expect=2)
+    ]
     assert sorted((e.event_id, e.quantity) for e in sent) == [("a", Decimal(2)), ("e", Decimal("0.5"))]
     assert {e.source for e in sent} == {"metergate-emit"}
 
 
 def test_emit_one_event_from_flags(kafka_config, topics, monkeypatch):
     monkeypatch.setenv("METERGATE_KAFKA_TOPIC_PREFIX", topics.prefix)
-    args = ["emit", "--bootstrap", kafka_config["bootstrap.servers"], "--customer", "acme", "--meter", "seats",
-            "--quantity", "3", "--event-id", "seat-1", "--property", "plan=pro", "--timestamp", "2026-11-02T08:00:00+01:00"]
+    args = [
+        "emit",
+        "--bootstrap",
+        kafka_config["bootstrap.servers"],
+        "--customer",
+        "acme",
+        "--meter",
+        "seats",
+        "--quantity",
+        "3",
+        "--event-id",
+        "seat-1",
+        "--property",
+        "plan=pro",
+        "--timestamp",
+        "2026-11-02T08:00:00+01:00",
+    ]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert "sent seat-1: acme seats 3 at 2026-11-02T07:00:00+00:00" in result.output
@@ -59,8 +77,17 @@ def test_emit_one_event_from_flags(kafka_config, topics, monkeypatch):
 
 def test_emit_invalid_flags_send_nothing(kafka_config, topics, monkeypatch):
     monkeypatch.setenv("METERGATE_KAFKA_TOPIC_PREFIX", topics.prefix)
-    args = ["emit", "--bootstrap", kafka_config["bootstrap.servers"], "--customer", "acme", "--meter", "seats",
-            "--quantity", "NaN"]
+    args = [
+        "emit",
+        "--bootstrap",
+        kafka_config["bootstrap.servers"],
+        "--customer",
+        "acme",
+        "--meter",
+        "seats",
+        "--quantity",
+        "NaN",
+    ]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 1
     assert "event rejected, nothing sent: quantity: must be a finite number" in result.output

@@ -8,12 +8,12 @@ import time
 import urllib.request
 
 import pytest
+
 from metergate.domain.records import EntitlementSnapshot, LimitEvent, LimitKind
 from metergate.kafka.producer import DeliveryTracker, make_producer, produce
 from metergate.settings import KafkaSettings
 from metergate.wire.codec import codec
 from metergate_services.enforcement.main import EnforcementService, EnforcementSettings
-
 from tests.unit.test_enforcement_rules import limit, snapshot
 
 pytestmark = pytest.mark.integration
@@ -27,8 +27,11 @@ def _get(port: int, path: str) -> dict:
 def test_enforcement_service(kafka_config, topics):
     producer, tracker = make_producer(kafka_config), DeliveryTracker()
     produce(producer, topics.snapshots, b"acme", codec(EntitlementSnapshot).encode(snapshot()), tracker)
-    for event in (limit(LimitKind.THRESHOLD_CROSSED, 80, usage=80), limit(LimitKind.LIMIT_REACHED),
-                  limit(LimitKind.LIMIT_REACHED)):  # the last one re-sent
+    for event in (
+        limit(LimitKind.THRESHOLD_CROSSED, 80, usage=80),
+        limit(LimitKind.LIMIT_REACHED),
+        limit(LimitKind.LIMIT_REACHED),
+    ):  # the last one re-sent
         produce(producer, topics.limits, b"acme", codec(LimitEvent).encode(event), tracker)
     producer.flush(30)
     tracker.raise_failures()

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
+
 from metergate.domain.records import UsageEvent
 from metergate.errors import InvalidEvent
 from metergate.sdk import UsageProducer

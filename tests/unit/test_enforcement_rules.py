@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+
 from metergate.domain.enforcement import EnforcementState
 from metergate.domain.records import (
     Enforcement,
@@ -26,22 +27,39 @@ NOW = datetime(2026, 11, 15, tzinfo=UTC)
 
 def snapshot(version: int = 1, enforcement: Enforcement = Enforcement.HARD) -> EntitlementSnapshot:
     return EntitlementSnapshot(
-        customer_id="acme", plan_key="pro", plan_version=1, version=version, updated_at=START,
+        customer_id="acme",
+        plan_key="pro",
+        plan_version=1,
+        version=version,
+        updated_at=START,
         features=(
             FeatureEntitlement(feature="sso", kind=FeatureKind.BOOLEAN),
             FeatureEntitlement(feature="beta", kind=FeatureKind.BOOLEAN, enabled=False),
             FeatureEntitlement(feature="retention_days", kind=FeatureKind.CONFIG, config_value="90"),
-            FeatureEntitlement(feature="api_calls", kind=FeatureKind.METERED, meter="api_calls",
-                               limit=Decimal(100), enforcement=enforcement),
+            FeatureEntitlement(
+                feature="api_calls",
+                kind=FeatureKind.METERED,
+                meter="api_calls",
+                limit=Decimal(100),
+                enforcement=enforcement,
+            ),
         ),
     )
 
 
 def limit(kind: LimitKind, threshold: int | None = None, usage: int = 100) -> LimitEvent:
     return LimitEvent(
-        limit_event_id=limit_event_id("acme", "api_calls", START, kind, threshold), kind=kind,
-        customer_id="acme", feature="api_calls", meter="api_calls", period_start=START, period_end=END,
-        threshold=threshold, usage=Decimal(usage), limit=Decimal(100), occurred_at=NOW,
+        limit_event_id=limit_event_id("acme", "api_calls", START, kind, threshold),
+        kind=kind,
+        customer_id="acme",
+        feature="api_calls",
+        meter="api_calls",
+        period_start=START,
+        period_end=END,
+        threshold=threshold,
+        usage=Decimal(usage),
+        limit=Decimal(100),
+        occurred_at=NOW,
     )
 
 

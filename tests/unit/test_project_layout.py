@@ -50,5 +50,10 @@ def test_compose_creates_every_topic_with_its_cleanup_policy():
 
 def test_prometheus_scrapes_every_service():
     config = yaml.safe_load((ROOT / "ops/prometheus/prometheus.yml").read_text())
-    targets = {t.split(":")[0] for job in config["scrape_configs"] for c in job["static_configs"] for t in c["targets"]}
+    targets = {
+        t.split(":")[0]
+        for job in config["scrape_configs"]
+        for c in job["static_configs"]
+        for t in c["targets"]
+    }
     assert targets == set(SERVICES)

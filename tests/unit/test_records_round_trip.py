@@ -20,19 +20,38 @@ POSITION = r.KafkaPosition(topic="usage.events", partition=3, offset=12345678901
 
 EXAMPLES: dict[str, r.Record] = {
     "UsageEvent": r.UsageEvent(
-        event_id="e-1", customer_id="acme", subject_id="team-a", meter="tokens", quantity=Decimal("12.000000001"),
-        timestamp=WHEN, properties={"model": "large", "region": "eu"}, source="api",
+        event_id="e-1",
+        customer_id="acme",
+        subject_id="team-a",
+        meter="tokens",
+        quantity=Decimal("12.000000001"),
+        timestamp=WHEN,
+        properties={"model": "large", "region": "eu"},
+        source="api",
     ),
-    "MeterDefinition": r.MeterDefinition(meter="users", aggregation=r.Aggregation.UNIQUE_COUNT, unique_property="user_id", unit="user"),
+    "MeterDefinition": r.MeterDefinition(
+        meter="users", aggregation=r.Aggregation.UNIQUE_COUNT, unique_property="user_id", unit="user"
+    ),
     "EntitlementSnapshot": r.EntitlementSnapshot(
-        customer_id="acme", subscription_id="sub-1", plan_key="pro", plan_version=2, currency="EUR",
-        billing_anchor=WHEN - timedelta(days=40), reset_period=r.ResetPeriod.MONTHLY, base_fee=Decimal("49.00"),
+        customer_id="acme",
+        subscription_id="sub-1",
+        plan_key="pro",
+        plan_version=2,
+        currency="EUR",
+        billing_anchor=WHEN - timedelta(days=40),
+        reset_period=r.ResetPeriod.MONTHLY,
+        base_fee=Decimal("49.00"),
         features=(
             r.FeatureEntitlement(feature="sso", kind=r.FeatureKind.BOOLEAN),
             r.FeatureEntitlement(feature="retention_days", kind=r.FeatureKind.CONFIG, config_value="90"),
             r.FeatureEntitlement(
-                feature="api_calls", kind=r.FeatureKind.METERED, meter="api_calls", included=Decimal(1000),
-                limit=Decimal(5000), enforcement=r.Enforcement.HARD, thresholds=(80, 90),
+                feature="api_calls",
+                kind=r.FeatureKind.METERED,
+                meter="api_calls",
+                included=Decimal(1000),
+                limit=Decimal(5000),
+                enforcement=r.Enforcement.HARD,
+                thresholds=(80, 90),
                 pricing=r.Pricing(
                     model=r.PricingModel.GRADUATED,
                     tiers=(
@@ -42,27 +61,57 @@ EXAMPLES: dict[str, r.Record] = {
                 ),
             ),
         ),
-        version=7, updated_at=WHEN,
+        version=7,
+        updated_at=WHEN,
     ),
     "UsageAggregate": r.UsageAggregate(
-        customer_id="acme", meter="tokens", aggregation=r.Aggregation.SUM, period_start=WHEN - timedelta(days=27),
-        period_end=WHEN + timedelta(days=1), value=Decimal("123456789.123456789"), event_count=42, version=43,
-        last_event_at=WHEN, last_event_id="e-42", late=True, subscription_id="sub-1", plan_key="pro",
-        plan_version=2, updated_at=WHEN,
+        customer_id="acme",
+        meter="tokens",
+        aggregation=r.Aggregation.SUM,
+        period_start=WHEN - timedelta(days=27),
+        period_end=WHEN + timedelta(days=1),
+        value=Decimal("123456789.123456789"),
+        event_count=42,
+        version=43,
+        last_event_at=WHEN,
+        last_event_id="e-42",
+        late=True,
+        subscription_id="sub-1",
+        plan_key="pro",
+        plan_version=2,
+        updated_at=WHEN,
     ),
     "LimitEvent": r.LimitEvent(
         limit_event_id=r.limit_event_id("acme", "api_calls", WHEN, r.LimitKind.THRESHOLD_CROSSED, 80),
-        kind=r.LimitKind.THRESHOLD_CROSSED, customer_id="acme", feature="api_calls", meter="api_calls",
-        period_start=WHEN, period_end=WHEN + timedelta(days=31), threshold=80, usage=Decimal(4001),
-        limit=Decimal(5000), event_id="e-9", occurred_at=WHEN,
+        kind=r.LimitKind.THRESHOLD_CROSSED,
+        customer_id="acme",
+        feature="api_calls",
+        meter="api_calls",
+        period_start=WHEN,
+        period_end=WHEN + timedelta(days=31),
+        threshold=80,
+        usage=Decimal(4001),
+        limit=Decimal(5000),
+        event_id="e-9",
+        occurred_at=WHEN,
     ),
     "DuplicateReceipt": r.DuplicateReceipt(
-        customer_id="acme", event_id="e-1", meter="tokens", quantity=Decimal(1), first_seen=POSITION,
-        duplicate=POSITION.model_copy(update={"offset": 12345678999}), received_at=WHEN,
+        customer_id="acme",
+        event_id="e-1",
+        meter="tokens",
+        quantity=Decimal(1),
+        first_seen=POSITION,
+        duplicate=POSITION.model_copy(update={"offset": 12345678999}),
+        received_at=WHEN,
     ),
     "DeadLetter": r.DeadLetter(
-        reason="undecodable", message="not an Avro single-object record", original_key=b"acme",
-        original_value=b"\x00\xffgarbage", source=POSITION, service="metering", rejected_at=WHEN,
+        reason="undecodable",
+        message="not an Avro single-object record",
+        original_key=b"acme",
+        original_value=b"\x00\xffgarbage",
+        source=POSITION,
+        service="metering",
+        rejected_at=WHEN,
     ),
 }
 
@@ -88,14 +137,20 @@ identifiers = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), 
     event_id=identifiers,
     customer=identifiers,
     meter=identifiers,
-    quantity=st.decimals(min_value=0, max_value=Decimal("1e20"), places=9, allow_nan=False, allow_infinity=False),
+    quantity=st.decimals(
+        min_value=0, max_value=Decimal("1e20"), places=9, allow_nan=False, allow_infinity=False
+    ),
     millis=st.integers(min_value=0, max_value=4_102_444_800_000),
     properties=st.dictionaries(identifiers, st.text(max_size=20), max_size=4),
 )
 def test_any_valid_usage_event_round_trips(event_id, customer, meter, quantity, millis, properties):
     event = r.UsageEvent(
-        event_id=event_id, customer_id=customer, meter=meter, quantity=quantity,
-        timestamp=datetime.fromtimestamp(millis / 1000, UTC), properties=properties,
+        event_id=event_id,
+        customer_id=customer,
+        meter=meter,
+        quantity=quantity,
+        timestamp=datetime.fromtimestamp(millis / 1000, UTC),
+        properties=properties,
     )
     decoded = codec(r.UsageEvent).decode(codec(r.UsageEvent).encode(event))
     assert decoded == event
@@ -150,14 +205,18 @@ def test_missing_field_is_named():
 
 
 def test_quantity_keeps_its_exact_decimal_value():
-    event = r.UsageEvent.parse({"event_id": "e", "customer_id": "c", "meter": "m", "quantity": "0.1", "timestamp": WHEN})
+    event = r.UsageEvent.parse(
+        {"event_id": "e", "customer_id": "c", "meter": "m", "quantity": "0.1", "timestamp": WHEN}
+    )
     decoded = codec(r.UsageEvent).decode(codec(r.UsageEvent).encode(event))
     assert decoded.quantity == Decimal("0.1")
     assert isinstance(decoded.quantity, Decimal)
 
 
 def test_timestamps_are_utc_millis():
-    plus_two = datetime(2026, 3, 1, 1, 0, 0, 123456, tzinfo=UTC).astimezone(__import__("zoneinfo").ZoneInfo("Europe/Berlin"))
+    plus_two = datetime(2026, 3, 1, 1, 0, 0, 123456, tzinfo=UTC).astimezone(
+        __import__("zoneinfo").ZoneInfo("Europe/Berlin")
+    )
     event = r.UsageEvent(event_id="e", customer_id="c", meter="m", quantity=1, timestamp=plus_two)
     assert event.timestamp == datetime(2026, 3, 1, 1, 0, 0, 123000, tzinfo=UTC)
     assert event.timestamp.tzinfo is UTC

@@ -22,7 +22,12 @@ def write_env_file(path: Path, environment: dict[str, str]) -> None:
 
 
 @dev.command("up")
-@click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="Default: METERGATE_DATA_DIR or .metergate")
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Default: METERGATE_DATA_DIR or .metergate",
+)
 @click.option("--partitions", type=int, default=None, help="Partitions of the usage topics (default 4).")
 def up(data_dir: Path | None, partitions: int | None) -> None:
     """Start the embedded broker and PostgreSQL, create topics, migrate; stop all on Ctrl-C/SIGTERM."""
@@ -41,8 +46,12 @@ def up(data_dir: Path | None, partitions: int | None) -> None:
     try:
         with EmbeddedStack(data_dir, kafka=kafka, database=DatabaseSettings()) as info:
             env_file = Path(data_dir) / "stack.env"
-            write_env_file(env_file, {**info.environment(), "METERGATE_KAFKA_TOPIC_PREFIX": kafka.topic_prefix})
-            click.echo(f"metergate dev stack up in {info.startup_s:.1f} s (data in {Path(data_dir).resolve()})")
+            write_env_file(
+                env_file, {**info.environment(), "METERGATE_KAFKA_TOPIC_PREFIX": kafka.topic_prefix}
+            )
+            click.echo(
+                f"metergate dev stack up in {info.startup_s:.1f} s (data in {Path(data_dir).resolve()})"
+            )
             for name, value in info.environment().items():
                 click.echo(f"  {name}={value}")
             click.echo(f"  broker pid {info.broker_pid}, postgres pid {info.postgres_pid}")

@@ -48,7 +48,12 @@ def _parse_properties(values: tuple[str, ...]) -> dict[str, str]:
 @click.option("--timestamp", help="event time, ISO 8601 with offset (default: now)")
 @click.option("--subject", "subject_id", help="team or user inside the account")
 @click.option("--property", "properties", multiple=True, help="NAME=VALUE dimension, repeatable")
-@click.option("--file", "file", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="JSONL file, one event per line")
+@click.option(
+    "--file",
+    "file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="JSONL file, one event per line",
+)
 @click.option("--bootstrap", help="Kafka bootstrap servers (default: METERGATE_KAFKA_BOOTSTRAP)")
 @click.option("--source", default="metergate-emit", show_default=True)
 @click.option("--no-progress", is_flag=True, help="no progress bar")
@@ -71,7 +76,11 @@ def emit(
             raise click.UsageError("give either --file or the event flags, not both")
         _emit_file(file, bootstrap, source, no_progress)
         return
-    missing = [flag for flag, value in (("--customer", customer_id), ("--meter", meter), ("--quantity", quantity)) if not value]
+    missing = [
+        flag
+        for flag, value in (("--customer", customer_id), ("--meter", meter), ("--quantity", quantity))
+        if not value
+    ]
     if missing:
         raise click.UsageError(f"missing {', '.join(missing)} (or use --file events.jsonl)")
     when = None
@@ -79,7 +88,9 @@ def emit(
         try:
             when = datetime.fromisoformat(timestamp)
         except ValueError:
-            raise click.BadParameter(f"expected ISO 8601 with offset, got {timestamp!r}", param_hint="--timestamp") from None
+            raise click.BadParameter(
+                f"expected ISO 8601 with offset, got {timestamp!r}", param_hint="--timestamp"
+            ) from None
     from metergate.domain.records import UsageEvent, now_utc
 
     try:
@@ -102,7 +113,9 @@ def emit(
             usage.send(event)
     except DeliveryError as error:
         raise click.ClickException(f"not delivered: {error}") from None
-    click.echo(f"sent {event.event_id}: {event.customer_id} {event.meter} {event.quantity} at {event.timestamp.isoformat()}")
+    click.echo(
+        f"sent {event.event_id}: {event.customer_id} {event.meter} {event.quantity} at {event.timestamp.isoformat()}"
+    )
 
 
 def _emit_file(path: Path, bootstrap: str | None, source: str, no_progress: bool) -> None:
@@ -124,7 +137,9 @@ def _emit_file(path: Path, bootstrap: str | None, source: str, no_progress: bool
                 rejected.append((number, "invalid_json", f"not JSON: {exc.msg} at column {exc.colno}"))
                 continue
             if not isinstance(data, dict):
-                rejected.append((number, "invalid_json", f"expected a JSON object, got {type(data).__name__}"))
+                rejected.append(
+                    (number, "invalid_json", f"expected a JSON object, got {type(data).__name__}")
+                )
                 continue
             data.setdefault("source", source)
             try:

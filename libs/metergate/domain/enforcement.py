@@ -26,6 +26,7 @@ from metergate.domain.records import (
     LimitKind,
 )
 
+
 def _shown(value: Decimal | None) -> str:
     """A Decimal as a person writes it: 1000, not 1000.000000000 or 1E+3."""
     return "unlimited" if value is None else f"{value.normalize():f}"
@@ -104,7 +105,10 @@ class EnforcementState:
                 f"hard limit of {_shown(block.event.limit)} reached for {feature!r} until {block.period_end.isoformat()}",
             )
         if block is not None and now < block.period_end:
-            return Decision(True, f"entitled ({block.event.kind.value} at {_shown(block.event.usage)}, {entitlement.enforcement.value} limit)")
+            return Decision(
+                True,
+                f"entitled ({block.event.kind.value} at {_shown(block.event.usage)}, {entitlement.enforcement.value} limit)",
+            )
         warning = self.warnings.get((customer_id, feature))
         if warning is not None and now < warning.period_end:
             return Decision(True, f"entitled ({warning.kind.value} at {_shown(warning.usage)})")

@@ -93,7 +93,11 @@ class UsageEvent(Record):
     def _quantity(cls, value: Any) -> Decimal:
         quantity = to_decimal(value, name="quantity")
         return check_decimal(
-            quantity, name="quantity", scale=QUANTITY_SCALE, precision=QUANTITY_PRECISION, allow_negative=False
+            quantity,
+            name="quantity",
+            scale=QUANTITY_SCALE,
+            precision=QUANTITY_PRECISION,
+            allow_negative=False,
         )
 
     @field_validator("timestamp")

@@ -135,7 +135,9 @@ class Codec(Generic[M]):
                 reason="unknown_schema",
             )
         if writer.name != self.schema.name:
-            raise DecodeError(f"expected a {self.schema.name} record, got {writer.name}", reason="unexpected_schema")
+            raise DecodeError(
+                f"expected a {self.schema.name} record, got {writer.name}", reason="unexpected_schema"
+            )
         try:
             datum = fastavro.schemaless_reader(
                 io.BytesIO(data[HEADER_SIZE:]),
@@ -154,7 +156,9 @@ class Codec(Generic[M]):
         except ValidationError as exc:
             if self.model is records.UsageEvent:
                 raise records.invalid_event_from(exc) from None
-            raise DecodeError(f"invalid {self.name}: {exc.errors()[0]['msg']}", reason="invalid_record") from None
+            raise DecodeError(
+                f"invalid {self.name}: {exc.errors()[0]['msg']}", reason="invalid_record"
+            ) from None
 
 
 @cache
