@@ -320,6 +320,8 @@ def run_bench(
         last: tuple[float, float] = (0.0, 0.0)
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
+            if worker.process is not None and worker.process.poll() is not None:
+                raise RuntimeError(f"the worker exited: {worker.log.read_text()[-3000:]}")
             value = worker.consumed()
             now = time.monotonic()
             if value:
@@ -354,7 +356,15 @@ def live_latency(
     produced_at: dict[str, float] = {}
     received: list[tuple[str, float]] = []
     stop = threading.Event()
-    tail = Consumer({**config, "group.id": f"bench-{uuid.uuid4().hex}", "enable.auto.commit": False})
+    tail = Consumer(
+        # fetch.wait.max.ms: the embedded broker holds a fetch for the full wait even with records there
+        {
+            **config,
+            "group.id": f"bench-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+            "fetch.wait.max.ms": 10,
+        }
+    )
     tail.assign([TopicPartition(topics.limits, p, OFFSET_END) for p in range(PARTITIONS)])
     limit_codec = codec(LimitEvent)
 

@@ -2,9 +2,11 @@
 
 - `meter_usage` is the agent over usage.events. Its stream yields one event per fetch: up to
   `batch_size` records of all assigned partitions, `{partition: [records]}` (see transport.py;
-  Faust's `take_events` on top of it deadlocked now and then, and is not needed). The batch is handed to `MeteringProcessor.process` in a single worker thread
-  (so the Faust loop keeps serving the consumer, timers and rebalances), then the consumer-group
-  offsets are committed (step 4 of the commit order in processor.py).
+  Faust's `take_events` on top of it deadlocked now and then). It queues them; `process_batches`
+  merges everything queued (adaptive batching, up to `max_batch` records) and hands it to
+  `MeteringProcessor.process` in a single worker thread (so the Faust loop keeps serving the
+  consumer, timers and rebalances), then commits the consumer-group offsets (step 4 of the commit
+  order in processor.py).
 - usage.events is subscribed with `acks=False`: Faust does not track or commit its offsets; the
   agent commits exactly the offsets whose effects are durable.
 - The catalog (meters + snapshots) is read by `CatalogView`, outside the group, by every worker.
@@ -140,33 +142,70 @@ def create_metering(settings: MeteringSettings) -> Metering:
     metering = Metering(settings, app, store, catalog, processor, executor)
     events = app.topic(topics.events, key_serializer=PASSTHROUGH, value_serializer=PASSTHROUGH, acks=False)
 
+    # Adaptive batching: the agent only queues fetches; `process_batches` takes EVERYTHING queued
+    # as one batch. When processing keeps up, batches are single fetches (low latency); when it
+    # falls behind, batches grow and the fixed cost per batch (two flushes, one RocksDB write, one
+    # offset commit) is paid less often, so the worker catches up instead of falling further behind.
+    queue: asyncio.Queue[dict[int, list[Any]]] = asyncio.Queue(maxsize=16)
+    busy = asyncio.Lock()
+
     @app.agent(events, name="meter_usage")
     async def meter_usage(stream: faust.StreamT[Any]) -> None:
-        loop = asyncio.get_running_loop()
         async for event in stream.events():
-            runs = sorted(event.value.items())
-            assigned = [tp.partition for tp in app.consumer.assignment() if tp.topic == topics.events]
-            job = loop.run_in_executor(executor, processor.process, runs, assigned)
-            try:
-                outcome = await asyncio.shield(job)
-            except asyncio.CancelledError:
-                await job  # stopping: let the batch finish its commit order, then stop
-                raise
-            metering.stats["batches"] += 1
-            metering.stats["consumed"] += outcome.consumed
-            if outcome.committed:
-                # step 4 of the commit order: the group offset follows the durable input watermark
-                await app.consumer._commit(
-                    {TP(topics.events, p): offset + 1 for p, offset in outcome.committed.items()}
+            await queue.put(event.value)
+
+    @app.task
+    async def process_batches() -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            merged: dict[int, list[Any]] = {}
+            runs = [await queue.get()]
+            while (
+                not queue.empty() and sum(len(r) for run in runs for r in run.values()) < settings.max_batch
+            ):
+                runs.append(queue.get_nowait())
+            async with busy:
+                assigned = {tp.partition for tp in app.consumer.assignment() if tp.topic == topics.events}
+                for run in runs:
+                    for partition, records in run.items():
+                        if partition in assigned:  # fetched before a revocation: not ours any more
+                            merged.setdefault(partition, []).extend(records)
+                if not merged:
+                    continue
+                job = loop.run_in_executor(
+                    executor, processor.process, sorted(merged.items()), sorted(assigned)
                 )
-                for partition, offset in outcome.committed.items():
-                    highwater = app.consumer.highwater(TP(topics.events, partition))
-                    if highwater is not None:
-                        metrics.CONSUMER_LAG.labels(str(partition)).set(max(0, highwater - offset - 1))
+                try:
+                    outcome = await asyncio.shield(job)
+                except asyncio.CancelledError:
+                    await job  # stopping: let the batch finish its commit order, then stop
+                    raise
+                metering.stats["batches"] += 1
+                metering.stats["consumed"] += outcome.consumed
+                if outcome.committed:
+                    # step 4 of the commit order: the group offset follows the durable input watermark
+                    await app.consumer._commit(
+                        {TP(topics.events, p): offset + 1 for p, offset in outcome.committed.items()}
+                    )
+                    for partition, offset in outcome.committed.items():
+                        highwater = app.consumer.highwater(TP(topics.events, partition))
+                        if highwater is not None:
+                            metrics.CONSUMER_LAG.labels(str(partition)).set(max(0, highwater - offset - 1))
 
     @app.on_partitions_revoked.connect
     async def on_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
-        processor.revoke(tp.partition for tp in revoked if tp.topic == topics.events)
+        # Faust awaits this before the group moves on: drop queued records of revoked partitions and
+        # wait for the batch in flight, so two workers never process one partition at the same time.
+        partitions = {tp.partition for tp in revoked if tp.topic == topics.events}
+        kept = []
+        while not queue.empty():
+            run = {p: r for p, r in queue.get_nowait().items() if p not in partitions}
+            if run:
+                kept.append(run)
+        for run in kept:
+            queue.put_nowait(run)
+        async with busy:
+            processor.revoke(partitions)
 
     @app.timer(interval=600.0)
     async def expire_old_state() -> None:

@@ -54,6 +54,7 @@ class CatalogView:
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",
                 "enable.partition.eof": False,
+                "fetch.wait.max.ms": 100,  # the embedded broker holds a fetch for the full wait
             }
         )
         assignment = []

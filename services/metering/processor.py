@@ -89,6 +89,7 @@ log = logging.getLogger(__name__)
 SERVICE = "metering"
 CHANGELOG_WATERMARK_KEY = b"w"
 CHANGELOG_DEDUP_PREFIX = b"d\x00"
+DEDUP_GROUP = 5000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -551,16 +552,17 @@ class MeteringProcessor:
                 self._flush(failures)
                 self._maybe_crash("changelog_partial")
         for partition, entries in pending.new_seen.items():
-            if not entries:
-                continue
-            first_offset = entries[0][2].offset
-            send(
-                self.changelog_topic,
-                CHANGELOG_DEDUP_PREFIX + str(first_offset).encode(),
-                encode_dedup_group(entries),
-                partition,
-                logged,
-            )
+            # one changelog record per DEDUP_GROUP entries (a record must stay well below the
+            # broker's message size limit; 5,000 entries are ~0.3 MB)
+            for start in range(0, len(entries), DEDUP_GROUP):
+                group = entries[start : start + DEDUP_GROUP]
+                send(
+                    self.changelog_topic,
+                    CHANGELOG_DEDUP_PREFIX + str(group[0][2].offset).encode(),
+                    encode_dedup_group(group),
+                    partition,
+                    logged,
+                )
             for customer, event_id, seen in entries:
                 local.put(dedup_key(customer, event_id), encode_seen(seen))
         for partition, watermark in new_watermarks.items():

@@ -7,7 +7,8 @@
 | METERGATE_METERING_DEDUP_WINDOW | P35D (35 days) | dedup window in event time (seconds or ISO 8601 duration) |
 | METERGATE_METERING_FUTURE_SKEW | PT5M | how far ahead of the worker's clock an event may be |
 | METERGATE_METERING_LATE_GRACE | P1D | a period closed longer than this before an event arrives makes its aggregate `late` |
-| METERGATE_METERING_BATCH_SIZE | 5000 | most records fetched, processed and committed as one batch |
+| METERGATE_METERING_BATCH_SIZE | 5000 | most records per fetch |
+| METERGATE_METERING_MAX_BATCH | 50000 | most records processed and committed as one batch (queued fetches are merged when processing falls behind) |
 | METERGATE_METERING_SESSION_TIMEOUT_S | 6 | consumer-group session timeout (tuned for quick restarts on the embedded broker) |
 | METERGATE_METERING_HEARTBEAT_INTERVAL_S | 1 | consumer-group heartbeat interval |
 | METERGATE_METERING_REBALANCE_TIMEOUT_S | 10 | consumer-group rebalance timeout |
@@ -38,6 +39,7 @@ class MeteringSettings(BaseSettings):
     future_skew: timedelta = timedelta(minutes=5)
     late_grace: timedelta = timedelta(days=1)
     batch_size: int = Field(default=5000, ge=1)
+    max_batch: int = Field(default=50_000, ge=1)
     session_timeout_s: float = Field(default=6.0, gt=0)
     heartbeat_interval_s: float = Field(default=1.0, gt=0)
     rebalance_timeout_s: float = Field(default=10.0, gt=0)
