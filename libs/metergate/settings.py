@@ -62,7 +62,9 @@ class KafkaSettings(BaseSettings):
 
 
 class DatabaseSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="METERGATE_DATABASE_", frozen=True, extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="METERGATE_DATABASE_", frozen=True, extra="ignore", populate_by_name=True
+    )
 
     url: SecretStr | None = None
     schema_name: str = Field(default="metergate", validation_alias="METERGATE_DATABASE_SCHEMA")

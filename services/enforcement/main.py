@@ -80,7 +80,7 @@ class EnforcementService:
                     idle_since = time.monotonic()
                     if message.error():
                         continue
-                    self._apply(message.topic(), message.value())
+                    self._apply(message.topic() or "", message.value())
         finally:
             consumer.close()
 

@@ -18,7 +18,7 @@ import threading
 import time
 import urllib.request
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -254,7 +254,7 @@ class Demo:
             return json.loads(response.read())  # type: ignore[no-any-return]
 
     # -- the report --------------------------------------------------------------------------------
-    def report(self, scenario: Any, meters: dict[str, MeterDefinition]) -> DemoResult:
+    def report(self, scenario: Any, meters: Mapping[str, MeterDefinition]) -> DemoResult:
         from metergate.testing.topics import read_topic
         from metergate.wire.codec import codec
 
@@ -441,7 +441,7 @@ class Demo:
 def run_demo(data_dir: Path, *, keep_running: bool, progress: bool, out: TextIO = sys.stdout) -> int:
     demo = Demo(data_dir, out=out, progress=progress)
     stop = threading.Event()
-    previous: dict[int, Callable[..., Any] | int | None] = {}
+    previous: dict[signal.Signals, Callable[..., Any] | int | None] = {}
 
     def on_signal(signum: int, _frame: object) -> None:
         stop.set()

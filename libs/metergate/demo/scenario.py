@@ -130,7 +130,7 @@ def malformed_records(now: datetime) -> list[Malformed]:
     from metergate.wire.codec import codec
 
     usage = codec(UsageEvent)
-    base = {
+    base: dict[str, object] = {
         "event_id": "bad-0",
         "customer_id": "pixel-studio",
         "subject_id": None,

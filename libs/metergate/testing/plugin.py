@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import SecretStr
 
 from metergate.kafka.topics import Topics
 
@@ -72,7 +73,7 @@ def _embedded(kafka_bootstrap: str | None, database_url: str | None) -> Iterator
     stack = EmbeddedStack(
         data_dir,
         kafka=KafkaSettings(bootstrap=kafka_bootstrap, topic_prefix="unused-"),
-        database=DatabaseSettings(url=database_url),
+        database=DatabaseSettings(url=None if database_url is None else SecretStr(database_url)),
         create_topics=False,
         migrate=False,
     )

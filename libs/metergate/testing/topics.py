@@ -49,7 +49,9 @@ def read_topic(
             for message in batch:
                 if message.error():
                     continue
-                records.append((message.key(), message.value(), message.partition(), message.offset()))
+                partition, offset = message.partition(), message.offset()
+                assert partition is not None and offset is not None
+                records.append((message.key(), message.value(), partition, offset))
             if batch:
                 last_seen = time.monotonic()
             elif time.monotonic() - last_seen >= idle_s and (expect is None or len(records) >= expect):

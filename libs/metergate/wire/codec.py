@@ -75,7 +75,7 @@ def _fingerprint(parsed: Any) -> bytes:
 
 def _load(path: Path) -> WriterSchema:
     raw = json.loads(path.read_text())
-    parsed = fastavro.parse_schema(raw)
+    parsed: dict[str, Any] = fastavro.parse_schema(raw)  # type: ignore[assignment]  # a record schema
     return WriterSchema(name=parsed["name"], fingerprint=_fingerprint(parsed), parsed=parsed)
 
 
