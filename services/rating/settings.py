@@ -20,9 +20,10 @@ METERGATE_DATABASE_SCHEMA, METERGATE_METRICS_PORT (see `metergate.settings`).
 
 from __future__ import annotations
 
-from metergate.settings import DatabaseSettings, KafkaSettings, MetricsSettings
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from metergate.settings import DatabaseSettings, KafkaSettings, MetricsSettings
 
 
 class RatingSettings(BaseSettings):

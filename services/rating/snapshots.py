@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
+
 from metergate.domain.records import EntitlementSnapshot
 from metergate.errors import InvalidInput
 from metergate.wire.codec import codec

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Producer
+from sqlalchemy import text
+
 from metergate.db.credit_store import grant_credit
 from metergate.db.engine import make_engine
 from metergate.db.migrate import upgrade
@@ -39,7 +41,6 @@ from metergate.testing.topics import read_topic
 from metergate.wire.codec import codec
 from metergate_services.rating.consumer import RatingConsumer
 from metergate_services.rating.settings import RatingSettings
-from sqlalchemy import text
 
 ROOT = Path(__file__).resolve().parents[2]
 MARCH = datetime(2026, 3, 1, tzinfo=UTC)

@@ -8,13 +8,13 @@ from datetime import UTC, datetime
 from decimal import Decimal as D
 
 import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+
 from metergate.db.credit_store import balances, expire_due, grant_credit
 from metergate.db.engine import make_engine
 from metergate.domain.ledger import Grant
 from metergate.domain.records import LimitKind, Pricing, PricingModel
-from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError
-
 from tests.integration.rating_support import (
     Feed,
     aggregate,

@@ -7,8 +7,8 @@ from decimal import Decimal as D
 
 import pytest
 from click.testing import CliRunner
-from metergate.cli.credits import credits
 
+from metergate.cli.credits import credits
 from tests.integration.rating_support import query
 
 pytestmark = pytest.mark.integration

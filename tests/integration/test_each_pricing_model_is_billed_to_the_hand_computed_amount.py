@@ -10,8 +10,8 @@ from decimal import Decimal as D
 
 import pytest
 from click.testing import CliRunner
-from metergate.cli.finance import EXPORT_COLUMNS, finance
 
+from metergate.cli.finance import EXPORT_COLUMNS, finance
 from tests.integration.rating_support import (
     APRIL,
     GRADUATED,

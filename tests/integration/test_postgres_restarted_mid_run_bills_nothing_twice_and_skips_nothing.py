@@ -7,10 +7,10 @@ import threading
 import time
 
 import pytest
+
 from metergate.db.migrate import upgrade
 from metergate.embedded.postgres import EmbeddedPostgres
 from metergate_services.rating.consumer import RatingConsumer
-
 from tests.integration.rating_support import (
     Feed,
     another_schema,

@@ -8,9 +8,9 @@ import signal
 from collections.abc import Mapping
 
 import pytest
+
 from metergate.domain.records import LimitKind
 from metergate_services.rating.consumer import FAULT_ENV, FAULT_STEPS
-
 from tests.integration.rating_support import (
     CREDIT_CUSTOMERS,
     GROUP,

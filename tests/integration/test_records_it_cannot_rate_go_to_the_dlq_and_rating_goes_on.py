@@ -7,9 +7,9 @@ from __future__ import annotations
 from decimal import Decimal as D
 
 import pytest
+
 from metergate.domain.records import Pricing, PricingModel, UsageEvent
 from metergate.wire.codec import codec
-
 from tests.integration.rating_support import (
     MARCH,
     PER_UNIT,

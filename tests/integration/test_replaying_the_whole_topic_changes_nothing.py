@@ -7,11 +7,11 @@ from datetime import UTC, datetime
 from decimal import Decimal as D
 
 import pytest
+
 from metergate.db import rating_store
 from metergate.db.credit_store import grant_credit
 from metergate.db.engine import make_engine
 from metergate.domain.ledger import Grant
-
 from tests.integration.rating_support import (
     APRIL,
     GRADUATED,

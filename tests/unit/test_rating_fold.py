@@ -11,6 +11,7 @@ from decimal import Decimal as D
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from metergate.domain.ledger import Entry, EntryType, Grant, Wallet
 from metergate.domain.pricing import ChargeStatus, ChargeType
 from metergate.domain.rating import Line, RatingFold
