@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
@@ -13,16 +12,9 @@ from metergate.demo.run import Demo
 from metergate.demo.scenario import build_scenario
 from metergate.domain.records import now_utc
 from metergate.embedded.services import metric_sum
+from metergate.testing.processes import alive
 
 pytestmark = pytest.mark.e2e
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def test_demo_end_to_end(tmp_path):
@@ -72,4 +64,4 @@ def test_demo_end_to_end(tmp_path):
         assert metric_sum(rating, "metergate_ledger_writes_total") == ledger_rows
     finally:
         demo.stop()
-    assert pids and [pid for pid in pids if _alive(pid)] == []
+    assert pids and [pid for pid in pids if alive(pid)] == []

@@ -15,34 +15,9 @@ import pytest
 from confluent_kafka.admin import AdminClient
 
 from metergate.kafka.topics import TOPIC_SPECS
+from metergate.testing.processes import alive, descendants
 
 pytestmark = pytest.mark.integration
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
-def _descendants(roots: list[int]) -> set[int]:
-    """Every live process under `roots` (postgres forks its checkpointer, walwriter, backends...)."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-    found = {pid for pid in roots if _alive(pid)}
-    grew = True
-    while grew:
-        new = {pid for pid, parent in parents.items() if parent in found and pid not in found and _alive(pid)}
-        found |= new
-        grew = bool(new)
-    return found
 
 
 def _check_stack_works(settings: dict[str, str]) -> None:
@@ -84,10 +59,10 @@ def _start(tmp_path: Path) -> tuple[subprocess.Popen[str], dict[str, str], list[
 def test_stack_stops_without_orphans(tmp_path, how):
     process, settings, pids = _start(tmp_path)
     try:
-        assert len(pids) == 2 and all(_alive(pid) for pid in pids)
+        assert len(pids) == 2 and all(alive(pid) for pid in pids)
         _check_stack_works(settings)  # topics exist, PostgreSQL is migrated
         assert (tmp_path / "stack" / "stack.env").read_text().count("export METERGATE_") == 4
-        started = _descendants([process.pid])
+        started = descendants([process.pid])
         assert set(pids) <= started and len(started) > 3  # postgres has its helper processes
     finally:
         sent = {"ctrl-c": signal.SIGINT, "sigterm": signal.SIGTERM, "sigkill": signal.SIGKILL}[how]
@@ -96,8 +71,8 @@ def test_stack_stops_without_orphans(tmp_path, how):
         assert process.stdout is not None
         process.stdout.close()
     deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and any(_alive(pid) for pid in started):
+    while time.monotonic() < deadline and any(alive(pid) for pid in started):
         time.sleep(0.1)
-    assert sorted(pid for pid in started if _alive(pid)) == []
+    assert sorted(pid for pid in started if alive(pid)) == []
     if how != "sigkill":
         assert process.returncode == 0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-import uuid
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
@@ -91,20 +90,18 @@ def emit(
             raise click.BadParameter(
                 f"expected ISO 8601 with offset, got {timestamp!r}", param_hint="--timestamp"
             ) from None
-    from metergate.domain.records import UsageEvent, now_utc
+    from metergate.sdk.producer import build_event
 
     try:
-        event = UsageEvent.parse(
-            {
-                "event_id": event_id or str(uuid.uuid4()),
-                "customer_id": customer_id,
-                "subject_id": subject_id,
-                "meter": meter,
-                "quantity": quantity,
-                "timestamp": when or now_utc(),
-                "properties": _parse_properties(properties),
-                "source": source,
-            }
+        event = build_event(
+            customer_id=customer_id,
+            meter=meter,
+            quantity=quantity,
+            event_id=event_id,
+            timestamp=when,
+            subject_id=subject_id,
+            properties=_parse_properties(properties),
+            source=source,
         )
     except InvalidEvent as error:
         raise click.ClickException(f"event rejected, nothing sent: {error}") from None

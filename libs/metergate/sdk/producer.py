@@ -38,6 +38,33 @@ class BatchResult:
         return counts
 
 
+def build_event(
+    *,
+    customer_id: str | None,
+    meter: str | None,
+    quantity: Decimal | int | str | None,
+    event_id: str | None = None,
+    timestamp: datetime | None = None,
+    subject_id: str | None = None,
+    properties: Mapping[str, str] | None = None,
+    source: str | None = None,
+) -> UsageEvent:
+    """A validated UsageEvent from loose fields (a random event_id and now when not given);
+    raises InvalidEvent naming the field."""
+    return UsageEvent.parse(
+        {
+            "event_id": event_id or str(uuid.uuid4()),
+            "customer_id": customer_id,
+            "subject_id": subject_id,
+            "meter": meter,
+            "quantity": quantity,
+            "timestamp": timestamp or now_utc(),
+            "properties": dict(properties or {}),
+            "source": source,
+        }
+    )
+
+
 class UsageProducer:
     def __init__(
         self,
@@ -74,17 +101,15 @@ class UsageProducer:
     ) -> UsageEvent:
         """Validate and send one event. Pass a stable `event_id` (e.g. the request id) so a retry of
         yours counts once; without one a random id is used and a retried call counts twice."""
-        event = UsageEvent.parse(
-            {
-                "event_id": event_id or str(uuid.uuid4()),
-                "customer_id": customer_id,
-                "subject_id": subject_id,
-                "meter": meter,
-                "quantity": quantity,
-                "timestamp": timestamp or now_utc(),
-                "properties": dict(properties or {}),
-                "source": source or self.source,
-            }
+        event = build_event(
+            customer_id=customer_id,
+            meter=meter,
+            quantity=quantity,
+            event_id=event_id,
+            timestamp=timestamp,
+            subject_id=subject_id,
+            properties=properties,
+            source=source or self.source,
         )
         self.send(event)
         return event
