@@ -18,6 +18,8 @@ import os
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -199,7 +201,8 @@ def bench(
     )
     consumer = RatingConsumer(settings)
     began = time.perf_counter()
-    consumer.run(until=lambda c: c.committed_records >= updates)
+    with _gc_pauses() as pauses:
+        consumer.run(until=lambda c: c.committed_records >= updates)
     assert consumer.first_batch_at is not None and consumer.last_commit_at is not None
     rating_s = consumer.last_commit_at - consumer.first_batch_at
     with engine.begin() as conn:
@@ -221,8 +224,29 @@ def bench(
         updates_per_s=consumer.committed_records / rating_s if rating_s > 0 else 0.0,
         line_items=line_items,
         ledger_entries=entries,
-        timings=dict(consumer.timings),
+        timings={**consumer.timings, "gc pauses (all steps)": pauses[0]},
     )
+
+
+@contextmanager
+def _gc_pauses() -> Iterator[list[float]]:
+    """Seconds the cyclic garbage collector held the process (they fall inside the steps' times)."""
+    import gc
+
+    total = [0.0]
+    started = [0.0]
+
+    def callback(phase: str, _info: dict[str, int]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            total[0] += time.perf_counter() - started[0]
+
+    gc.callbacks.append(callback)
+    try:
+        yield total
+    finally:
+        gc.callbacks.remove(callback)
 
 
 def _bench_processes(

@@ -21,27 +21,28 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
 from metergate.db import credit_store, rating_store
 from metergate.db.engine import make_engine
 from metergate.domain.ledger import depletion_event_id
-from metergate.domain.rating import RatingFold
+from metergate.domain.rating import AggregateUpdate, RatingFold
 from metergate.domain.records import (
     DeadLetter,
     KafkaPosition,
     LimitEvent,
     LimitKind,
-    UsageAggregate,
     now_utc,
 )
 from metergate.errors import DeliveryError, InvalidInput
 from metergate.kafka.producer import DeliveryTracker, make_producer, produce
 from metergate.wire.codec import codec
+from metergate.wire.fastwire import read_aggregate
 from metergate_services.rating import metrics
 from metergate_services.rating.line_cache import LineCache
 from metergate_services.rating.settings import RatingSettings
 from metergate_services.rating.snapshots import SnapshotCache
-from sqlalchemy import Engine, text
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -67,7 +68,7 @@ def is_transient(exc: BaseException) -> bool:
 class Batch:
     """One poll batch, decoded, in consumption order."""
 
-    records: list[tuple[Message, UsageAggregate]] = field(default_factory=list)
+    records: list[tuple[Message, AggregateUpdate]] = field(default_factory=list)
     rejected: list[DeadLetter] = field(default_factory=list)
     next_offsets: dict[int, int] = field(default_factory=dict)  # partition -> offset after the batch
 
@@ -107,7 +108,6 @@ class RatingConsumer:
         #: partition -> next offset as stored in PostgreSQL (None: no row yet); only assigned partitions
         self.expected: dict[int, int | None] = {}
         self._stop = threading.Event()
-        self._aggregates = codec(UsageAggregate)
         self._dead_letters = codec(DeadLetter)
         self._limits = codec(LimitEvent)
         self._outbox_pending = True  # publish leftovers of an earlier run first
@@ -243,7 +243,7 @@ class RatingConsumer:
             if value is None:
                 continue  # a tombstone of the compacted topic: nothing to rate
             try:
-                aggregate = self._aggregates.decode(value)
+                aggregate = read_aggregate(value)
                 if aggregate.value < 0:
                     raise InvalidInput(
                         f"value: expected a running total >= 0, got {aggregate.value}",
@@ -393,9 +393,7 @@ class RatingConsumer:
         self.timings[step] += now - since
         return now
 
-    def _depletion_event(
-        self, depletion: Any, aggregate: UsageAggregate, line: Any
-    ) -> tuple[Any, str, bytes]:
+    def _depletion_event(self, depletion: Any, aggregate: Any, line: Any) -> tuple[Any, str, bytes]:
         event_id = depletion_event_id(depletion.customer_id, depletion.currency, depletion.sequence)
         event = LimitEvent(
             limit_event_id=event_id,
@@ -546,9 +544,7 @@ class RatingConsumer:
         self._stop.wait(seconds)
 
 
-def newest_per_key(
-    records: list[tuple[Message, UsageAggregate]], with_credit: set[str]
-) -> list[tuple[Message, UsageAggregate]]:
+def newest_per_key(records: list[tuple[Any, Any]], with_credit: set[str]) -> list[tuple[Any, Any]]:
     """The batch's records to rate, in order: every version of a customer with credit (each version
     may draw or return credit: rule 4 of metergate.domain.ledger), only the newest version of every
     other key (its intermediate versions within one batch change nothing the newest does not)."""

@@ -36,11 +36,55 @@ from metergate.domain.pricing import (
     line_key,
     rate_usage,
 )
-from metergate.domain.records import EntitlementSnapshot, UsageAggregate
+from metergate.domain.records import EntitlementSnapshot, UsageAggregate, aggregate_key
 from metergate.errors import InvalidInput
 
 ZERO = Decimal(0)
 BASE_FEE = "base_fee"  # the feature name of a base-fee line
+
+
+class AggregateUpdate(NamedTuple):
+    """The fields of a `UsageAggregate` that rating reads, plus its key, as a plain tuple.
+
+    What the consumer's hot path decodes into (`metergate.wire.fastwire.read_aggregate`): a
+    validated pydantic model costs ~3 us per record, this ~0.3 us. The fold accepts either.
+    """
+
+    key: str  # aggregate_key(customer_id, meter, period_start)
+    customer_id: str
+    meter: str
+    period_start: datetime
+    period_end: datetime
+    value: Decimal
+    event_count: int
+    version: int
+    last_event_at: datetime
+    last_event_id: str
+    subscription_id: str | None
+    plan_key: str | None
+    plan_version: int | None
+
+    @classmethod
+    def of(cls, aggregate: UsageAggregate) -> AggregateUpdate:
+        return cls(
+            aggregate_key(aggregate.customer_id, aggregate.meter, aggregate.period_start),
+            aggregate.customer_id,
+            aggregate.meter,
+            aggregate.period_start,
+            aggregate.period_end,
+            aggregate.value,
+            aggregate.event_count,
+            aggregate.version,
+            aggregate.last_event_at,
+            aggregate.last_event_id,
+            aggregate.subscription_id,
+            aggregate.plan_key,
+            aggregate.plan_version,
+        )
+
+
+#: what the fold rates: the model (tests, tools) or its tuple (the consumer's hot path)
+Aggregate = UsageAggregate | AggregateUpdate
 
 
 class Line(NamedTuple):
@@ -108,7 +152,7 @@ class RatingFold:
 
     changed: dict[str, Line] = field(default_factory=dict)
     entries: list[Entry] = field(default_factory=list)
-    depletions: list[tuple[Depletion, UsageAggregate, Line]] = field(default_factory=list)
+    depletions: list[tuple[Depletion, Aggregate, Line]] = field(default_factory=list)
     updates: int = 0
     stale: int = 0
 
@@ -119,7 +163,7 @@ class RatingFold:
                 newest = line.aggregate_version
         return newest
 
-    def apply(self, aggregate: UsageAggregate, snapshot: EntitlementSnapshot | None) -> Applied:
+    def apply(self, aggregate: Aggregate, snapshot: EntitlementSnapshot | None) -> Applied:
         """Rate one aggregate version (raises InvalidInput when its value cannot be rated at all)."""
         key = aggregate.key
         current = self.version_of(key)
@@ -163,7 +207,7 @@ class RatingFold:
         self,
         lk: str,
         key: str,
-        aggregate: UsageAggregate,
+        aggregate: Aggregate,
         snapshot: EntitlementSnapshot | None,
         subscription: str,
         charge: Charge,
@@ -199,7 +243,7 @@ class RatingFold:
             last_event_at=aggregate.last_event_at,
         )
 
-    def _move_credit(self, line: Line, old: Line | None, aggregate: UsageAggregate) -> Line:
+    def _move_credit(self, line: Line, old: Line | None, aggregate: Aggregate) -> Line:
         old_amount = old.amount if old else ZERO
         old_credits = self.credits.get(line.line_key, {})
         if not old_credits and (not self.wallets or (line.customer_id, line.currency) not in self.wallets):
@@ -236,7 +280,7 @@ class RatingFold:
         self._record(change, aggregate, line)
         return line
 
-    def _record(self, change: CreditChange, aggregate: UsageAggregate, line: Line) -> None:
+    def _record(self, change: CreditChange, aggregate: Aggregate, line: Line) -> None:
         self.entries.extend(change.entries)
         if change.credits_by_grant:
             self.credits[line.line_key] = change.credits_by_grant
@@ -246,7 +290,7 @@ class RatingFold:
             self.depletions.append((change.depletion, aggregate, line))
 
     def _base_fee(
-        self, aggregate: UsageAggregate, snapshot: EntitlementSnapshot, subscription: str, period: str
+        self, aggregate: Aggregate, snapshot: EntitlementSnapshot, subscription: str, period: str
     ) -> None:
         lk = line_key(aggregate.customer_id, subscription, BASE_FEE, period, ChargeType.BASE_FEE)
         if (
