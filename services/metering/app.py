@@ -25,6 +25,7 @@ import faust
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 from faust.types import TP
+
 from metergate.errors import ConfigurationError
 from metergate.kafka.producer import make_producer
 from metergate_services.metering import metrics
@@ -154,6 +155,9 @@ def create_metering(settings: MeteringSettings) -> Metering:
         async for event in stream.events():
             await queue.put(event.value)
 
+    pending_offsets: dict[TP, int] = {}
+    last_commit = [0.0]
+
     @app.task
     async def process_batches() -> None:
         loop = asyncio.get_running_loop()
@@ -168,8 +172,12 @@ def create_metering(settings: MeteringSettings) -> Metering:
                 assigned = {tp.partition for tp in app.consumer.assignment() if tp.topic == topics.events}
                 for run in runs:
                     for partition, records in run.items():
-                        if partition in assigned:  # fetched before a revocation: not ours any more
+                        if partition in assigned:
                             merged.setdefault(partition, []).extend(records)
+                        else:  # fetched before a revocation: not ours any more
+                            log.warning(
+                                "dropping %d records of partition %d: not assigned", len(records), partition
+                            )
                 if not merged:
                     continue
                 job = loop.run_in_executor(
@@ -183,10 +191,20 @@ def create_metering(settings: MeteringSettings) -> Metering:
                 metering.stats["batches"] += 1
                 metering.stats["consumed"] += outcome.consumed
                 if outcome.committed:
-                    # step 4 of the commit order: the group offset follows the durable input watermark
-                    await app.consumer._commit(
+                    # step 4 of the commit order: the group offset follows the durable input watermark.
+                    # Awaited, but only when the queue is empty or every 0.5 s: a broker round trip per
+                    # batch would add to every event's latency while the worker is catching up, and a
+                    # lagging group offset only means re-reading records the stored watermark skips.
+                    # (A commit left running in a task of its own stalled for good in tests.)
+                    pending_offsets.update(
                         {TP(topics.events, p): offset + 1 for p, offset in outcome.committed.items()}
                     )
+                if pending_offsets and (queue.empty() or loop.time() - last_commit[0] >= 0.5):
+                    offsets = dict(pending_offsets)
+                    pending_offsets.clear()
+                    await app.consumer._commit(offsets)
+                    last_commit[0] = loop.time()
+                if outcome.committed:
                     for partition, offset in outcome.committed.items():
                         highwater = app.consumer.highwater(TP(topics.events, partition))
                         if highwater is not None:

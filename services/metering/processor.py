@@ -111,6 +111,7 @@ class _Pending:
     seen: dict[bytes, FirstSeen] = field(default_factory=dict)
     new_seen: dict[int, list[tuple[str, str, FirstSeen]]] = field(default_factory=lambda: defaultdict(list))
     input_offsets: dict[int, int] = field(default_factory=dict)
+    skipped_to: dict[int, int] = field(default_factory=dict)
     dead: list[tuple[int, str, str, bytes, dict[str, Any]]] = field(
         default_factory=list
     )  # p, guard, reason, value, dict
@@ -235,7 +236,7 @@ class MeteringProcessor:
         for from_ms in pending.latencies_from_ms:
             metrics.PROCESSING_LATENCY.observe(max(0.0, done_s - from_ms / 1000))
         return BatchOutcome(
-            committed={p: self.watermarks[p].input for p in pending.input_offsets},
+            committed={p: self.watermarks[p].input for p in {*pending.input_offsets, *pending.skipped_to}},
             consumed=consumed,
             accepted=pending.accepted,
             duplicates=pending.duplicates,
@@ -247,6 +248,10 @@ class MeteringProcessor:
     def _partition(self, partition: int, records: Sequence[KafkaRecord], pending: _Pending) -> None:
         watermark = self.watermarks[partition]
         fresh = [record for record in records if record.offset > watermark.input]
+        if len(fresh) < len(records):
+            # re-read records already durable (a crash after step 3, before step 4): nothing to do
+            # but let the group offset catch up with the stored watermark
+            pending.skipped_to[partition] = watermark.input
         if not fresh:
             return
         pending.input_offsets[partition] = fresh[-1].offset
