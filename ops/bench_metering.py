@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
+
 from metergate.cli.catalog import publish_catalog
 from metergate.domain.catalog import parse_catalog
 from metergate.domain.records import LimitEvent, UsageEvent
@@ -163,6 +164,7 @@ def _faust_consume(bootstrap: str, topic: str, count: int, batched: bool) -> Non
     import logging
 
     import faust
+
     from metergate_services.metering.transport import PASSTHROUGH, batching_app_class
 
     logging.disable(logging.INFO)

@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
 from metergate.domain.records import EntitlementSnapshot, MeterDefinition
 from metergate.errors import DecodeError
 from metergate.wire.codec import codec

@@ -20,6 +20,7 @@ from functools import lru_cache
 from typing import Any
 
 import fastavro
+
 from metergate.domain.records import QUANTITY_SCALE, UsageEvent
 from metergate.errors import DecodeError
 from metergate.wire.codec import HEADER_SIZE, MAGIC, codec, registry

@@ -14,6 +14,7 @@ import os
 import signal
 
 import faust
+
 from metergate.metrics import serve
 from metergate_services.metering.app import create_metering
 from metergate_services.metering.settings import MeteringSettings

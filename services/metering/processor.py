@@ -47,6 +47,8 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from rocksdict import WriteBatch
+
 from metergate.domain.aggregation import RunningTotal
 from metergate.domain.dedup import FirstSeen, Verdict, classify
 from metergate.domain.limits import due, mark, watches
@@ -82,7 +84,6 @@ from metergate_services.metering.store import (
     encode_dedup_group,
     encode_seen,
 )
-from rocksdict import WriteBatch
 
 log = logging.getLogger(__name__)
 

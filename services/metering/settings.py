@@ -22,9 +22,10 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
-from metergate.settings import KafkaSettings, MetricsSettings
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from metergate.settings import KafkaSettings, MetricsSettings
 
 
 class MeteringSettings(BaseSettings):

@@ -31,10 +31,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO
 
+from rocksdict import Options, Rdict, WriteBatch
+
 from metergate.domain.aggregation import RunningTotal
 from metergate.domain.dedup import FirstSeen
 from metergate.errors import ConfigurationError
-from rocksdict import Options, Rdict, WriteBatch
 
 log = logging.getLogger(__name__)
 

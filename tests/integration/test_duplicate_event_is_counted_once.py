@@ -8,9 +8,9 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+
 from metergate.domain.periods import period_for
 from metergate.domain.records import ResetPeriod, UsageEvent, aggregate_key
-
 from tests.integration.metering_support import (
     EventProducer,
     Worker,

@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
-from metergate.domain.records import LimitKind, UsageEvent
 
+from metergate.domain.records import LimitKind, UsageEvent
 from tests.integration.metering_support import EventProducer, Worker, limit_events, publish
 
 pytestmark = pytest.mark.integration

@@ -10,9 +10,9 @@ from decimal import Decimal
 
 import fastavro
 import pytest
+
 from metergate.domain.records import MeterDefinition, UsageEvent
 from metergate.wire.codec import MAGIC, codec, registry, schemas_dir
-
 from tests.integration.metering_support import EventProducer, Worker, dead_letters, latest_aggregates, publish
 
 pytestmark = pytest.mark.integration

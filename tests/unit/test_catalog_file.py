@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from metergate.cli.catalog import load_catalog
 from metergate.domain.catalog import parse_catalog
 from metergate.domain.records import Enforcement, EntitlementSnapshot, PricingModel, ResetPeriod

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
+
 from metergate.domain.records import Aggregation, MeterDefinition
 from metergate.domain.usage import check_meter, check_shape, check_time
 

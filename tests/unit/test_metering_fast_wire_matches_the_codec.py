@@ -8,6 +8,7 @@ from decimal import Decimal
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from metergate.domain.records import Aggregation, UsageAggregate, UsageEvent
 from metergate.errors import DecodeError
 from metergate.wire.codec import codec
