@@ -40,6 +40,7 @@ from metergate.kafka.producer import DeliveryTracker, make_producer, produce
 from metergate.wire.codec import codec
 from metergate.wire.fastwire import read_aggregate
 from metergate_services.rating import metrics
+from metergate_services.rating.collector import Collector
 from metergate_services.rating.line_cache import LineCache
 from metergate_services.rating.settings import RatingSettings
 from metergate_services.rating.snapshots import SnapshotCache
@@ -78,8 +79,11 @@ class Batch:
 
 
 class RatingConsumer:
-    def __init__(self, settings: RatingSettings, engine: Engine | None = None) -> None:
+    def __init__(
+        self, settings: RatingSettings, engine: Engine | None = None, collector: Collector | None = None
+    ) -> None:
         self.settings = settings
+        self.collector = collector  # the process's garbage-collection policy (main.run() installs one)
         client = settings.kafka.client_config()
         self.topics = settings.kafka.topics
         self.topic = self.topics.aggregates
@@ -159,6 +163,8 @@ class RatingConsumer:
                 self.snapshots.poll()
                 if messages:
                     self._handle(messages)
+                    if self.collector is not None:
+                        self.collector.after_batch()
                 self._housekeeping()
                 if until is not None and until(self):
                     break
@@ -172,6 +178,8 @@ class RatingConsumer:
             pass
         self.producer.flush(10)
         self.snapshots.close()
+        if self.collector is not None:
+            self.collector.close()
         if self._own_engine:
             self.engine.dispose()
 

@@ -12,6 +12,7 @@ import signal
 from types import FrameType
 
 from metergate import metrics as metrics_endpoint
+from metergate_services.rating.collector import Collector
 from metergate_services.rating.consumer import RatingConsumer
 from metergate_services.rating.settings import RatingSettings
 
@@ -21,7 +22,7 @@ log = logging.getLogger("metergate.rating")
 def run() -> None:
     settings = RatingSettings()
     metrics_endpoint.serve(settings.metrics.port)
-    consumer = RatingConsumer(settings)
+    consumer = RatingConsumer(settings, collector=Collector())
 
     def stop(signum: int, _frame: FrameType | None) -> None:
         log.info("rating: %s received; finishing the current batch", signal.Signals(signum).name)
