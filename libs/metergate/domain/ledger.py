@@ -51,7 +51,7 @@ Rules
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -221,7 +221,7 @@ def change_line_amount(
     customer_id: str,
     old_amount: Decimal,
     new_amount: Decimal,
-    credits_by_grant: dict[str, Decimal],
+    credits_by_grant: Mapping[str, Decimal],
     version: int,
     used_at: datetime,
 ) -> CreditChange:

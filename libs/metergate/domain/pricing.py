@@ -34,7 +34,6 @@ Rules (the same ones `services/rating/README.md` states for finance):
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import (
     ROUND_HALF_UP,
@@ -130,24 +129,9 @@ def is_minor_exact(amount: Decimal, currency: str) -> bool:
 def plain(value: Decimal) -> Decimal:
     """The same number without trailing zeros (Avro gives quantities 9 decimals, prices 12), never in
     exponent notation, never rounded: "1234.000000000" -> "1234", "0.002000000000" -> "0.002"."""
-    normal = _EXACT.normalize(value)
-    exponent = normal.as_tuple().exponent
-    if isinstance(exponent, int) and exponent > 0:
-        return normal.quantize(ONE, context=_EXACT)
-    return normal
-
-
-#: plain() of prices and included units, which repeat across records (bounded memo)
-_PLAIN: dict[Decimal, Decimal] = {}
-
-
-def _plain_price(value: Decimal) -> Decimal:
-    cached = _PLAIN.get(value)
-    if cached is None or str(cached) != str(plain(value)):
-        if len(_PLAIN) >= 65536:
-            _PLAIN.clear()
-        cached = _PLAIN[value] = plain(value)
-    return cached
+    if value.is_finite() and value == value.to_integral_value():
+        return value.quantize(ONE, context=_EXACT)  # "1200.000" -> "1200" (normalize gives 1.2E+3)
+    return _EXACT.normalize(value)
 
 
 def billable_quantity(quantity: Decimal, included: Decimal) -> Decimal:
@@ -210,32 +194,75 @@ class Price(NamedTuple):
     detail: str  # how the amount was made, for people: "2 x 15 (package of 100)"
 
 
+class _Figures(NamedTuple):
+    """A pricing's figures as rating uses them, in plain form (computed once per Pricing object)."""
+
+    pricing: Pricing  # the object itself: kept, so its id() (the memo key) stays its own
+    model: PricingModel
+    unit_price: Decimal
+    package_size: Decimal
+    tiers: tuple[tuple[Decimal | None, Decimal, Decimal], ...]  # (up_to, unit_price, flat_fee)
+    headline: Decimal | None  # the unit price shown when nothing is billable (as given)
+
+
+#: id(pricing) -> its figures (bounded memo; pricings are frozen models)
+_FIGURES: dict[int, _Figures] = {}
+
+
+def _figures(pricing: Pricing) -> _Figures:
+    figures = _FIGURES.get(id(pricing))
+    if figures is not None and figures.pricing is pricing:
+        return figures
+    figures = _Figures(
+        pricing,
+        pricing.model,
+        plain(pricing.unit_price),
+        plain(pricing.package_size),
+        tuple(
+            (None if tier.up_to is None else plain(tier.up_to), plain(tier.unit_price), plain(tier.flat_fee))
+            for tier in pricing.tiers
+        ),
+        _headline_price(pricing),
+    )
+    if len(_FIGURES) >= 65536:
+        _FIGURES.clear()
+    _FIGURES[id(pricing)] = figures
+    return figures
+
+
 def price(pricing: Pricing, billable: Decimal) -> Price:
     """Unrounded amount of `billable` units under `pricing` (which must be valid)."""
+    return _price(_figures(pricing), billable)
+
+
+def _price(figures: _Figures, billable: Decimal) -> Price:
     if billable <= 0:
-        return Price(ZERO, _headline_price(pricing), "no billable units")
-    model = pricing.model
+        return Price(ZERO, figures.headline, "no billable units")
+    model = figures.model
     if model is PricingModel.NONE:
         return Price(ZERO, None, "not priced")
     if model is PricingModel.PER_UNIT:
-        unit = _plain_price(pricing.unit_price)
+        unit = figures.unit_price
         return Price(_mul(billable, unit), unit, f"{billable} x {unit}")
     if model is PricingModel.PACKAGE:
-        unit, size = _plain_price(pricing.unit_price), _plain_price(pricing.package_size)
+        unit, size = figures.unit_price, figures.package_size
         packages = started_packages(billable, size)
         return Price(_mul(packages, unit), unit, f"{packages} x {unit} (package of {size})")
     if model is PricingModel.GRADUATED:
-        parts = graduated_parts(pricing.tiers, billable)
+        parts = _graduated_parts(figures.tiers, billable)
         amount = ZERO
         for _, _, part in parts:
             amount = _add(amount, part)
         detail = " + ".join(f"tier {index + 1}: {units} units = {part}" for index, units, part in parts)
         return Price(amount, None, detail)
     if model is PricingModel.VOLUME:
-        index, tier = volume_tier(pricing.tiers, billable)
-        unit, flat = _plain_price(tier.unit_price), _plain_price(tier.flat_fee)
-        fee = f" + {flat}" if flat else ""
-        return Price(_add(_mul(billable, unit), flat), unit, f"tier {index + 1}: {billable} x {unit}{fee}")
+        for index, (up_to, unit, flat) in enumerate(figures.tiers):
+            if up_to is None or billable <= up_to:
+                fee = f" + {flat}" if flat else ""
+                return Price(
+                    _add(_mul(billable, unit), flat), unit, f"tier {index + 1}: {billable} x {unit}{fee}"
+                )
+        raise PricingError("pricing.tiers: the last tier must be unbounded", field="pricing.tiers")
     raise PricingError(f"pricing.model: unknown model {model!r}", field="pricing.model")
 
 
@@ -253,16 +280,26 @@ def started_packages(billable: Decimal, package_size: Decimal) -> Decimal:
 
 def graduated_parts(tiers: tuple[PriceTier, ...], billable: Decimal) -> list[tuple[int, Decimal, Decimal]]:
     """(tier index, units in the tier, amount of the tier) for every tier `billable` reaches."""
+    return _graduated_parts(
+        tuple(
+            (None if tier.up_to is None else plain(tier.up_to), plain(tier.unit_price), plain(tier.flat_fee))
+            for tier in tiers
+        ),
+        billable,
+    )
+
+
+def _graduated_parts(
+    tiers: tuple[tuple[Decimal | None, Decimal, Decimal], ...], billable: Decimal
+) -> list[tuple[int, Decimal, Decimal]]:
     parts: list[tuple[int, Decimal, Decimal]] = []
     lower = ZERO
-    for index, tier in enumerate(tiers):
+    for index, (up_to, unit_price, flat_fee) in enumerate(tiers):
         if billable <= lower:
             break
-        up_to = None if tier.up_to is None else _plain_price(tier.up_to)
         upper = billable if up_to is None else min(billable, up_to)
         units = _sub(upper, lower)
-        amount = _add(_mul(units, _plain_price(tier.unit_price)), _plain_price(tier.flat_fee))
-        parts.append((index, units, amount))
+        parts.append((index, units, _add(_mul(units, unit_price), flat_fee)))
         if up_to is None:
             break
         lower = up_to
@@ -295,17 +332,31 @@ class Charge(NamedTuple):
     unpriced_reason: UnpricedReason | None = None
 
 
-#: id(pricing) -> pricing, for pricings already validated (the object is kept, so its id stays its own)
-_VALID: dict[int, Pricing] = {}
+class _RatedFeature(NamedTuple):
+    """A metered feature whose pricing is valid, with its figures (computed once per feature object)."""
+
+    feature: FeatureEntitlement  # kept, so its id() (the memo key) stays its own
+    included: Decimal  # plain
+    pricing_model: str
+    figures: _Figures
 
 
-def _validated(pricing: Pricing, where: str) -> None:
-    if _VALID.get(id(pricing)) is pricing:
-        return
-    validate_pricing(pricing, where=where)
-    if len(_VALID) >= 65536:
-        _VALID.clear()
-    _VALID[id(pricing)] = pricing
+#: id(feature) -> the feature validated and prepared (bounded memo; features are frozen models)
+_RATED: dict[int, _RatedFeature] = {}
+
+
+def _rated_feature(feature: FeatureEntitlement) -> _RatedFeature:
+    rated = _RATED.get(id(feature))
+    if rated is not None and rated.feature is feature:
+        return rated
+    validate_pricing(feature.pricing, where=f"features.{feature.feature}.pricing")  # not memoised if bad
+    rated = _RatedFeature(
+        feature, plain(feature.included), feature.pricing.model.value, _figures(feature.pricing)
+    )
+    if len(_RATED) >= 65536:
+        _RATED.clear()
+    _RATED[id(feature)] = rated
+    return rated
 
 
 #: (id(snapshot), meter) -> (snapshot, metered features on the meter)
@@ -326,24 +377,32 @@ def metered_features(snapshot: EntitlementSnapshot, meter: str) -> tuple[Feature
 
 def rate_feature(feature: FeatureEntitlement, quantity: Decimal, currency: str) -> Charge:
     """The usage charge of one metered feature for a running total (raises PricingError)."""
-    _validated(feature.pricing, f"features.{feature.feature}.pricing")
-    quantity = plain(quantity)
-    included = _plain_price(feature.included)
-    billable = billable_quantity(quantity, included)
-    priced = price(feature.pricing, billable)
+    rated = _rated_feature(feature)
+    return _rate(rated, plain(quantity), currency)
+
+
+def _rate(rated: _RatedFeature, quantity: Decimal, currency: str) -> Charge:
+    """`rate_feature` for a prepared feature and a quantity already in plain form (the hot path)."""
+    included = rated.included
+    billable = _sub(quantity, included)
+    if billable <= 0:
+        billable = ZERO
+    priced = _price(rated.figures, billable)
+    feature = rated.feature
+    # positional, in field order (a NamedTuple built from keywords costs twice as much)
     return Charge(
-        charge=ChargeType.USAGE,
-        status=ChargeStatus.RATED,
-        feature=feature.feature,
-        meter=feature.meter,
-        currency=currency,
-        quantity=quantity,
-        included_quantity=included,
-        billable_quantity=billable,
-        pricing_model=feature.pricing.model.value,
-        unit_price=priced.unit_price,
-        amount=round_money(priced.amount, currency),
-        detail=priced.detail,
+        ChargeType.USAGE,  # charge
+        ChargeStatus.RATED,  # status
+        feature.feature,  # feature
+        feature.meter,  # meter
+        currency,  # currency
+        quantity,  # quantity
+        included,  # included_quantity
+        billable,  # billable_quantity
+        rated.pricing_model,  # pricing_model
+        priced.unit_price,  # unit_price
+        round_money(priced.amount, currency),  # amount
+        priced.detail,  # detail
     )
 
 
@@ -369,9 +428,8 @@ def unpriced_charge(
     )
 
 
-@dataclass(frozen=True)
-class Rating:
-    """What a running total is worth under a customer's snapshot.
+class Rating(NamedTuple):
+    """What a running total is worth under a customer's snapshot (a NamedTuple: one per record).
 
     `charges`: one per metered feature on the meter (or one unpriced charge named after the meter).
     `rejection`: set when the record must also go to the DLQ (reason code + message).
@@ -419,9 +477,10 @@ def rate_usage(meter: str, quantity: Decimal, snapshot: EntitlementSnapshot | No
         )
     charges: list[Charge] = []
     rejection: InvalidInput | None = None
+    normal = plain(quantity)
     for feature in features:
         try:
-            charges.append(rate_feature(feature, quantity, currency))
+            charges.append(_rate(_rated_feature(feature), normal, currency))
         except PricingError as exc:
             charges.append(
                 unpriced_charge(
@@ -463,4 +522,4 @@ def line_key(
     `period_start` as a datetime, or already as its UTC ISO text (what `aggregate_key` uses).
     """
     period = period_start if isinstance(period_start, str) else period_start.astimezone(UTC).isoformat()
-    return f"{customer_id}|{subscription_id}|{feature}|{period}|{charge.value}"
+    return f"{customer_id}|{subscription_id}|{feature}|{period}|{charge}"  # a StrEnum formats as its value

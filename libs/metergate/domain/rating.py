@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from types import MappingProxyType
 from typing import NamedTuple
 
 from metergate.domain.ledger import CreditChange, Depletion, Entry, Wallet, change_line_amount
@@ -126,13 +127,16 @@ class Line(NamedTuple):
         return self.amount - self.credits_applied
 
 
-@dataclass(frozen=True)
-class Applied:
+class Applied(NamedTuple):
     """The outcome of one record: `stale`, or the lines it changed and (maybe) why it is also DLQ'd."""
 
     stale: bool
     lines: tuple[Line, ...] = ()
     rejection: InvalidInput | None = None
+
+
+_STALE = Applied(stale=True)
+_NO_CREDITS: Mapping[str, Decimal] = MappingProxyType({})
 
 
 @dataclass
@@ -169,7 +173,7 @@ class RatingFold:
         current = self.version_of(key)
         if current is not None and aggregate.version <= current:
             self.stale += 1
-            return Applied(stale=True)
+            return _STALE
         rating = rate_usage(aggregate.meter, aggregate.value, snapshot)
         rejection = rating.rejection
         bill_base_fee = snapshot is not None and snapshot.base_fee > 0
@@ -201,7 +205,7 @@ class RatingFold:
         if snapshot is not None and bill_base_fee and subscription:
             self._base_fee(aggregate, snapshot, subscription, period)
         self.updates += 1
-        return Applied(stale=False, lines=tuple(changed), rejection=rejection)
+        return Applied(False, tuple(changed), rejection)
 
     def _line(
         self,
@@ -213,39 +217,40 @@ class RatingFold:
         charge: Charge,
         old: Line | None,
     ) -> Line:
+        # positional, in field order (a NamedTuple built from keywords costs twice as much)
         return Line(
-            line_key=lk,
-            aggregate_key=key,
-            customer_id=aggregate.customer_id,
-            subscription_id=subscription,
-            plan_key=aggregate.plan_key or (snapshot.plan_key if snapshot else None),
-            plan_version=aggregate.plan_version or (snapshot.plan_version if snapshot else None),
-            feature=charge.feature,
-            meter=aggregate.meter,
-            charge=charge.charge,
-            status=charge.status,
-            unpriced_reason=charge.unpriced_reason.value if charge.unpriced_reason else None,
-            period_start=aggregate.period_start,
-            period_end=aggregate.period_end,
-            currency=charge.currency,
-            quantity=charge.quantity,
-            included_quantity=charge.included_quantity,
-            billable_quantity=charge.billable_quantity,
-            pricing_model=charge.pricing_model,
-            unit_price=charge.unit_price,
-            amount=charge.amount,
-            credits_applied=old.credits_applied if old else ZERO,
-            detail=charge.detail,
-            aggregate_version=aggregate.version,
-            snapshot_version=snapshot.version if snapshot else None,
-            event_count=aggregate.event_count,
-            last_event_id=aggregate.last_event_id,
-            last_event_at=aggregate.last_event_at,
+            lk,  # line_key
+            key,  # aggregate_key
+            aggregate.customer_id,  # customer_id
+            subscription,  # subscription_id
+            aggregate.plan_key or (snapshot.plan_key if snapshot else None),  # plan_key
+            aggregate.plan_version or (snapshot.plan_version if snapshot else None),  # plan_version
+            charge.feature,  # feature
+            aggregate.meter,  # meter
+            charge.charge,  # charge
+            charge.status,  # status
+            charge.unpriced_reason.value if charge.unpriced_reason else None,  # unpriced_reason
+            aggregate.period_start,  # period_start
+            aggregate.period_end,  # period_end
+            charge.currency,  # currency
+            charge.quantity,  # quantity
+            charge.included_quantity,  # included_quantity
+            charge.billable_quantity,  # billable_quantity
+            charge.pricing_model,  # pricing_model
+            charge.unit_price,  # unit_price
+            charge.amount,  # amount
+            old.credits_applied if old else ZERO,  # credits_applied
+            charge.detail,  # detail
+            aggregate.version,  # aggregate_version
+            snapshot.version if snapshot else None,  # snapshot_version
+            aggregate.event_count,  # event_count
+            aggregate.last_event_id,  # last_event_id
+            aggregate.last_event_at,  # last_event_at
         )
 
     def _move_credit(self, line: Line, old: Line | None, aggregate: Aggregate) -> Line:
         old_amount = old.amount if old else ZERO
-        old_credits = self.credits.get(line.line_key, {})
+        old_credits = self.credits.get(line.line_key, _NO_CREDITS)
         if not old_credits and (not self.wallets or (line.customer_id, line.currency) not in self.wallets):
             return line  # no credit used, none to draw: the common case
         if line.amount == old_amount and (not old_credits or (old and old.currency == line.currency)):
