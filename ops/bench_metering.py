@@ -380,7 +380,8 @@ def live_latency(
     follower.start()
     time.sleep(1.0)
     encode = codec(UsageEvent).encode_dict
-    producer = Producer({**config, "linger.ms": 1, "enable.idempotence": True})
+    # linger 5 ms like the SDK (make_producer), so records reach the broker in batches as they would
+    producer = Producer({**config, "linger.ms": 5, "enable.idempotence": True})
     started = time.monotonic()
     for index in range(count):
         customer = f"live{index % live_customers}"

@@ -210,6 +210,13 @@ class MeteringProcessor:
         if missing:
             self.recover(sorted(missing))
         pending = _Pending(now_ms=self.clock_ms())
+        if log.isEnabledFor(logging.DEBUG):
+            oldest = min((r[0].timestamp or pending.now_ms for _, r in batches if r), default=pending.now_ms)
+            log.debug(
+                "batch of %d records, oldest %d ms old",
+                sum(len(r) for _, r in batches),
+                pending.now_ms - oldest,
+            )
         consumed = 0
         try:
             for partition, records in batches:
@@ -236,6 +243,8 @@ class MeteringProcessor:
         done_s = time.time()
         for from_ms in pending.latencies_from_ms:
             metrics.PROCESSING_LATENCY.observe(max(0.0, done_s - from_ms / 1000))
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("batch done in %d ms", self.clock_ms() - pending.now_ms)
         return BatchOutcome(
             committed={p: self.watermarks[p].input for p in {*pending.input_offsets, *pending.skipped_to}},
             consumed=consumed,
