@@ -70,3 +70,10 @@ def test_state_round_trips_exactly(items, aggregation):
     total.emitted.add("api_calls|limit_reached|")
     assert RunningTotal.from_state(total.to_state()) == total
     assert total.copy() == total
+
+
+def test_sums_of_large_quantities_stay_exact():
+    total = RunningTotal(Aggregation.SUM)
+    total.fold(Decimal("12345678901234567890.123456789"), 1, "a")  # 29 digits: past the default 28
+    total.fold(Decimal("0.000000002"), 2, "b")
+    assert total.value == Decimal("12345678901234567890.123456791")
