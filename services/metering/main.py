@@ -9,6 +9,7 @@ state up to date from the changelog (see README.md).
 from __future__ import annotations
 
 import faulthandler
+import gc
 import logging
 import os
 import signal
@@ -33,6 +34,13 @@ def run() -> None:
         logging.getLogger(noisy).setLevel(noisy_level)
     serve(settings.metrics.port)
     metering = create_metering(settings)
+    # The worker keeps many long-lived objects (cached totals, catalog snapshots); with CPython's
+    # default thresholds full collections walk them all every few thousand allocations (seen as
+    # batches taking 1 s instead of 0.1 s). Collect young objects less often and freeze what
+    # start-up allocated.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)
     worker = faust.Worker(
         metering.app, loglevel=level, quiet=True, redirect_stdouts=False, override_logging=False
     )
