@@ -57,7 +57,7 @@ class Metering:
         self.store.close()
 
 
-def ensure_changelog(settings: MeteringSettings, client_config: dict[str, str]) -> int:
+def ensure_changelog(settings: MeteringSettings, client_config: dict[str, Any]) -> int:
     """Create the state changelog like usage.events (same partition count); check the output topics.
 
     cleanup.policy=compact,delete with retention = dedup window + 2 days: no event can change a
@@ -97,7 +97,7 @@ def ensure_changelog(settings: MeteringSettings, client_config: dict[str, str]) 
 
 def create_metering(settings: MeteringSettings) -> Metering:
     kafka = settings.kafka
-    client_config = kafka.client_config()
+    client_config: dict[str, Any] = dict(kafka.client_config())
     topics = kafka.topics
     ensure_changelog(settings, client_config)
     settings.data_dir.mkdir(parents=True, exist_ok=True)

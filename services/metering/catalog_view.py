@@ -92,7 +92,9 @@ class CatalogView:
                         if message.error():
                             continue
                         topic, value = message.topic(), message.value()
-                        self._positions[(topic, message.partition())] = message.offset() + 1
+                        self._positions[(str(topic), int(message.partition() or 0))] = (
+                            int(message.offset() or 0) + 1
+                        )
                         if value is None:
                             continue
                         try:

@@ -499,17 +499,23 @@ class MeteringProcessor:
                     producer.poll(0.01)
 
         # step 1: outputs
-        for partition, guard, _reason, key, value in pending.dead:
+        for partition, guard, _reason, dead_key, value in pending.dead:
             if guard in self.watermarks[partition].guards:
                 continue
-            send(self.topics.dlq, key or None, self._dead_codec.encode_dict(value), None, remember)
-        for partition, guard, key, value in pending.receipts:
+            send(self.topics.dlq, dead_key or None, self._dead_codec.encode_dict(value), None, remember)
+        for partition, guard, receipt_key, value in pending.receipts:
             if guard in self.watermarks[partition].guards:
                 continue
-            send(self.topics.duplicates, key, self._receipt_codec.encode_dict(value), partition, remember)
+            send(
+                self.topics.duplicates,
+                receipt_key,
+                self._receipt_codec.encode_dict(value),
+                partition,
+                remember,
+            )
         limit_timestamps: list[int | None] = []
-        for index, (partition, key, value, event_ts) in enumerate(pending.limits):
-            send(self.topics.limits, key, self._limit_codec.encode_dict(value), partition, remember)
+        for index, (partition, limit_key, value, event_ts) in enumerate(pending.limits):
+            send(self.topics.limits, limit_key, self._limit_codec.encode_dict(value), partition, remember)
             limit_timestamps.append(event_ts)
             if index == len(pending.limits) // 2 and self.crash_point == "outputs_partial":
                 self._flush(failures)
@@ -745,9 +751,10 @@ def read_tails(
             for message in messages:
                 if message.error():
                     continue
-                tp = (message.topic(), message.partition())
-                found[tp].append((message.key(), message.value(), message.offset()))
-                positions[tp] = message.offset() + 1
+                tp = (str(message.topic()), int(message.partition() or 0))
+                offset = int(message.offset() or 0)
+                found[tp].append((message.key(), message.value(), offset))
+                positions[tp] = offset + 1
             if messages:
                 last_seen = time.monotonic()
                 continue

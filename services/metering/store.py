@@ -188,7 +188,10 @@ class StateStore:
         return None if raw is None else decode_seen(raw)
 
     def seen_many(self, keys: list[bytes]) -> list[bytes | None]:
-        return self.db[keys] if keys else []  # rocksdict multi-get
+        if not keys:
+            return []
+        found: list[bytes | None] = self.db[keys]  # type: ignore[index,assignment]  # rocksdict multi-get
+        return found
 
     # -- writes -------------------------------------------------------------------------------------
     def write(self, batch: WriteBatch) -> None:
@@ -200,12 +203,14 @@ class StateStore:
         removed = 0
         horizon = now_ms - window_ms
         for key, raw in self.db.items(from_key=DEDUP):
+            assert isinstance(key, bytes) and isinstance(raw, bytes)
             if not key.startswith(DEDUP):
                 break
             if decode_seen(raw).event_ms < horizon:
                 batch.delete(key)
                 removed += 1
         for key, raw in self.db.items(from_key=AGGREGATE):
+            assert isinstance(key, bytes) and isinstance(raw, bytes)
             if not key.startswith(AGGREGATE):
                 break
             if json.loads(raw)["pe"] < horizon:

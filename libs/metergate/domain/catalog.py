@@ -588,7 +588,7 @@ def _subscriptions(
             continue
         reader.keys(body, path, _SUBSCRIPTION_FIELDS)
         plan = body.get("plan")
-        if plan not in plans:
+        if not isinstance(plan, str) or plan not in plans:
             known = ", ".join(sorted(plans)) or "none defined"
             reader.fail(f"{path}.plan", f"expected a plan of this catalog ({known}), got {_shown(plan)}")
             continue
