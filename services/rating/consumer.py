@@ -92,6 +92,7 @@ class RatingConsumer:
             settings.database.sqlalchemy_url(), settings.database.schema_name, pool_size=2, max_overflow=2
         )
         self._own_engine = engine is None
+        rating_store.install(self.engine)  # the staging table its line writes copy into
         self.consumer = Consumer(
             {
                 **client,
