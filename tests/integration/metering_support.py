@@ -11,6 +11,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -178,19 +179,34 @@ def latest_aggregates(kafka_config: Mapping[str, Any], topics: Topics) -> dict[s
     return latest
 
 
-def aggregate_versions_strictly_increase(kafka_config: Mapping[str, Any], topics: Topics) -> bool:
-    """Per key, in partition order, versions never go down and the same version carries the same value."""
-    seen: dict[str, tuple[int, Decimal]] = {}
+def aggregate_versions(
+    kafka_config: Mapping[str, Any], topics: Topics
+) -> dict[str, list[tuple[int, Decimal]]]:
+    """Every (version, value) published per aggregate key, in log order."""
+    found: dict[str, list[tuple[int, Decimal]]] = defaultdict(list)
     for key, value, _, _ in read_topic(kafka_config, topics.aggregates, idle_s=0.5):
         assert key is not None and value is not None
         aggregate = codec(UsageAggregate).decode(value)
-        before = seen.get(key.decode())
-        if before is not None:
-            if aggregate.version < before[0]:
+        found[key.decode()].append((aggregate.version, aggregate.value))
+    return found
+
+
+def aggregate_versions_strictly_increase(kafka_config: Mapping[str, Any], topics: Topics) -> bool:
+    """Without crashes: per key, in log order, every version is higher than the one before."""
+    return all(
+        all(a[0] < b[0] for a, b in pairwise(history))
+        for history in aggregate_versions(kafka_config, topics).values()
+    )
+
+
+def aggregate_versions_name_one_value(kafka_config: Mapping[str, Any], topics: Topics) -> bool:
+    """Across crashes: a version always carries the same value (a re-processed batch may re-send an
+    older version after a newer one; consumers keep the highest)."""
+    for history in aggregate_versions(kafka_config, topics).values():
+        values: dict[int, Decimal] = {}
+        for version, value in history:
+            if values.setdefault(version, value) != value:
                 return False
-            if aggregate.version == before[0] and aggregate.value != before[1]:
-                return False
-        seen[key.decode()] = (aggregate.version, aggregate.value)
     return True
 
 
