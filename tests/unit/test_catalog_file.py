@@ -179,3 +179,21 @@ def test_yaml_floats_are_read_through_their_literal():
     (feature,) = snapshot.features
     assert feature.included == Decimal("2.5") and feature.pricing.unit_price == Decimal("0.1")
     assert snapshot.billing_anchor == datetime(2024, 2, 29, tzinfo=UTC)
+
+
+def test_the_cli_validates_a_file_and_names_the_path_of_an_error(tmp_path):
+    from click.testing import CliRunner
+
+    from metergate.cli.catalog import catalog
+
+    runner = CliRunner()
+    ok = runner.invoke(catalog, ["validate", str(EXAMPLE)])
+    assert ok.exit_code == 0, ok.output
+    assert "4 meters, 6 features, 2 plans (3 versions), 3 subscriptions" in ok.output
+    broken = tmp_path / "catalog.yaml"
+    document = base()
+    document["plans"]["pro"]["features"]["api_calls"]["included"] = -5
+    broken.write_text(yaml.safe_dump(document))
+    failed = runner.invoke(catalog, ["validate", str(broken)])
+    assert failed.exit_code == 1
+    assert f"{broken}: plans.pro.features.api_calls.included: expected an integer >= 0, got -5" in failed.output
