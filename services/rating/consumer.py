@@ -15,13 +15,14 @@ import signal
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
-from sqlalchemy import Engine, text
+from sqlalchemy import Connection, Engine, RootTransaction, text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from metergate.db import credit_store, rating_store
@@ -69,13 +70,31 @@ def is_transient(exc: BaseException) -> bool:
 class Batch:
     """One poll batch, decoded, in consumption order."""
 
+    messages: list[Message]
     records: list[tuple[Message, AggregateUpdate]] = field(default_factory=list)
     rejected: list[DeadLetter] = field(default_factory=list)
     next_offsets: dict[int, int] = field(default_factory=dict)  # partition -> offset after the batch
+    first_offsets: dict[int, int] = field(default_factory=dict)  # partition -> first offset in the batch
 
     @property
     def partitions(self) -> set[int]:
         return set(self.next_offsets)
+
+
+@dataclass
+class InFlight:
+    """A batch rated (steps 1-3 done, its transaction open) whose writes and COMMIT run on the writer."""
+
+    batch: Batch
+    fold: RatingFold
+    conn: Connection
+    transaction: RootTransaction
+    key_partitions: dict[str, Any]  # aggregate key -> partition
+    lines: rating_store.StagedLines  # the changed lines, formatted for COPY
+    dead_letters: list[DeadLetter]
+    snapshot_rejects: list[DeadLetter]  # taken from the snapshot cache's rejects: given back on failure
+    started: float
+    future: Future[float] | None = None  # -> perf_counter() at COMMIT
 
 
 class RatingConsumer:
@@ -108,6 +127,11 @@ class RatingConsumer:
             }
         )
         self.producer = make_producer(client)
+        #: runs steps 4-5 (writes, COMMIT) of one batch while this thread decodes the next; one at a time
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rating-writer")
+        self._inflight: InFlight | None = None
+        #: set when a batch in flight was lost in a rebalance: what was read since must be read again
+        self._restart_consumption = False
         self.tracker = DeliveryTracker()
         self.snapshots = SnapshotCache(client, self.topics.snapshots, on_reject=self._reject_snapshot)
         #: partition -> next offset as stored in PostgreSQL (None: no row yet); only assigned partitions
@@ -148,7 +172,14 @@ class RatingConsumer:
         return self._stop.is_set()
 
     def run(self, until: Callable[[RatingConsumer], bool] | None = None) -> None:
-        """Consume until stop() (or `until(self)` is true after a batch); then leave the group cleanly."""
+        """Consume until stop() (or `until(self)` is true after a batch); then leave the group cleanly.
+
+        Pipelined, one batch deep: while batch N's writes and COMMIT run on the writer thread
+        (PostgreSQL works, this thread would only wait), this thread consumes and decodes batch
+        N+1. Batch N+1's transaction starts only after N committed (`_settle`), so the commit order
+        of every batch, and what each step replays, are those of `_rate`; if N does not commit,
+        N+1 is dropped and consumption restarts at the stored offsets.
+        """
         try:
             self.snapshots.catch_up(self.settings.snapshot_idle_s, self.settings.snapshot_timeout_s)
             log.info(
@@ -162,17 +193,30 @@ class RatingConsumer:
                     self.settings.batch_size, timeout=self.settings.poll_timeout_s
                 )
                 self.snapshots.poll()
-                if messages:
-                    self._handle(messages)
-                    if self.collector is not None:
-                        self.collector.after_batch()
-                self._housekeeping()
+                batch = self._prepare_timed(messages) if messages else None  # while N commits
+                if self._inflight is not None and not self._settle():
+                    batch = None  # N was not committed: N+1 is read again from the stored offsets
+                if self._restart_consumption:
+                    self._restart_consumption = False
+                    batch = None
+                    if not self.stopping:
+                        self._reseek()
+                if self.collector is not None and messages:
+                    self.collector.after_batch()
+                self._housekeeping()  # nothing in flight: its locks cannot meet a batch's
                 if until is not None and until(self):
                     break
+                if batch is not None:
+                    self._start(batch)
         finally:
-            self.close()
+            try:
+                if self._inflight is not None:
+                    self._settle()
+            finally:
+                self.close()
 
     def close(self) -> None:
+        self._writer.shutdown(wait=True)
         try:
             self.consumer.close()  # leave the group now: partitions move without waiting for a timeout
         except RuntimeError:
@@ -205,7 +249,19 @@ class RatingConsumer:
         )
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # Nothing to commit here: every batch committed its offsets with its rows.
+        # Nothing to commit here: every batch commits its offsets with its rows. A batch in flight
+        # finishes first (committed: its state is recorded, then dropped with the partitions; not
+        # committed: whatever this consumer read since is read again from the stored offsets).
+        if self._inflight is not None:
+            inflight, self._inflight = self._inflight, None
+            try:
+                self._committed(inflight, self._wait(inflight))
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                log.warning("rating: the batch in flight failed during a rebalance (%s)", _first_line(exc))
+                self._snapshot_rejects[:0] = inflight.snapshot_rejects
+                self._restart_consumption = True
         self.line_cache.drop_partitions([tp.partition for tp in partitions])
         for tp in partitions:
             self.expected.pop(tp.partition, None)
@@ -233,8 +289,8 @@ class RatingConsumer:
 
     # -- one batch ------------------------------------------------------------------------------
 
-    def _prepare(self, messages: Iterable[Message]) -> Batch:
-        batch = Batch()
+    def _prepare(self, messages: list[Message]) -> Batch:
+        batch = Batch(messages)
         for message in messages:
             error = message.error()
             if error is not None:
@@ -247,6 +303,8 @@ class RatingConsumer:
             stored = self.expected[partition]
             if stored is not None and offset < stored:
                 continue  # already committed (a redelivery after pause/resume)
+            if partition not in batch.next_offsets:
+                batch.first_offsets[partition] = offset
             batch.next_offsets[partition] = offset + 1
             value = message.value()
             if value is None:
@@ -265,12 +323,28 @@ class RatingConsumer:
             batch.records.append((message, aggregate))
         return batch
 
-    def _handle(self, messages: list[Message]) -> None:
+    def _prepare_timed(self, messages: list[Message]) -> Batch:
         started = time.perf_counter()
         if self.first_batch_at is None:
             self.first_batch_at = started
         batch = self._prepare(messages)
         self.timings["decode"] += time.perf_counter() - started
+        return batch
+
+    def _current(self, batch: Batch) -> Batch:
+        """`batch` as `_prepare` would make it now (prepared while the previous batch was in flight:
+        a partition revoked or a redelivered offset since then means reading it again)."""
+        for partition, first in batch.first_offsets.items():
+            if partition not in self.expected:
+                return self._prepare(batch.messages)
+            stored = self.expected[partition]
+            if stored is not None and first < stored:
+                return self._prepare(batch.messages)
+        return batch
+
+    def _start(self, batch: Batch) -> None:
+        """Rate `batch` (steps 1-3, this thread) and hand its writes and COMMIT to the writer."""
+        batch = self._current(batch)
         if not batch.next_offsets:
             return
         if any(self.snapshots.get(a.customer_id) is None for _, a in batch.records) and (
@@ -278,44 +352,86 @@ class RatingConsumer:
         ):
             # a customer unknown so far: its snapshot may just have been published
             self.snapshots.catch_up(idle_s=0.2, timeout_s=2.0)
+        try:
+            inflight = self._rate(batch)
+        except rating_store.StaleAssignment as exc:
+            log.warning("rating: %s; re-reading stored offsets", exc)
+            self.line_cache.clear()
+            self._reseek()
+            return
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            if not self._redo(batch, exc):
+                self._restart_consumption = True  # not committed: read again from the stored offsets
+            return
+        inflight.future = self._writer.submit(self._write, inflight)
+        self._inflight = inflight
+
+    def _wait(self, inflight: InFlight) -> float:
+        """Block until the writer finished `inflight` (its COMMIT time; raises what the writer raised)."""
+        assert inflight.future is not None
+        started = time.perf_counter()
+        try:
+            return inflight.future.result()
+        finally:
+            self.timings["wait for commit"] += time.perf_counter() - started
+
+    def _settle(self) -> bool:
+        """Wait for the batch in flight and record it; False when it was not committed (and not
+        redone), so that what was read after it must be read again from the stored offsets."""
+        inflight, self._inflight = self._inflight, None
+        assert inflight is not None
+        try:
+            committed_at = self._wait(inflight)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            self._snapshot_rejects[:0] = inflight.snapshot_rejects
+            if self._redo(inflight.batch, exc):
+                return True
+            self._restart_consumption = True
+            return False
+        self._committed(inflight, committed_at)
+        return True
+
+    def _redo(self, batch: Batch, failure: Exception) -> bool:
+        """After a PostgreSQL failure: pause, wait until it answers, redo `batch` here (not
+        pipelined). False when stopping, when its partitions were taken away meanwhile, or when
+        another consumer moved its offsets (the batch is not committed then)."""
         delay = self.settings.retry_initial_s
         while True:
+            metrics.DB_RETRIES.inc()
+            self.database_failures += 1
+            log.warning(
+                "rating: PostgreSQL failed (%s); pausing consumption and retrying", _first_line(failure)
+            )
+            if not self._wait_for_database(delay):
+                return False  # stopping, or our partitions were taken away meanwhile
+            if not batch.partitions <= set(self.expected):
+                return False
+            delay = min(delay * 2, self.settings.retry_max_s)
+            inflight: InFlight | None = None
             try:
-                fold = self._commit(batch)
-                break
+                inflight = self._rate(batch)
+                committed_at = self._write(inflight)
             except rating_store.StaleAssignment as exc:
                 log.warning("rating: %s; re-reading stored offsets", exc)
                 self.line_cache.clear()
-                self._reseek()
-                return
+                return False
             except Exception as exc:
                 if not is_transient(exc):
                     raise
-                metrics.DB_RETRIES.inc()
-                self.database_failures += 1
-                log.warning(
-                    "rating: PostgreSQL failed (%s); pausing consumption and retrying", _first_line(exc)
-                )
-                if not self._wait_for_database(delay):
-                    return  # stopping, or our partitions were taken away meanwhile
-                if not batch.partitions <= set(self.expected):
-                    return
-                delay = min(delay * 2, self.settings.retry_max_s)
-        metrics.UPDATES.inc(fold.updates)
-        metrics.STALE.inc(fold.stale)
-        metrics.LINE_ITEMS.inc(len(fold.changed))
-        for entry in fold.entries:
-            metrics.LEDGER_WRITES.labels(entry.entry_type.value).inc()
-        metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
-        self.committed_updates += fold.updates
-        self.committed_records += len(messages)
-        self.last_commit_at = time.perf_counter()
-        if fold.depletions:
-            self._outbox_pending = True
-            self._publish_limits()
+                if inflight is not None:  # rated, then the writes failed: its snapshot rejects go back
+                    self._snapshot_rejects[:0] = inflight.snapshot_rejects
+                failure = exc
+                continue
+            self._committed(inflight, committed_at)
+            return True
 
-    def _commit(self, batch: Batch) -> RatingFold:
-        """Rate `batch` and commit it. The commit order, and what a failure at each step replays:
+    def _rate(self, batch: Batch) -> InFlight:
+        """Steps 1-3 of committing `batch`, in this thread; `_write` does 4-5. The commit order, and
+        what a failure at each step replays:
 
         1. lock this batch's `consumer_offsets` rows and check they hold what this consumer
            expects (else another consumer moved them: roll back, seek to the stored offsets);
@@ -332,11 +448,15 @@ class RatingConsumer:
         6. after COMMIT, publish `limit_outbox` rows to usage.limits and mark them published (a
            crash in between re-publishes them at start: the same limit_event_id, so consumers
            deduplicate; the depletion itself is recorded exactly once, in step 4).
+
+        Steps 4-5 run on the writer thread; the next batch's step 1 waits for its COMMIT.
         """
         expected = {partition: self.expected[partition] for partition in sorted(batch.partitions)}
         self._batches += 1
-        mark = time.perf_counter()
-        with self.engine.begin() as conn:
+        started = mark = time.perf_counter()
+        conn = self.engine.connect()
+        try:
+            transaction = conn.begin()
             rating_store.lock_offsets(conn, self.group, self.topic, expected)  # 1
             self._fault("locked")
             key_partitions = {aggregate.key: message.partition() for message, aggregate in batch.records}
@@ -361,36 +481,73 @@ class RatingConsumer:
                     continue
                 if applied.rejection is not None:
                     dead_letters.append(self._dead_letter(message, applied.rejection))
-            dead_letters.extend(self._snapshot_rejects)
+            snapshot_rejects, self._snapshot_rejects = self._snapshot_rejects, []
+            dead_letters.extend(snapshot_rejects)
             mark = self._tick("fold", mark)
             self._fault("folded")
-            self._send_dead_letters(dead_letters)  # 3
+            try:
+                self._send_dead_letters(dead_letters)  # 3
+            except BaseException:
+                self._snapshot_rejects[:0] = snapshot_rejects
+                raise
             self._fault("dlq_sent")
             mark = self._tick("dlq", mark)
-            changed = list(fold.changed.values())
-            rating_store.write_lines(conn, changed, fold.credits, stored)  # 4
+            staged = rating_store.stage_lines(conn, list(fold.changed.values()), fold.credits, stored)
+            self._tick("stage lines", mark)
+        except BaseException:
+            conn.close()  # rolls back
+            raise
+        return InFlight(
+            batch, fold, conn, transaction, key_partitions, staged, dead_letters, snapshot_rejects, started
+        )
+
+    def _write(self, inflight: InFlight) -> float:
+        """Steps 4-5 of `_rate`'s commit order (on the writer thread); returns perf_counter() at COMMIT."""
+        conn, fold, batch = inflight.conn, inflight.fold, inflight.batch
+        mark = time.perf_counter()
+        try:
+            rating_store.write_lines(conn, inflight.lines)  # 4
             mark = self._tick("write lines", mark)
             rating_store.write_entries(conn, fold.entries)
             depletions = [self._depletion_event(d, a, line) for d, a, line in fold.depletions]
             rating_store.write_depletions(conn, depletions)
             mark = self._tick("write ledger", mark)
-            rating_store.refresh_invoices(conn, {(line.customer_id, line.period_start) for line in changed})
+            rating_store.refresh_invoices(
+                conn, {(line.customer_id, line.period_start) for line in fold.changed.values()}
+            )
             mark = self._tick("write invoices", mark)
             rating_store.save_offsets(conn, self.group, self.topic, batch.next_offsets)
             mark = self._tick("write offsets", mark)
             self._fault("written")
-        self._tick("commit", mark)
+            inflight.transaction.commit()  # 5
+        finally:
+            conn.close()  # rolls back unless committed
+        committed_at = self._tick("commit", mark)
         self._fault("committed")
-        # 5: committed
+        return committed_at
+
+    def _committed(self, inflight: InFlight, committed_at: float) -> None:
+        """Record a committed batch in this process's state (this thread), then step 6."""
+        fold, batch = inflight.fold, inflight.batch
         if len(self._base_fees) > 1_000_000:
             self._base_fees.clear()  # a memo only: a miss costs one guarded upsert
         self._base_fees.update(fold.base_fees)
-        self.line_cache.store(key_partitions, fold.lines, fold.credits)
-        self._snapshot_rejects.clear()
+        self.line_cache.store(inflight.key_partitions, fold.lines, fold.credits)
         self.expected.update(batch.next_offsets)
-        for dead_letter in dead_letters:
+        for dead_letter in inflight.dead_letters:
             metrics.REJECTED.labels(dead_letter.reason).inc()
-        return fold
+        metrics.UPDATES.inc(fold.updates)
+        metrics.STALE.inc(fold.stale)
+        metrics.LINE_ITEMS.inc(len(fold.changed))
+        for entry in fold.entries:
+            metrics.LEDGER_WRITES.labels(entry.entry_type.value).inc()
+        metrics.BATCH_SECONDS.observe(committed_at - inflight.started)
+        self.committed_updates += fold.updates
+        self.committed_records += len(batch.messages)
+        self.last_commit_at = committed_at
+        if fold.depletions:
+            self._outbox_pending = True
+            self._publish_limits()  # 6
 
     def _fault(self, step: str) -> None:
         if self._fault_at is not None and self._fault_at[0] == step and self._batches >= self._fault_at[1]:
