@@ -25,7 +25,8 @@ QUANTITY_PRECISION = 38
 #: Prices travel as Avro decimal(38, 12) (a per-token price can be 0.000002).
 PRICE_SCALE = 12
 PRICE_PRECISION = 38
-MAX_QUANTITY = Decimal(10) ** (QUANTITY_PRECISION - QUANTITY_SCALE) - 1
+#: exact (built from an int: Decimal arithmetic in the default 28-digit context would round it to 1E+29)
+MAX_QUANTITY = Decimal(10 ** (QUANTITY_PRECISION - QUANTITY_SCALE) - 1)
 
 Identifier = Annotated[str, Field(min_length=1, max_length=256)]
 
@@ -244,8 +245,10 @@ class EntitlementSnapshot(Record):
 class UsageAggregate(Record):
     """A running total per (customer, meter, period): compacted `usage.aggregates`.
 
-    Key = "customer_id|meter|period_start-iso". `version` strictly increases per key, so a consumer
-    keeps only the newest and ignores replays.
+    Key = "customer_id|meter|period_start-iso". `version` = 1 + the input offset of the last event
+    folded in, so one version always names the same events and the same value. Versions increase as
+    usage is counted; after a worker crash an older version can be re-sent after a newer one (never
+    with another value), so a consumer keeps the highest version it has seen and ignores the rest.
     """
 
     customer_id: Identifier
