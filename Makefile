@@ -18,7 +18,8 @@ demo: $(STAMP)
 
 ## Run the whole test suite (unit, integration, e2e) against real services.
 test: $(STAMP)
-	$(BIN)/ruff check libs services tests
+	$(BIN)/ruff check libs services tests ops
+	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)

@@ -13,8 +13,10 @@ from metergate.db.engine import make_engine
 
 config = context.config
 schema = config.attributes.get("schema", "metergate")
-url = config.get_main_option("sqlalchemy.url")
-assert url is not None
+configured_url = config.get_main_option("sqlalchemy.url")
+if configured_url is None:
+    raise SystemExit("metergate migrations need sqlalchemy.url (run them through metergate.db.migrate.upgrade)")
+url: str = configured_url
 
 
 def run_migrations_online() -> None:
