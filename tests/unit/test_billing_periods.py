@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from metergate.domain.periods import Period, calendar_month, period_for
 from metergate.domain.records import ResetPeriod
 

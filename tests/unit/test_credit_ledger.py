@@ -9,6 +9,7 @@ from decimal import Decimal as D
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from metergate.domain.ledger import (
     Entry,
     EntryType,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from metergate.domain.dedup import FirstSeen, Verdict, classify, expired, outside_window
 
 pytestmark = pytest.mark.unit

@@ -7,6 +7,7 @@ from decimal import Decimal
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from metergate.domain.limits import due, mark, watches
 from metergate.domain.records import (
     Enforcement,

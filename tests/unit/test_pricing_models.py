@@ -8,6 +8,7 @@ from decimal import Decimal as D
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from metergate.domain.pricing import (
     ChargeStatus,
     PricingError,
