@@ -44,6 +44,7 @@ class BenchResult:
     line_items: int
     ledger_entries: int
     timings: dict[str, float]
+    invoice_mismatches: int = 0  # invoice_sync rows that differ from their lines (must be 0)
 
     def __str__(self) -> str:
         return (
@@ -51,9 +52,23 @@ class BenchResult:
             f"batch {self.batch_size}: {self.updates_per_s:,.0f} updates/s rated and committed "
             f"({self.applied:,} applied one by one, the rest collapsed into a newer version of the same batch) "
             f"({self.rating_s:.1f} s; start-up {self.startup_s:.1f} s; produce {self.produce_s:.1f} s); "
-            f"{self.line_items:,} line items, {self.ledger_entries:,} ledger entries\n"
+            f"{self.line_items:,} line items, {self.ledger_entries:,} ledger entries, "
+            f"{self.invoice_mismatches} invoice rows differing from their lines\n"
             f"  time per step (s): {', '.join(f'{k} {v:.2f}' for k, v in self.timings.items())}"
         )
+
+
+#: invoice_sync rows whose totals are not those of their (customer, period, currency) lines now
+_INVOICE_MISMATCHES = """
+    SELECT count(*) FROM invoice_sync AS s
+    FULL JOIN (
+        SELECT customer_id, period_start, currency, sum(amount) AS amount_total,
+               sum(credits_applied) AS credits_applied, count(*) AS line_count
+        FROM line_items WHERE status <> 'superseded' GROUP BY 1, 2, 3
+    ) AS l USING (customer_id, period_start, currency)
+    WHERE (s.amount_total, s.credits_applied, s.line_count)
+          IS DISTINCT FROM (l.amount_total, l.credits_applied, l.line_count)
+    """
 
 
 def _snapshot(customer: str) -> Any:
@@ -209,6 +224,7 @@ def bench(
     with engine.begin() as conn:
         line_items = conn.execute(text("SELECT count(*) FROM line_items")).scalar_one()
         entries = conn.execute(text("SELECT count(*) FROM credit_ledger")).scalar_one()
+        mismatches = conn.execute(text(_INVOICE_MISMATCHES)).scalar_one()
         conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
     engine.dispose()
     from metergate.kafka.admin import delete_topics
@@ -225,6 +241,7 @@ def bench(
         updates_per_s=consumer.committed_records / rating_s if rating_s > 0 else 0.0,
         line_items=line_items,
         ledger_entries=entries,
+        invoice_mismatches=mismatches,
         timings={**consumer.timings, "gc pauses (all steps)": pauses[0]},
     )
 
@@ -313,6 +330,7 @@ def _bench_processes(
     with engine.begin() as conn:
         line_items = conn.execute(text("SELECT count(*) FROM line_items")).scalar_one()
         entries = conn.execute(text("SELECT count(*) FROM credit_ledger")).scalar_one()
+        mismatches = conn.execute(text(_INVOICE_MISMATCHES)).scalar_one()
         conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
     engine.dispose()
     from metergate.kafka.admin import delete_topics
@@ -329,6 +347,7 @@ def _bench_processes(
         updates_per_s=(updates - int(first_done)) / rating_s if rating_s > 0 else 0.0,
         line_items=line_items,
         ledger_entries=entries,
+        invoice_mismatches=mismatches,
         timings={"workers": float(workers)},
     )
 

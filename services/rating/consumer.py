@@ -14,11 +14,12 @@ import os
 import signal
 import threading
 import time
-from collections import defaultdict
+from collections import ChainMap, defaultdict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any, TypeVar
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
@@ -28,7 +29,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from metergate.db import credit_store, rating_store
 from metergate.db.engine import make_engine
 from metergate.domain.ledger import depletion_event_id
-from metergate.domain.rating import AggregateUpdate, RatingFold
+from metergate.domain.rating import AggregateUpdate, Line, RatingFold
 from metergate.domain.records import (
     DeadLetter,
     KafkaPosition,
@@ -82,6 +83,25 @@ class Batch:
 
 
 @dataclass
+class Ahead:
+    """Batch N+1's customers *without credit*, folded while batch N was being written.
+
+    Their lines depend only on their own keys (owned by this consumer: the offsets fence checks it
+    at N+1's step 1) and snapshots, so the fold can start from N's outcome before N's COMMIT. Used
+    only if N committed as it was folded (not redone), N+1 is still the batch it was folded for,
+    and none of these customers has credit once N+1's transaction has locked the accounts;
+    otherwise dropped, and the batch is folded whole in its transaction as usual.
+    """
+
+    batch: Batch
+    after: InFlight  # batch N, whose outcome it starts from
+    fold: RatingFold
+    customers: set[str]
+    rejections: list[tuple[int, DeadLetter]]  # (index in batch.records, dead letter)
+    stored: set[str]  # line keys known to exist
+
+
+@dataclass
 class InFlight:
     """A batch rated (steps 1-3 done, its transaction open) whose writes and COMMIT run on the writer."""
 
@@ -132,6 +152,9 @@ class RatingConsumer:
         self._inflight: InFlight | None = None
         #: set when a batch in flight was lost in a rebalance: what was read since must be read again
         self._restart_consumption = False
+        #: customers seen with a credit account (a hint for folding ahead; checked under lock)
+        self._credit_customers: set[str] = set()
+        self._last_committed: InFlight | None = None
         self.tracker = DeliveryTracker()
         self.snapshots = SnapshotCache(client, self.topics.snapshots, on_reject=self._reject_snapshot)
         #: partition -> next offset as stored in PostgreSQL (None: no row yet); only assigned partitions
@@ -194,6 +217,9 @@ class RatingConsumer:
                 )
                 self.snapshots.poll()
                 batch = self._prepare_timed(messages) if messages else None  # while N commits
+                ahead = None
+                if batch is not None and self._inflight is not None:
+                    ahead = self._fold_ahead(batch, self._inflight)  # still while N commits
                 if self._inflight is not None and not self._settle():
                     batch = None  # N was not committed: N+1 is read again from the stored offsets
                 if self._restart_consumption:
@@ -207,7 +233,7 @@ class RatingConsumer:
                 if until is not None and until(self):
                     break
                 if batch is not None:
-                    self._start(batch)
+                    self._start(batch, ahead)
         finally:
             try:
                 if self._inflight is not None:
@@ -342,18 +368,25 @@ class RatingConsumer:
                 return self._prepare(batch.messages)
         return batch
 
-    def _start(self, batch: Batch) -> None:
-        """Rate `batch` (steps 1-3, this thread) and hand its writes and COMMIT to the writer."""
-        batch = self._current(batch)
-        if not batch.next_offsets:
-            return
+    def _catch_up_unknown(self, batch: Batch) -> bool:
+        """Read new snapshots first when the batch has a customer without one (at most once a second)."""
         if any(self.snapshots.get(a.customer_id) is None for _, a in batch.records) and (
             time.monotonic() - self.snapshots.last_caught_up > 1.0
         ):
             # a customer unknown so far: its snapshot may just have been published
             self.snapshots.catch_up(idle_s=0.2, timeout_s=2.0)
+            return True
+        return False
+
+    def _start(self, batch: Batch, ahead: Ahead | None = None) -> None:
+        """Rate `batch` (steps 1-3, this thread) and hand its writes and COMMIT to the writer."""
+        batch = self._current(batch)
+        if not batch.next_offsets:
+            return
+        if self._catch_up_unknown(batch) or (ahead is not None and ahead.batch is not batch):
+            ahead = None
         try:
-            inflight = self._rate(batch)
+            inflight = self._rate(batch, ahead)
         except rating_store.StaleAssignment as exc:
             log.warning("rating: %s; re-reading stored offsets", exc)
             self.line_cache.clear()
@@ -367,6 +400,71 @@ class RatingConsumer:
             return
         inflight.future = self._writer.submit(self._write, inflight)
         self._inflight = inflight
+
+    def _fold_ahead(self, batch: Batch, inflight: InFlight) -> Ahead | None:
+        """Fold `batch`'s customers without credit, starting from what `inflight` (batch N) will
+        have committed; CPU work (and a read of lines not in memory) while N's writes run."""
+        after = {**self.expected, **inflight.batch.next_offsets}
+        for partition, first in batch.first_offsets.items():
+            next_offset = after.get(partition)
+            if partition not in self.expected or (next_offset is not None and first < next_offset):
+                return None  # `_current` would read the batch again: no use folding this one
+        self._catch_up_unknown(batch)
+        mark = time.perf_counter()
+        ahead = [
+            ((index, message), aggregate)
+            for index, (message, aggregate) in enumerate(batch.records)
+            if aggregate.customer_id not in self._credit_customers
+        ]
+        if not ahead:
+            return None
+        written, written_credits = inflight.fold.lines, inflight.fold.credits
+        lines: dict[str, dict[str, Line]] = {}
+        credits: dict[str, dict[str, Decimal]] = {}
+        others = []
+        for key in {aggregate.key for _, aggregate in ahead}:
+            key_lines = written.get(key)
+            if key_lines is None:
+                others.append(key)
+                continue
+            lines[key] = dict(key_lines)  # batch N's outcome (a copy: this fold changes it)
+            for line_key in key_lines:
+                if line_key in written_credits:
+                    credits[line_key] = dict(written_credits[line_key])
+        cached, cached_credits, missing = self.line_cache.take(others)
+        lines.update(cached)
+        credits.update(cached_credits)
+        try:
+            if missing:  # committed before batch N, and not in memory
+                with self.engine.connect() as conn:
+                    stored_lines, stored_credits = rating_store.load_lines(conn, missing)
+                lines.update(stored_lines)
+                credits.update(stored_credits)
+            stored = {line_key for key_lines in lines.values() for line_key in key_lines}
+            records = newest_per_key(ahead, with_credit=set())
+            mark = self._tick("load ahead", mark)
+            fold = RatingFold(
+                lines=lines,
+                wallets={},
+                credits=credits,
+                known_base_fees=ChainMap(inflight.fold.base_fees, self._base_fees),
+            )
+            fold.stale += len(ahead) - len(records)
+            rejections: list[tuple[int, DeadLetter]] = []
+            for (index, message), aggregate in records:
+                try:
+                    applied = fold.apply(aggregate, self.snapshots.get(aggregate.customer_id))
+                except InvalidInput as exc:
+                    rejections.append((index, self._dead_letter(message, exc)))
+                    continue
+                if applied.rejection is not None:
+                    rejections.append((index, self._dead_letter(message, applied.rejection)))
+        except Exception as exc:  # whatever it is, the fold in the transaction decides
+            log.debug("rating: not folding ahead (%s)", _first_line(exc))
+            return None
+        self._tick("fold ahead", mark)
+        customers = {aggregate.customer_id for _, aggregate in ahead}
+        return Ahead(batch, inflight, fold, customers, rejections, stored)
 
     def _wait(self, inflight: InFlight) -> float:
         """Block until the writer finished `inflight` (its COMMIT time; raises what the writer raised)."""
@@ -429,7 +527,7 @@ class RatingConsumer:
             self._committed(inflight, committed_at)
             return True
 
-    def _rate(self, batch: Batch) -> InFlight:
+    def _rate(self, batch: Batch, ahead: Ahead | None = None) -> InFlight:
         """Steps 1-3 of committing `batch`, in this thread; `_write` does 4-5. The commit order, and
         what a failure at each step replays:
 
@@ -449,7 +547,9 @@ class RatingConsumer:
            crash in between re-publishes them at start: the same limit_event_id, so consumers
            deduplicate; the depletion itself is recorded exactly once, in step 4).
 
-        Steps 4-5 run on the writer thread; the next batch's step 1 waits for its COMMIT.
+        Steps 4-5 run on the writer thread; the next batch's step 1 waits for its COMMIT. The
+        records of customers without credit may have been folded ahead (`Ahead`): step 2 then
+        folds the others and joins the two (per customer, folding apart changes nothing).
         """
         expected = {partition: self.expected[partition] for partition in sorted(batch.partitions)}
         self._batches += 1
@@ -460,27 +560,47 @@ class RatingConsumer:
             rating_store.lock_offsets(conn, self.group, self.topic, expected)  # 1
             self._fault("locked")
             key_partitions = {aggregate.key: message.partition() for message, aggregate in batch.records}
-            lines, credits, missing = self.line_cache.take(key_partitions)  # 2
+            customers = {aggregate.customer_id for _, aggregate in batch.records}
+            wallets = rating_store.load_credit(conn, customers)  # 2
+            with_credit = {customer for customer, _ in wallets}
+            if len(self._credit_customers) > 1_000_000:
+                self._credit_customers.clear()  # a hint only
+            self._credit_customers |= with_credit
+            if ahead is not None and (
+                ahead.after is not self._last_committed or ahead.customers & with_credit
+            ):
+                ahead = None  # batch N was redone, or a customer folded ahead has credit now
+            folded = ahead.customers if ahead is not None else set()
+            here = [
+                ((index, message), aggregate)
+                for index, (message, aggregate) in enumerate(batch.records)
+                if aggregate.customer_id not in folded
+            ]
+            lines, credits, missing = self.line_cache.take({aggregate.key for _, aggregate in here})
             if missing:
                 stored_lines, stored_credits = rating_store.load_lines(conn, missing)
                 lines.update(stored_lines)
                 credits.update(stored_credits)
-            customers = {aggregate.customer_id for _, aggregate in batch.records}
-            wallets = rating_store.load_credit(conn, customers)
             stored = {line_key for key_lines in lines.values() for line_key in key_lines}
-            records = newest_per_key(batch.records, with_credit={customer for customer, _ in wallets})
+            records = newest_per_key(here, with_credit=with_credit)
             mark = self._tick("load", mark)
             fold = RatingFold(lines=lines, wallets=wallets, credits=credits, known_base_fees=self._base_fees)
-            fold.stale += len(batch.records) - len(records)
-            dead_letters = list(batch.rejected)
-            for message, aggregate in records:
+            fold.stale += len(here) - len(records)
+            rejections: list[tuple[int, DeadLetter]] = []
+            for (index, message), aggregate in records:
                 try:
                     applied = fold.apply(aggregate, self.snapshots.get(aggregate.customer_id))
                 except InvalidInput as exc:
-                    dead_letters.append(self._dead_letter(message, exc))
+                    rejections.append((index, self._dead_letter(message, exc)))
                     continue
                 if applied.rejection is not None:
-                    dead_letters.append(self._dead_letter(message, applied.rejection))
+                    rejections.append((index, self._dead_letter(message, applied.rejection)))
+            if ahead is not None:
+                fold.absorb(ahead.fold)
+                rejections += ahead.rejections
+                stored |= ahead.stored
+            rejections.sort(key=lambda item: item[0])  # offset order, as one fold would have found them
+            dead_letters = [*batch.rejected, *(dead_letter for _, dead_letter in rejections)]
             snapshot_rejects, self._snapshot_rejects = self._snapshot_rejects, []
             dead_letters.extend(snapshot_rejects)
             mark = self._tick("fold", mark)
@@ -529,6 +649,7 @@ class RatingConsumer:
     def _committed(self, inflight: InFlight, committed_at: float) -> None:
         """Record a committed batch in this process's state (this thread), then step 6."""
         fold, batch = inflight.fold, inflight.batch
+        self._last_committed = inflight
         if len(self._base_fees) > 1_000_000:
             self._base_fees.clear()  # a memo only: a miss costs one guarded upsert
         self._base_fees.update(fold.base_fees)

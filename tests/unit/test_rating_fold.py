@@ -257,3 +257,32 @@ def test_batching_and_replays_do_not_change_lines_or_ledger(
         usage = [line for line in whole.lines.values() if line.aggregate_key == key]
         assert {line.aggregate_version for line in usage} == {record.version}
         assert all(line.quantity == record.value for line in usage)
+
+
+@settings(max_examples=200, deadline=None)
+@given(streams(), st.sets(st.sampled_from(["a", "b", "c"])))
+def test_folding_customers_apart_then_joining_them_is_one_fold(
+    stream: list[UsageAggregate], apart: set[str]
+) -> None:
+    # what the consumer does when it folds the customers without credit ahead of the transaction
+    def fresh() -> Store:
+        store = Store()
+        with_credit(store, "a", "40", "25")
+        with_credit(store, "b", "5")
+        return store
+
+    whole = fresh().batch(stream, SNAPSHOTS)
+    joined = fresh().batch([r for r in stream if r.customer_id not in apart], SNAPSHOTS)
+    joined.absorb(fresh().batch([r for r in stream if r.customer_id in apart], SNAPSHOTS))
+    assert joined.changed == whole.changed
+    assert sorted(e.idempotency_key for e in joined.entries) == sorted(
+        e.idempotency_key for e in whole.entries
+    )
+    assert {e.idempotency_key: e for e in joined.entries} == {e.idempotency_key: e for e in whole.entries}
+    assert joined.credits == whole.credits
+    assert joined.base_fees == whole.base_fees
+    assert {k: v for k, v in joined.lines.items() if v} == {k: v for k, v in whole.lines.items() if v}
+    assert (joined.updates, joined.stale) == (whole.updates, whole.stale)
+    assert sorted((d.customer_id, d.sequence) for d, _, _ in joined.depletions) == sorted(
+        (d.customer_id, d.sequence) for d, _, _ in whole.depletions
+    )

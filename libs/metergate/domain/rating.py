@@ -160,6 +160,19 @@ class RatingFold:
     updates: int = 0
     stale: int = 0
 
+    def absorb(self, other: RatingFold) -> None:
+        """Add what `other` did: a fold of the same batch over *other customers* (their keys, lines,
+        credit and base fees are disjoint from this fold's, so folding them apart changes nothing)."""
+        self.lines.update(other.lines)
+        self.credits.update(other.credits)
+        self.wallets.update(other.wallets)
+        self.base_fees.update(other.base_fees)
+        self.changed.update(other.changed)
+        self.entries.extend(other.entries)
+        self.depletions.extend(other.depletions)
+        self.updates += other.updates
+        self.stale += other.stale
+
     def version_of(self, key: str) -> int | None:
         newest: int | None = None
         for line in self.lines.get(key, {}).values():
