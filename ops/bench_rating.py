@@ -45,10 +45,11 @@ class BenchResult:
     ledger_entries: int
     timings: dict[str, float]
     invoice_mismatches: int = 0  # invoice_sync rows that differ from their lines (must be 0)
+    billable: bool = False
 
     def __str__(self) -> str:
         return (
-            f"rating: {self.updates:,} aggregate updates over {self.customers:,} customers x {len(METERS)} meters, "
+            f"rating{' (billable)' if self.billable else ''}: {self.updates:,} aggregate updates over {self.customers:,} customers x {len(METERS)} meters, "
             f"batch {self.batch_size}: {self.updates_per_s:,.0f} updates/s rated and committed "
             f"({self.applied:,} applied one by one, the rest collapsed into a newer version of the same batch) "
             f"({self.rating_s:.1f} s; start-up {self.startup_s:.1f} s; produce {self.produce_s:.1f} s); "
@@ -129,6 +130,7 @@ def bench(
     batch_size: int = 5000,
     partitions: int = 4,
     workers: int = 1,
+    billable: bool = False,
 ) -> BenchResult:
     from metergate.db.credit_store import grant_credit
     from metergate.db.engine import make_engine
@@ -169,7 +171,13 @@ def bench(
     period_start = datetime.now(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     period_end = (period_start + timedelta(days=32)).replace(day=1)
     keys = [(c, m) for c in names for m in METERS]
-    step = {"api_calls": 97, "tokens": 12_345, "storage_gb": 7}
+    # default: totals stay within the included units / first package, so amounts rarely change;
+    # billable: every version is beyond them and moves every amount (and draws prepaid credit)
+    step = (
+        {"api_calls": 1_097, "tokens": 112_345, "storage_gb": 107}
+        if billable
+        else {"api_calls": 97, "tokens": 12_345, "storage_gb": 7}
+    )
     for n in range(updates):
         customer, meter = keys[n % len(keys)]
         version = n // len(keys) + 1
@@ -206,6 +214,7 @@ def bench(
             workers,
             produce_s,
             engine,
+            billable,
         )
     settings = RatingSettings(
         kafka=KafkaSettings(bootstrap=kafka_bootstrap, topic_prefix=topics.prefix),
@@ -242,6 +251,7 @@ def bench(
         line_items=line_items,
         ledger_entries=entries,
         invoice_mismatches=mismatches,
+        billable=billable,
         timings={**consumer.timings, "gc pauses (all steps)": pauses[0]},
     )
 
@@ -279,6 +289,7 @@ def _bench_processes(
     workers: int,
     produce_s: float,
     engine: Any,
+    billable: bool,
 ) -> BenchResult:
     """`workers` rating processes in one consumer group; timed by the offsets they commit."""
     import signal
@@ -348,6 +359,7 @@ def _bench_processes(
         line_items=line_items,
         ledger_entries=entries,
         invoice_mismatches=mismatches,
+        billable=billable,
         timings={"workers": float(workers)},
     )
 
@@ -358,6 +370,9 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=10_000)
     parser.add_argument("--batch-size", type=int, default=5000)
     parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument(
+        "--billable", action="store_true", help="every version changes every amount (and draws credit)"
+    )
     parser.add_argument(
         "--workers", type=int, default=1, help="rating processes in one group (>1: subprocesses)"
     )
@@ -389,6 +404,7 @@ def main() -> None:
                     customers=args.customers,
                     batch_size=args.batch_size,
                     workers=args.workers,
+                    billable=args.billable,
                 ),
                 flush=True,
             )

@@ -632,9 +632,7 @@ class RatingConsumer:
             depletions = [self._depletion_event(d, a, line) for d, a, line in fold.depletions]
             rating_store.write_depletions(conn, depletions)
             mark = self._tick("write ledger", mark)
-            rating_store.refresh_invoices(
-                conn, {(line.customer_id, line.period_start) for line in fold.changed.values()}
-            )
+            rating_store.refresh_invoices(conn, fold.invoices)
             mark = self._tick("write invoices", mark)
             rating_store.save_offsets(conn, self.group, self.topic, batch.next_offsets)
             mark = self._tick("write offsets", mark)

@@ -286,3 +286,56 @@ def test_folding_customers_apart_then_joining_them_is_one_fold(
     assert sorted((d.customer_id, d.sequence) for d, _, _ in joined.depletions) == sorted(
         (d.customer_id, d.sequence) for d, _, _ in whole.depletions
     )
+
+
+def invoice_totals(store: Store) -> dict[tuple[str, datetime, str], tuple[object, ...]]:
+    """What the invoice refresh computes from the lines: per customer, period and currency."""
+    totals: dict[tuple[str, datetime, str], list[object]] = {}
+    for line in store.lines.values():
+        if line.status is ChargeStatus.SUPERSEDED:
+            continue
+        key = (line.customer_id, line.period_start, line.currency)
+        row = totals.setdefault(key, [D(0), D(0), 0, "", line.period_end])
+        row[0] += line.amount  # type: ignore[operator]
+        row[1] += line.credits_applied  # type: ignore[operator]
+        row[2] += 1  # type: ignore[operator]
+        row[3] = max(row[3], line.subscription_id)  # type: ignore[type-var]
+        row[4] = max(row[4], line.period_end)  # type: ignore[type-var]
+    return {key: tuple(row) for key, row in totals.items()}
+
+
+@settings(max_examples=200, deadline=None)
+@given(streams(), st.lists(st.integers(0, 60), max_size=6))
+def test_only_invoices_whose_totals_can_change_are_refreshed(
+    stream: list[UsageAggregate], cuts: list[int]
+) -> None:
+    store = Store()
+    with_credit(store, "a", "40", "25")
+    with_credit(store, "b", "5")
+    bounds = [0, *sorted({c for c in cuts if c < len(stream)}), len(stream)]
+    for start, end in itertools.pairwise(bounds):
+        before = invoice_totals(store)
+        fold = store.batch(stream[start:end], SNAPSHOTS)
+        after = invoice_totals(store)
+        moved = {
+            (c, p)
+            for (c, p, cur) in set(before) | set(after)
+            if before.get((c, p, cur)) != after.get((c, p, cur))
+        }
+        assert moved <= fold.invoices
+
+
+def test_a_newer_version_that_moves_no_amount_refreshes_no_invoice() -> None:
+    lines: dict[str, dict[str, Line]] = {}
+    base_fees: dict[str, int] = {}  # what the consumer remembers of the base-fee lines it wrote
+
+    def batch(record: UsageAggregate) -> RatingFold:
+        fold = RatingFold(lines=lines, wallets={}, credits={}, known_base_fees=base_fees)
+        fold.apply(record, snapshot("acme"))
+        base_fees.update(fold.base_fees)
+        return fold
+
+    assert batch(aggregate("acme", "3", 1)).invoices == {("acme", P0)}  # new usage and base-fee lines
+    same = batch(aggregate("acme", "7", 2))  # still within the 10 included units: 0.00 again
+    assert same.changed and same.invoices == set()
+    assert batch(aggregate("acme", "12", 3)).invoices == {("acme", P0)}  # 2 x 0.50 billed

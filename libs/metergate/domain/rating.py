@@ -155,6 +155,10 @@ class RatingFold:
     base_fees: dict[str, int] = field(default_factory=dict)
 
     changed: dict[str, Line] = field(default_factory=dict)
+    #: (customer, period start) whose invoice totals may have changed: a line was added, or its
+    #: amount, credit, status, currency, subscription or period end moved (refreshing any other
+    #: pair would recompute the same totals)
+    invoices: set[tuple[str, datetime]] = field(default_factory=set)
     entries: list[Entry] = field(default_factory=list)
     depletions: list[tuple[Depletion, Aggregate, Line]] = field(default_factory=list)
     updates: int = 0
@@ -168,6 +172,7 @@ class RatingFold:
         self.wallets.update(other.wallets)
         self.base_fees.update(other.base_fees)
         self.changed.update(other.changed)
+        self.invoices |= other.invoices
         self.entries.extend(other.entries)
         self.depletions.extend(other.depletions)
         self.updates += other.updates
@@ -211,7 +216,10 @@ class RatingFold:
                 )
         changed: list[Line] = []
         for lk, rated in now_lines.items():
-            moved = self._move_credit(rated, previous.get(lk), aggregate)
+            before = previous.get(lk)
+            moved = self._move_credit(rated, before, aggregate)
+            if before is None or _totals_differ(before, moved):
+                self.invoices.add((moved.customer_id, moved.period_start))
             previous[lk] = moved
             self.changed[lk] = moved
             changed.append(moved)
@@ -320,6 +328,7 @@ class RatingFold:
         charge = base_fee_charge(snapshot)
         if charge is None:
             return
+        self.invoices.add((aggregate.customer_id, aggregate.period_start))
         self.changed[lk] = Line(
             line_key=lk,
             aggregate_key=None,
@@ -349,3 +358,15 @@ class RatingFold:
             last_event_id=None,
             last_event_at=None,
         )
+
+
+def _totals_differ(old: Line, new: Line) -> bool:
+    """Would the invoice totals of the line's (customer, period) differ with `new` instead of `old`?"""
+    return (
+        old.amount != new.amount
+        or old.credits_applied != new.credits_applied
+        or old.status is not new.status
+        or old.currency != new.currency
+        or old.subscription_id != new.subscription_id
+        or old.period_end != new.period_end
+    )
