@@ -536,15 +536,31 @@ _REFRESH_INVOICES = """
     """
 
 
+#: One customer's meters hash to different partitions, so two workers can refresh one invoice row
+#: in overlapping transactions. The refresh computes its totals from the statement's snapshot:
+#: run while the other transaction is uncommitted, it misses that one's lines, then waits for the
+#: row and overwrites it with stale totals. So the refresh first takes a transaction lock per
+#: customer (in one order: no deadlock; held until COMMIT), and starts after the other committed.
+_LOCK_CUSTOMERS = """
+    SELECT pg_advisory_xact_lock(%(namespace)s, k)
+    FROM (SELECT DISTINCT hashtext(c) AS k FROM unnest(%(customer)b::text[]) AS c ORDER BY k) AS ordered
+    """
+_INVOICE_LOCKS = 0x52415445  # the advisory-lock namespace of invoice refreshes ("RATE")
+
+
 def refresh_invoices(conn: Connection, pairs: Collection[tuple[str, datetime]]) -> None:
     """Recompute the invoice-sync rows of (customer, period) pairs whose lines changed.
 
     A row whose totals change gets a new revision and goes back to `pending`, so the billing push
-    adapter sends it again; a recomputation that changes nothing leaves the row alone.
+    adapter sends it again; a recomputation that changes nothing leaves the row alone. Takes the
+    customers' invoice locks first (see `_LOCK_CUSTOMERS`), held until the caller's COMMIT.
     """
     if not pairs:
         return
     ordered = sorted(pairs)
+    conn.exec_driver_sql(
+        _LOCK_CUSTOMERS, {"namespace": _INVOICE_LOCKS, "customer": sorted({c for c, _ in ordered})}
+    )
     conn.exec_driver_sql(
         _REFRESH_INVOICES,
         {"customer": [c for c, _ in ordered], "period": [p for _, p in ordered]},
