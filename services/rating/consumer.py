@@ -447,7 +447,13 @@ class RatingConsumer:
                 lines=lines,
                 wallets={},
                 credits=credits,
-                known_base_fees=ChainMap(inflight.fold.base_fees, self._base_fees),
+                # batch N's base fees too (usually none: each is written once per period);
+                # ChainMap's lookups are slow, so only when there are some
+                known_base_fees=(
+                    ChainMap(inflight.fold.base_fees, self._base_fees)
+                    if inflight.fold.base_fees
+                    else self._base_fees
+                ),
             )
             fold.stale += len(ahead) - len(records)
             rejections: list[tuple[int, DeadLetter]] = []
