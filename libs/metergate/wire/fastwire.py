@@ -1,4 +1,4 @@
-"""Hot records read and written by hand, byte for byte what `metergate.wire.codec` reads and writes.
+"""Hot records read by hand, with exactly the results of `metergate.wire.codec`.
 
 The codec (fastavro + a pydantic model) costs ~30 us per UsageAggregate: fastavro's generic set-up
 per call, its logical-type conversions, then model validation. A consumer that reads tens of
@@ -14,7 +14,9 @@ union branch indexes) in a few microseconds, with the same results:
   the codec's reason codes (`not_avro`, `unknown_schema`, `unexpected_schema`, `undecodable`,
   `invalid_record`) and messages.
 
-Unit tests compare it with the codec on random records and on corrupt bytes.
+Unit tests compare it with the codec on random records and on corrupt bytes. The metering
+worker's hand-written UsageEvent reader and UsageAggregate writer (`services/metering/fastwire.py`)
+are the same mechanism for its own hot path and can move here, next to this reader.
 """
 
 from __future__ import annotations
