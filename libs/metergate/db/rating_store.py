@@ -539,11 +539,17 @@ _REFRESH_INVOICES = """
 #: One customer's meters hash to different partitions, so two workers can refresh one invoice row
 #: in overlapping transactions. The refresh computes its totals from the statement's snapshot:
 #: run while the other transaction is uncommitted, it misses that one's lines, then waits for the
-#: row and overwrites it with stale totals. So the refresh first takes a transaction lock per
-#: customer (in one order: no deadlock; held until COMMIT), and starts after the other committed.
-_LOCK_CUSTOMERS = """
+#: row and overwrites it with stale totals. So the refresh first takes transaction locks on the
+#: customers' lock buckets (in one order: no deadlock; held until COMMIT), and starts after the
+#: other committed. Buckets, not one lock per customer: a batch holds thousands of customers, and
+#: PostgreSQL's shared lock table (max_locks_per_transaction x connections, 6,400 by default) would
+#: run out; a batch touches nearly every bucket anyway, so this costs no parallelism.
+_LOCK_BUCKETS = 128
+_LOCK_CUSTOMERS = f"""
     SELECT pg_advisory_xact_lock(%(namespace)s, k)
-    FROM (SELECT DISTINCT hashtext(c) AS k FROM unnest(%(customer)b::text[]) AS c ORDER BY k) AS ordered
+    FROM (
+        SELECT DISTINCT hashtext(c) & {_LOCK_BUCKETS - 1} AS k FROM unnest(%(customer)b::text[]) AS c ORDER BY k
+    ) AS ordered
     """
 _INVOICE_LOCKS = 0x52415445  # the advisory-lock namespace of invoice refreshes ("RATE")
 
