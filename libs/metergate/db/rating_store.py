@@ -21,8 +21,10 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+import psycopg
 from psycopg.copy import Copy, FileWriter
 from sqlalchemy import Connection, Engine, event, text
+from sqlalchemy.exc import DisconnectionError
 
 from metergate.domain.ledger import Depletion, Entry, EntryType, Grant, Wallet
 from metergate.domain.pricing import ChargeStatus, ChargeType
@@ -217,13 +219,18 @@ def prepare_connection(dbapi_connection: Any, record: Any, _proxy: Any = None) -
     """Create this connection's staging table once (a `checkout` listener: see `install`)."""
     if record.info.get(_STAGE):
         return
-    autocommit = dbapi_connection.autocommit
-    dbapi_connection.autocommit = True
     try:
-        with dbapi_connection.cursor() as cursor:
-            cursor.execute(_CREATE_STAGE)
-    finally:
-        dbapi_connection.autocommit = autocommit
+        autocommit = dbapi_connection.autocommit
+        dbapi_connection.autocommit = True
+        try:
+            with dbapi_connection.cursor() as cursor:
+                cursor.execute(_CREATE_STAGE)
+        finally:
+            dbapi_connection.autocommit = autocommit
+    except psycopg.OperationalError as exc:
+        # the connection died after the pool's ping: the pool retries with another (or raises
+        # its usual OperationalError when the server is down, which the consumer waits out)
+        raise DisconnectionError(f"preparing the rating staging table: {exc}") from exc
     record.info[_STAGE] = True  # .info lives as long as the DBAPI connection (a reconnect starts empty)
 
 
