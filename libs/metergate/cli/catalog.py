@@ -32,35 +32,28 @@ def publish_catalog(
     The snapshot version defaults to the current time in milliseconds, so every apply publishes a
     higher version than the one before it (consumers keep the highest version per customer).
     """
-    from confluent_kafka import Producer
-
+    from metergate.kafka.producer import DeliveryTracker, make_producer, produce
     from metergate.kafka.topics import Topics
 
     topics = Topics(prefix)
     version = version if version is not None else time.time_ns() // 1_000_000
-    producer = Producer({**client_config, "enable.idempotence": True, "acks": "all", "linger.ms": 5})
-    failures: list[str] = []
-
-    def delivered(err: object, msg: object) -> None:
-        if err is not None:
-            failures.append(str(err))
-
+    producer, tracker = make_producer(client_config), DeliveryTracker()
     meter_codec = codec(MeterDefinition)
     for meter in catalog.meters.values():
-        producer.produce(
-            topics.meters, meter_codec.encode(meter), meter.meter.encode(), on_delivery=delivered
-        )
+        produce(producer, topics.meters, meter.meter.encode(), meter_codec.encode(meter), tracker)
     snapshot_codec = codec(EntitlementSnapshot)
     for snapshot in catalog.snapshots(version=version, updated_at=now_utc()):
-        producer.produce(
+        produce(
+            producer,
             topics.snapshots,
-            snapshot_codec.encode(snapshot),
             snapshot.customer_id.encode(),
-            on_delivery=delivered,
+            snapshot_codec.encode(snapshot),
+            tracker,
         )
     remaining = producer.flush(30)
-    if remaining or failures:
-        raise DeliveryError(f"catalog not fully published: {remaining} pending, failures: {failures[:3]}")
+    tracker.raise_failures()
+    if remaining:
+        raise DeliveryError(f"catalog not fully published: {remaining} record(s) unacknowledged after 30 s")
     return version
 
 
