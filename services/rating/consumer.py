@@ -456,15 +456,7 @@ class RatingConsumer:
                 ),
             )
             fold.stale += len(ahead) - len(records)
-            rejections: list[tuple[int, DeadLetter]] = []
-            for (index, message), aggregate in records:
-                try:
-                    applied = fold.apply(aggregate, self.snapshots.get(aggregate.customer_id))
-                except InvalidInput as exc:
-                    rejections.append((index, self._dead_letter(message, exc)))
-                    continue
-                if applied.rejection is not None:
-                    rejections.append((index, self._dead_letter(message, applied.rejection)))
+            rejections = self._fold(fold, records)
         except Exception as exc:  # whatever it is, the fold in the transaction decides
             log.debug("rating: not folding ahead (%s)", _first_line(exc))
             return None
@@ -592,15 +584,7 @@ class RatingConsumer:
             mark = self._tick("load", mark)
             fold = RatingFold(lines=lines, wallets=wallets, credits=credits, known_base_fees=self._base_fees)
             fold.stale += len(here) - len(records)
-            rejections: list[tuple[int, DeadLetter]] = []
-            for (index, message), aggregate in records:
-                try:
-                    applied = fold.apply(aggregate, self.snapshots.get(aggregate.customer_id))
-                except InvalidInput as exc:
-                    rejections.append((index, self._dead_letter(message, exc)))
-                    continue
-                if applied.rejection is not None:
-                    rejections.append((index, self._dead_letter(message, applied.rejection)))
+            rejections = self._fold(fold, records)
             if ahead is not None:
                 fold.absorb(ahead.fold)
                 rejections += ahead.rejections
@@ -702,6 +686,19 @@ class RatingConsumer:
         return depletion, event_id, self._limits.encode(event)
 
     # -- side outputs ---------------------------------------------------------------------------
+
+    def _fold(self, fold: RatingFold, records: list[tuple[Any, Any]]) -> list[tuple[int, DeadLetter]]:
+        """Fold each ((index, message), aggregate) in order; what cannot be rated comes back as DLQ records."""
+        rejections: list[tuple[int, DeadLetter]] = []
+        for (index, message), aggregate in records:
+            try:
+                applied = fold.apply(aggregate, self.snapshots.get(aggregate.customer_id))
+            except InvalidInput as exc:
+                rejections.append((index, self._dead_letter(message, exc)))
+                continue
+            if applied.rejection is not None:
+                rejections.append((index, self._dead_letter(message, applied.rejection)))
+        return rejections
 
     def _dead_letter(self, message: Message, exc: InvalidInput) -> DeadLetter:
         return DeadLetter(
