@@ -3,10 +3,16 @@
 - `meter_usage` is the agent over usage.events. Its stream yields one event per fetch: up to
   `batch_size` records of all assigned partitions, `{partition: [records]}` (see transport.py;
   Faust's `take_events` on top of it deadlocked now and then). It queues them; `process_batches`
-  merges everything queued (adaptive batching, up to `max_batch` records) and hands it to
-  `MeteringProcessor.process` in a single worker thread (so the Faust loop keeps serving the
-  consumer, timers and rebalances), then commits the consumer-group offsets (step 4 of the commit
-  order in processor.py).
+  takes everything queued (adaptive batching, up to `max_batch` records) as runs in fetch order and
+  hands them to `MeteringProcessor.process` in a single worker thread (so the Faust loop keeps
+  serving the consumer, timers and rebalances), then commits the consumer-group offsets (step 4 of
+  the commit order in processor.py).
+- Ownership: `owned` is the set of usage.events partitions this worker may process, kept from the
+  rebalance callbacks (emptied of revoked partitions before the group moves on, filled from the
+  new assignment), not from `consumer.assignment()`, which still lists revoked partitions until the
+  new assignment lands. Records of a partition not owned are dropped; records of an owned partition
+  that do not start at its stored position + 1 are dropped and the partition re-sought (the
+  position rule in processor.py).
 - usage.events is subscribed with `acks=False`: Faust does not track or commit its offsets; the
   agent commits exactly the offsets whose effects are durable.
 - The catalog (meters + snapshots) is read by `CatalogView`, outside the group, by every worker.
@@ -59,6 +65,13 @@ class Metering:
 
 def ensure_changelog(settings: MeteringSettings, client_config: dict[str, Any]) -> int:
     """Create the state changelog like usage.events (same partition count); check the output topics.
+    Returns the partition count the state is built for (the changelog's): a customer is counted on
+    `partition_for(customer_id, that count)` (processor.py, "where a customer is counted").
+
+    A usage.events that has gained partitions since the state was built is detected here: records on
+    the new partitions (and every record whose customer now hashes elsewhere) are forwarded to the
+    partition that holds the customer's state, so totals, dedup and limits stay exact; the counting
+    itself stays spread over the original partitions (README: "Changing the partition count").
 
     cleanup.policy=compact,delete with retention = dedup window + 2 days: no event can change a
     total or a dedup entry older than the window (such events are rejected), so Kafka may drop them.
@@ -69,11 +82,32 @@ def ensure_changelog(settings: MeteringSettings, client_config: dict[str, Any]) 
     if topics.events not in metadata:
         raise ConfigurationError(f"topic {topics.events} does not exist (metergate topics create)")
     partitions = len(metadata[topics.events].partitions)
-    for name in (topics.limits, topics.duplicates):
-        if name not in metadata or len(metadata[name].partitions) < partitions:
+    if settings.changelog_topic in metadata:
+        state_partitions = len(metadata[settings.changelog_topic].partitions)
+        if state_partitions != partitions:
+            log.warning(
+                "%s has %d partitions, metering's state (%s) was built for %d: customers stay counted on "
+                "partition_for(customer_id, %d); records elsewhere are forwarded there",
+                topics.events,
+                partitions,
+                settings.changelog_topic,
+                state_partitions,
+                state_partitions,
+            )
+        if state_partitions > partitions:
             raise ConfigurationError(
-                f"{name} needs at least as many partitions as {topics.events} ({partitions}): outputs of "
-                "input partition p go to partition p, which is how recovery finds what a crash left sent"
+                f"{settings.changelog_topic} has {state_partitions} partitions but {topics.events} only "
+                f"{partitions}: this state belongs to another usage.events; use another "
+                "METERGATE_METERING_APP_ID or delete the changelog topic and the data dir"
+            )
+    else:
+        state_partitions = partitions
+    for name in (topics.limits, topics.duplicates):
+        if name not in metadata or len(metadata[name].partitions) < state_partitions:
+            raise ConfigurationError(
+                f"{name} needs at least as many partitions as metering's state ({state_partitions}): "
+                "outputs of input partition p go to partition p, which is how recovery finds what a "
+                "crash left sent"
             )
     if settings.changelog_topic not in metadata:
         retention_ms = int((settings.dedup_window.total_seconds() + 2 * 86_400) * 1000)
@@ -92,14 +126,14 @@ def ensure_changelog(settings: MeteringSettings, client_config: dict[str, Any]) 
         except KafkaException as exc:
             if "already exists" not in str(exc).lower() and "TOPIC_ALREADY_EXISTS" not in str(exc):
                 raise
-    return partitions
+    return state_partitions
 
 
 def create_metering(settings: MeteringSettings) -> Metering:
     kafka = settings.kafka
     client_config: dict[str, Any] = dict(kafka.client_config())
     topics = kafka.topics
-    ensure_changelog(settings, client_config)
+    state_partitions = ensure_changelog(settings, client_config)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = StateStore(settings.data_dir / "rocksdb")
     catalog = CatalogView(client_config, topics.meters, topics.snapshots)
@@ -115,6 +149,7 @@ def create_metering(settings: MeteringSettings) -> Metering:
         refresh_catalog=catalog.refresh_if_stale,
         producer=producer,
         client_config=client_config,
+        partitions=state_partitions,
         dedup_window_ms=int(settings.dedup_window.total_seconds() * 1000),
         future_skew_ms=int(settings.future_skew.total_seconds() * 1000),
         late_grace_ms=int(settings.late_grace.total_seconds() * 1000),
@@ -157,64 +192,10 @@ def create_metering(settings: MeteringSettings) -> Metering:
 
     pending_offsets: dict[TP, int] = {}
     last_commit = [0.0]
+    #: usage.events partitions this worker may process (see the module docstring)
+    owned: set[int] = set()
 
-    @app.task
-    async def process_batches() -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            merged: dict[int, list[Any]] = {}
-            runs = [await queue.get()]
-            while (
-                not queue.empty() and sum(len(r) for run in runs for r in run.values()) < settings.max_batch
-            ):
-                runs.append(queue.get_nowait())
-            async with busy:
-                assigned = {tp.partition for tp in app.consumer.assignment() if tp.topic == topics.events}
-                for run in runs:
-                    for partition, records in run.items():
-                        if partition in assigned:
-                            merged.setdefault(partition, []).extend(records)
-                        else:  # fetched before a revocation: not ours any more
-                            log.warning(
-                                "dropping %d records of partition %d: not assigned", len(records), partition
-                            )
-                if not merged:
-                    continue
-                job = loop.run_in_executor(
-                    executor, processor.process, sorted(merged.items()), sorted(assigned)
-                )
-                try:
-                    outcome = await asyncio.shield(job)
-                except asyncio.CancelledError:
-                    await job  # stopping: let the batch finish its commit order, then stop
-                    raise
-                metering.stats["batches"] += 1
-                metering.stats["consumed"] += outcome.consumed
-                if outcome.committed:
-                    # step 4 of the commit order: the group offset follows the durable input watermark.
-                    # Awaited, but only when the queue is empty or every 0.5 s: a broker round trip per
-                    # batch would add to every event's latency while the worker is catching up, and a
-                    # lagging group offset only means re-reading records the stored watermark skips.
-                    # (A commit left running in a task of its own stalled for good in tests.)
-                    pending_offsets.update(
-                        {TP(topics.events, p): offset + 1 for p, offset in outcome.committed.items()}
-                    )
-                if pending_offsets and (queue.empty() or loop.time() - last_commit[0] >= 0.5):
-                    offsets = dict(pending_offsets)
-                    pending_offsets.clear()
-                    await app.consumer._commit(offsets)
-                    last_commit[0] = loop.time()
-                if outcome.committed:
-                    for partition, offset in outcome.committed.items():
-                        highwater = app.consumer.highwater(TP(topics.events, partition))
-                        if highwater is not None:
-                            metrics.CONSUMER_LAG.labels(str(partition)).set(max(0, highwater - offset - 1))
-
-    @app.on_partitions_revoked.connect
-    async def on_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
-        # Faust awaits this before the group moves on: drop queued records of revoked partitions and
-        # wait for the batch in flight, so two workers never process one partition at the same time.
-        partitions = {tp.partition for tp in revoked if tp.topic == topics.events}
+    def drop_queued(partitions: set[int]) -> None:
         kept = []
         while not queue.empty():
             run = {p: r for p, r in queue.get_nowait().items() if p not in partitions}
@@ -222,8 +203,94 @@ def create_metering(settings: MeteringSettings) -> Metering:
                 kept.append(run)
         for run in kept:
             queue.put_nowait(run)
+
+    @app.task
+    async def process_batches() -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            fetched = [await queue.get()]
+            while (
+                not queue.empty()
+                and sum(len(r) for run in fetched for r in run.values()) < settings.max_batch
+            ):
+                fetched.append(queue.get_nowait())
+            async with busy:
+                # runs in fetch order, only of partitions this worker owns now
+                runs = [
+                    (partition, records)
+                    for run in fetched
+                    for partition, records in sorted(run.items())
+                    if partition in owned and records
+                ]
+                dropped = sum(len(r) for run in fetched for p, r in run.items() if p not in owned)
+                if dropped:
+                    log.info("dropped %d fetched records of partitions no longer owned", dropped)
+                if not runs:
+                    continue
+                job = loop.run_in_executor(executor, processor.process, runs, sorted(owned))
+                try:
+                    outcome = await asyncio.shield(job)
+                except asyncio.CancelledError:
+                    await job  # stopping: let the batch finish its commit order, then stop
+                    raise
+                metering.stats["batches"] += 1
+                metering.stats["consumed"] += outcome.consumed
+                if outcome.reseek:
+                    # the position rule: never jump over records; read them again from where we stand
+                    reseek = {p: o for p, o in outcome.reseek.items() if p in owned}
+                    drop_queued(set(reseek))
+                    for partition, offset in reseek.items():
+                        await app.consumer.seek(TP(topics.events, partition), offset)
+                if outcome.committed:
+                    # step 4 of the commit order: the group offset follows the durable input watermark.
+                    # Awaited, but only when the queue is empty or every 0.5 s: a broker round trip per
+                    # batch would add to every event's latency while the worker is catching up, and a
+                    # lagging group offset only means re-reading records the stored watermark skips.
+                    # (A commit left running in a task of its own stalled for good in tests.)
+                    pending_offsets.update(
+                        {
+                            TP(topics.events, p): offset + 1
+                            for p, offset in outcome.committed.items()
+                            if p in owned
+                        }
+                    )
+                if pending_offsets and (queue.empty() or loop.time() - last_commit[0] >= 0.5):
+                    offsets = {tp: o for tp, o in pending_offsets.items() if tp.partition in owned}
+                    pending_offsets.clear()
+                    if offsets:
+                        await app.consumer._commit(offsets)
+                    last_commit[0] = loop.time()
+                for partition, offset in outcome.committed.items():
+                    if partition not in owned:
+                        continue
+                    try:
+                        highwater = app.consumer.highwater(TP(topics.events, partition))
+                    except AssertionError:  # the consumer no longer has it (a rebalance is under way)
+                        continue
+                    if highwater is not None:
+                        metrics.CONSUMER_LAG.labels(str(partition)).set(max(0, highwater - offset - 1))
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
+        # Faust awaits this before the group moves on: stop owning the partitions (records fetched
+        # for them from now on are dropped), drop their queued records and pending offset commits
+        # (a lagging group offset is safe: the next owner skips what the stored watermark covers),
+        # and wait for the batch in flight, so two workers never process one partition at once.
+        partitions = {tp.partition for tp in revoked if tp.topic == topics.events}
+        owned.difference_update(partitions)
+        drop_queued(partitions)
+        for tp in [tp for tp in pending_offsets if tp.partition in partitions]:
+            del pending_offsets[tp]
         async with busy:
             processor.revoke(partitions)
+
+    @app.on_partitions_assigned.connect
+    async def on_assigned(sender: Any, assigned: set[TP], **kwargs: Any) -> None:
+        partitions = {tp.partition for tp in assigned if tp.topic == topics.events}
+        async with busy:
+            processor.revoke(owned - partitions)  # should be none (revoked first); never keep stale state
+            owned.clear()
+            owned.update(partitions)
 
     @app.timer(interval=600.0)
     async def expire_old_state() -> None:

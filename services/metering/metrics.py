@@ -10,6 +10,21 @@ EVENTS_DUPLICATE = Counter(
     "metergate_events_duplicate_total", "Later copies of counted events (receipts written)"
 )
 EVENTS_REJECTED = Counter("metergate_events_rejected_total", "Usage records sent to the DLQ", ["reason"])
+EVENTS_FORWARDED = Counter(
+    "metergate_events_forwarded_total",
+    "Valid records read on another partition than their customer's, re-produced to it (counted there)",
+)
+OFFSET_GAPS = Counter(
+    "metergate_offset_gaps_total",
+    "Input offsets the log does not hold (transaction markers, retention), checked against the broker",
+    ["partition"],
+)
+ACCOUNTED = Gauge(
+    "metergate_records_accounted",
+    "Durable accounting of each input partition (kept with the state, survives restarts): "
+    "input = accepted + duplicate + rejected + forwarded + gap",
+    ["partition", "outcome"],
+)
 LIMIT_EVENTS = Counter("metergate_limit_events_total", "Limit events emitted", ["kind"])
 CONSUMER_LAG = Gauge("metergate_consumer_lag", "Records of usage.events not yet processed", ["partition"])
 PROCESSING_LATENCY = Histogram(

@@ -5,14 +5,36 @@ this module applies them to a batch, keeps the batch's state in memory, and make
 in the order below. It runs in one worker thread (the Faust agent hands it batches); it does no
 Faust and no asyncio.
 
+WHICH RECORDS A BATCH MAY APPLY (the position rule)
+--------------------------------------------------
+A run of records of partition p is applied only if it starts exactly at p's stored position + 1
+(the input watermark + 1, or the end of the run before it in the same batch). Records at or below
+the watermark are re-reads and skipped. A run that starts further on is a fault of ours (records
+fetched for an earlier assignment, a consumer that jumped): it is dropped and the partition is
+re-sought to the watermark + 1 (`BatchOutcome.reseek`), never jumped over. The one exception is
+checked against the broker, never assumed: when the log itself holds no record between the
+watermark and the run's first offset (transaction markers, retention), the run is applied and the
+missing offsets are counted as `gaps`. Records of a partition this worker no longer owns never
+reach `process` (app.py keeps the set of owned partitions from the rebalance callbacks).
+
+WHERE A CUSTOMER IS COUNTED (the canonical partition)
+----------------------------------------------------
+Every total, dedup entry and limit mark of a customer lives with one partition: `partition_for
+(customer_id, N)` (murmur2, metergate.kafka.partitioner), N = the partition count the state was
+built for (that of the changelog). A valid record read on another partition (a null key, a key
+that is not the customer id, another partitioner, partitions added since) is FORWARDED: re-produced
+unchanged to its canonical partition (header `metergate-forwarded-from: p:offset`) in step 1 and
+counted there. A forward re-sent after a crash is a second copy of the event on the canonical
+partition: deduplicated there like any producer retry (a receipt, never counted twice).
+
 COMMIT ORDER of a batch (`_commit`), and what a crash between two steps does
 -------------------------------------------------------------------------------
 0. Compute in memory: for each record after the partition's input watermark: decode, validate,
-   dedup verdict, period, fold into the running total (only if the record's offset is above the
-   total's own `applied_offset`), limit events due (not in the total's `emitted` marks, which are
-   updated in the same in-memory state).
-1. Send the outputs: DLQ records, duplicate receipts, limit events (each to the partition of the
-   input partition, so recovery knows where to look), then one UsageAggregate per touched key, whose
+   forward it if its customer belongs to another partition, dedup verdict, period, fold into the
+   running total (only if the record's offset is above the total's own `applied_offset`), limit
+   events due (not in the total's `emitted` marks, which are updated in the same in-memory state).
+1. Send the outputs: forwards, DLQ records, duplicate receipts, limit events (each to the partition
+   of the input partition, so recovery knows where to look), then one UsageAggregate per touched key, whose
    version is 1 + the offset of the last event folded in. FLUSH and check every delivery.
    Crash during 1: some outputs are out, no state is. The restart reprocesses the batch: totals
    come out the same (same fold; a version names the last event folded in, so a re-sent aggregate
@@ -29,8 +51,13 @@ COMMIT ORDER of a batch (`_commit`), and what a crash between two steps does
    dir, from changelog offset 0. Limit events in the changelog's marks were all delivered in step 1.
 3. Write the same state to the local RocksDB in one WriteBatch (atomic), with the changelog position.
    Crash before 3: as in 2 (the changelog is the source of truth; local state is a checkpoint of it).
-4. The agent commits the consumer-group offsets (input watermark + 1). Crash before 4: the group
-   offset lags; records at or below the stored input watermark are skipped on re-read.
+4. The agent commits the consumer-group offsets (input watermark + 1), only ever what step 3 made
+   durable, and only for partitions it still owns. Crash before 4: the group offset lags; records
+   at or below the stored input watermark are skipped on re-read.
+
+ACCOUNTING: every input offset up to the watermark is exactly one of accepted, duplicate, rejected,
+forwarded (or a gap of the log), kept in the partition's watermark with the state (store.py), so
+`input + 1 == accepted + duplicates + rejected + forwarded + gaps` holds durably, across crashes.
 """
 
 from __future__ import annotations
@@ -68,6 +95,7 @@ from metergate.domain.records import (
 )
 from metergate.domain.usage import Rejection, check_meter, check_shape, check_time
 from metergate.errors import DecodeError, DeliveryError
+from metergate.kafka.partitioner import partition_for
 from metergate.kafka.topics import Topics
 from metergate.wire.codec import codec
 from metergate_services.metering import metrics
@@ -91,6 +119,9 @@ SERVICE = "metering"
 CHANGELOG_WATERMARK_KEY = b"w"
 CHANGELOG_DEDUP_PREFIX = b"d\x00"
 DEDUP_GROUP = 5000
+FORWARDED_FROM = "metergate-forwarded-from"
+#: outcomes of an input record, in the order of the counters kept per partition
+ACCEPTED, DUPLICATE, REJECTED, FORWARDED = range(4)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -113,6 +144,14 @@ class _Pending:
     new_seen: dict[int, list[tuple[str, str, FirstSeen]]] = field(default_factory=lambda: defaultdict(list))
     input_offsets: dict[int, int] = field(default_factory=dict)
     skipped_to: dict[int, int] = field(default_factory=dict)
+    #: per partition: the offset the next run must start at (see the position rule)
+    next_offset: dict[int, int] = field(default_factory=dict)
+    #: partitions whose run did not start where it must: re-seek them to this offset
+    reseek: dict[int, int] = field(default_factory=dict)
+    #: per partition: [accepted, duplicates, rejected, forwarded] of this batch
+    outcomes: dict[int, list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0, 0, 0]))
+    gaps: dict[int, int] = field(default_factory=lambda: defaultdict(int))
+    forwards: list[tuple[int, int, KafkaRecord, bytes]] = field(default_factory=list)  # p, to, record, key
     dead: list[tuple[int, str, str, bytes, dict[str, Any]]] = field(
         default_factory=list
     )  # p, guard, reason, value, dict
@@ -121,6 +160,7 @@ class _Pending:
     latencies_from_ms: list[int] = field(default_factory=list)
     accepted: int = 0
     duplicates: int = 0
+    forwarded: int = 0
     rejected: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     limit_kinds: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
@@ -133,6 +173,9 @@ class BatchOutcome:
     duplicates: int
     rejected: int
     limit_events: int
+    forwarded: int = 0
+    #: partition -> offset to seek to: a run did not start at the stored position + 1 (position rule)
+    reseek: Mapping[int, int] = field(default_factory=dict)
     limit_sent_at: Sequence[
         tuple[int, float]
     ] = ()  # (kafka timestamp ms of the crossing event, delivered at)
@@ -150,6 +193,7 @@ class MeteringProcessor:
         refresh_catalog: Callable[[], bool],
         producer: Producer,
         client_config: Mapping[str, Any],
+        partitions: int,
         dedup_window_ms: int,
         future_skew_ms: int,
         late_grace_ms: int,
@@ -166,6 +210,12 @@ class MeteringProcessor:
         self.refresh_catalog = refresh_catalog
         self.producer = producer
         self.client_config = dict(client_config)
+        #: the partition count the state is built for: a customer's canonical partition is
+        #: partition_for(customer_id, partitions)
+        self.partitions = partitions
+        self._canonical: dict[str, int] = {}
+        #: (partition, offset) -> first offset the log holds at or after it (position rule)
+        self._log_holds: dict[tuple[int, int], int] = {}
         self.window_ms = dedup_window_ms
         self.skew_ms = future_skew_ms
         self.grace_ms = late_grace_ms
@@ -217,10 +267,8 @@ class MeteringProcessor:
                 sum(len(r) for _, r in batches),
                 pending.now_ms - oldest,
             )
-        consumed = 0
         try:
             for partition, records in batches:
-                consumed += len(records)
                 self._partition(partition, records, pending)
             sent_at = self._commit(pending)
         except BaseException:
@@ -233,9 +281,21 @@ class MeteringProcessor:
             self._cache.clear()
         for key, (_partition, aggregate) in pending.totals.items():
             self._cache[key] = aggregate
+        consumed = pending.accepted + pending.duplicates + sum(pending.rejected.values()) + pending.forwarded
         metrics.EVENTS_CONSUMED.inc(consumed)
         metrics.EVENTS_ACCEPTED.inc(pending.accepted)
         metrics.EVENTS_DUPLICATE.inc(pending.duplicates)
+        metrics.EVENTS_FORWARDED.inc(pending.forwarded)
+        for partition, gaps in pending.gaps.items():
+            metrics.OFFSET_GAPS.labels(str(partition)).inc(gaps)
+        for partition in pending.input_offsets:
+            watermark = self.watermarks[partition]
+            metrics.ACCOUNTED.labels(str(partition), "accepted").set(watermark.accepted)
+            metrics.ACCOUNTED.labels(str(partition), "duplicate").set(watermark.duplicates_counted)
+            metrics.ACCOUNTED.labels(str(partition), "rejected").set(watermark.rejected)
+            metrics.ACCOUNTED.labels(str(partition), "forwarded").set(watermark.forwarded)
+            metrics.ACCOUNTED.labels(str(partition), "gap").set(watermark.gaps)
+            metrics.ACCOUNTED.labels(str(partition), "input").set(watermark.input + 1)
         for reason, count in pending.rejected.items():
             metrics.EVENTS_REJECTED.labels(reason).inc(count)
         for kind, count in pending.limit_kinds.items():
@@ -252,18 +312,36 @@ class MeteringProcessor:
             duplicates=pending.duplicates,
             rejected=sum(pending.rejected.values()),
             limit_events=len(pending.limits),
+            forwarded=pending.forwarded,
+            reseek=dict(pending.reseek),
             limit_sent_at=sent_at,
         )
 
     def _partition(self, partition: int, records: Sequence[KafkaRecord], pending: _Pending) -> None:
+        """Apply one run of records of a partition, if it starts where the partition stands."""
         watermark = self.watermarks[partition]
-        fresh = [record for record in records if record.offset > watermark.input]
-        if len(fresh) < len(records):
+        expected = pending.next_offset.get(partition, watermark.input + 1)
+        fresh = [record for record in records if record.offset >= expected]
+        if len(fresh) < len(records) and partition not in pending.input_offsets:
             # re-read records already durable (a crash after step 3, before step 4): nothing to do
             # but let the group offset catch up with the stored watermark
             pending.skipped_to[partition] = watermark.input
         if not fresh:
             return
+        if fresh[0].offset != expected:
+            if self._log_holds_from(partition, expected) != fresh[0].offset:
+                # a record between the position and this run exists: the run is not the next one
+                log.warning(
+                    "partition %d: run starts at offset %d, the partition stands at %d: re-seeking",
+                    partition,
+                    fresh[0].offset,
+                    expected,
+                )
+                pending.reseek[partition] = expected
+                return
+            pending.gaps[partition] += fresh[0].offset - expected
+        pending.reseek.pop(partition, None)
+        pending.next_offset[partition] = fresh[-1].offset + 1
         pending.input_offsets[partition] = fresh[-1].offset
         # decode the whole run first, then look every dedup key up in one multi-get
         decoded: list[tuple[KafkaRecord, dict[str, Any] | None, Rejection | None]] = []
@@ -276,9 +354,16 @@ class MeteringProcessor:
                 decoded.append((record, None, Rejection(exc.reason, exc.message)))
                 continue
             rejection = check_shape(datum)
-            decoded.append((record, datum, rejection))
             if rejection is None:
-                keys.append(dedup_key(datum["customer_id"], datum["event_id"]))
+                customer = datum["customer_id"]
+                canonical = self._canonical.get(customer)
+                if canonical is None:
+                    canonical = self._canonical[customer] = partition_for(customer, self.partitions)
+                if canonical != partition:
+                    self._forward(partition, canonical, record, customer, pending)
+                    continue
+                keys.append(dedup_key(customer, datum["event_id"]))
+            decoded.append((record, datum, rejection))
         stored = dict(zip(keys, self.store.seen_many(keys), strict=True))
         for record, datum, rejection in decoded:
             if rejection is not None or datum is None:
@@ -287,6 +372,16 @@ class MeteringProcessor:
                 continue
             pending.latencies_from_ms.append(record.timestamp or pending.now_ms)
             self._event(partition, record, datum, stored, pending)
+
+    def _log_holds_from(self, partition: int, offset: int) -> int | None:
+        """The first offset at or after `offset` that partition's log holds, read from the broker
+        (offsets never change, so an answer is kept)."""
+        found = self._log_holds.get((partition, offset))
+        if found is None:
+            found = first_offset_from(self.client_config, self.topics.events, partition, offset)
+            if found is not None:
+                self._log_holds[(partition, offset)] = found
+        return found
 
     def _event(
         self,
@@ -323,11 +418,9 @@ class MeteringProcessor:
             self._reject(partition, record, rejection, pending)
             return
         assert meter is not None
-        if verdict is Verdict.FIRST:
-            first = FirstSeen(partition, record.offset, event_ms)
-            pending.seen[key] = first
-            pending.new_seen[partition].append((customer, event_id, first))
-        self._fold(partition, record, datum, meter, event_ms, pending)
+        self._fold(
+            partition, record, datum, meter, event_ms, pending, key if verdict is Verdict.FIRST else None
+        )
 
     def _fold(
         self,
@@ -337,7 +430,9 @@ class MeteringProcessor:
         meter: MeterDefinition,
         event_ms: int,
         pending: _Pending,
+        first_key: bytes | None,
     ) -> None:
+        """Fold an accepted event into its total; `first_key`: its dedup key, when it is the first copy."""
         customer = datum["customer_id"]
         snapshot = self.snapshots(customer)
         _, start_iso, start_ms, end_ms = self._period(customer, snapshot, event_ms)
@@ -354,7 +449,27 @@ class MeteringProcessor:
             aggregate = entry[1]
         total = aggregate.total
         if record.offset <= total.applied_offset:
-            return  # a replay whose effect is already in this total (see COMMIT ORDER, step 2)
+            # a replay whose effect is already in this total (see COMMIT ORDER, step 2)
+            pending.accepted += 1
+            pending.outcomes[partition][ACCEPTED] += 1
+            return
+        if total.would_overflow(datum["quantity"]):
+            self._reject(
+                partition,
+                record,
+                Rejection(
+                    "total_overflow",
+                    f"quantity: adding {datum['quantity']} would take the {meter.meter} total of customer "
+                    f"{customer!r} for the period from {start_iso} past decimal(38, 9) (below 10^29); "
+                    "not counted",
+                ),
+                pending,
+            )
+            return
+        if first_key is not None:
+            first = FirstSeen(partition, record.offset, event_ms)
+            pending.seen[first_key] = first
+            pending.new_seen[partition].append((customer, datum["event_id"], first))
         unique = None
         if meter.unique_property:
             unique = (datum.get("properties") or {}).get(meter.unique_property)
@@ -368,6 +483,7 @@ class MeteringProcessor:
             aggregate.plan_version = snapshot.plan_version
         pending.totals[key] = (partition, aggregate)
         pending.accepted += 1
+        pending.outcomes[partition][ACCEPTED] += 1
         if snapshot is not None:
             for feature in self._watched(snapshot, meter.meter):
                 for item in due(feature, total.value, total.emitted):
@@ -404,8 +520,16 @@ class MeteringProcessor:
         return found
 
     # -- outputs ------------------------------------------------------------------------------------
+    def _forward(
+        self, partition: int, canonical: int, record: KafkaRecord, customer: str, pending: _Pending
+    ) -> None:
+        pending.forwarded += 1
+        pending.outcomes[partition][FORWARDED] += 1
+        pending.forwards.append((partition, canonical, record, customer.encode()))
+
     def _reject(self, partition: int, record: KafkaRecord, rejection: Rejection, pending: _Pending) -> None:
         pending.rejected[rejection.reason] += 1
+        pending.outcomes[partition][REJECTED] += 1
         guard = f"dlq:{partition}:{record.offset}"
         value = {
             "reason": rejection.reason,
@@ -422,6 +546,7 @@ class MeteringProcessor:
         self, partition: int, record: KafkaRecord, datum: dict[str, Any], seen: FirstSeen, pending: _Pending
     ) -> None:
         pending.duplicates += 1
+        pending.outcomes[partition][DUPLICATE] += 1
         value = {
             "customer_id": datum["customer_id"],
             "event_id": datum["event_id"],
@@ -486,19 +611,33 @@ class MeteringProcessor:
                 failures.append(f"{msg.topic()}: {err}")
 
         def send(
-            topic: str, key: bytes | None, value: bytes | None, partition: int | None, callback: Any
+            topic: str,
+            key: bytes | None,
+            value: bytes | None,
+            partition: int | None,
+            callback: Any,
+            headers: list[tuple[str, str | bytes | None]] | None = None,
         ) -> None:
             while True:
                 try:
                     if partition is None:
                         producer.produce(topic, value, key, on_delivery=callback)
-                    else:
+                    elif headers is None:
                         producer.produce(topic, value, key, partition=partition, on_delivery=callback)
+                    else:
+                        producer.produce(
+                            topic, value, key, partition=partition, on_delivery=callback, headers=headers
+                        )
                     return
                 except BufferError:
                     producer.poll(0.01)
 
         # step 1: outputs
+        for partition, canonical, record, customer_key in pending.forwards:
+            origin = f"{partition}:{record.offset}".encode()
+            send(
+                self.topics.events, customer_key, record.value, canonical, tracked, [(FORWARDED_FROM, origin)]
+            )
         for partition, guard, _reason, dead_key, value in pending.dead:
             if guard in self.watermarks[partition].guards:
                 continue
@@ -555,6 +694,11 @@ class MeteringProcessor:
                 dlq=positions.get((self.topics.dlq, 0), old.dlq - 1) + 1
                 if any(p == partition for p, *_ in pending.dead)
                 else old.dlq,
+                accepted=old.accepted + pending.outcomes[partition][ACCEPTED],
+                duplicates_counted=old.duplicates_counted + pending.outcomes[partition][DUPLICATE],
+                rejected=old.rejected + pending.outcomes[partition][REJECTED],
+                forwarded=old.forwarded + pending.outcomes[partition][FORWARDED],
+                gaps=old.gaps + pending.gaps.get(partition, 0),
             )
         changelog_positions: dict[int, int] = {}
 
@@ -587,13 +731,21 @@ class MeteringProcessor:
             for customer, event_id, seen in entries:
                 local.put(dedup_key(customer, event_id), encode_seen(seen))
         for partition, watermark in new_watermarks.items():
-            send(self.changelog_topic, CHANGELOG_WATERMARK_KEY, watermark.encode(), partition, logged)
+            send(
+                self.changelog_topic,
+                self._watermark_key(partition),
+                watermark.encode(),
+                self._changelog_partition(partition),
+                logged,
+            )
         self._flush(failures)
         self._maybe_crash("changelog_sent")
 
         # step 3: local checkpoint, one atomic write
         for partition, watermark in new_watermarks.items():
-            watermark.changelog = changelog_positions.get(partition, watermark.changelog - 1) + 1
+            watermark.changelog = (
+                changelog_positions.get(self._changelog_partition(partition), watermark.changelog - 1) + 1
+            )
             local.put(WATERMARK + str(partition).encode(), watermark.encode())
             self.watermarks[partition] = watermark
         self.store.write(local)
@@ -630,38 +782,30 @@ class MeteringProcessor:
         watermarks = {p: self.store.watermark(p) for p in partitions}
         local = WriteBatch(raw_mode=True)
         totals: dict[str, Aggregate] = {}
+        # a partition's changelog records live in changelog partition p % N (N: the state's
+        # partition count; partitions added to usage.events since keep only a watermark there,
+        # under their own key): read each changelog partition once, from the lowest position needed
+        starts: dict[int, int] = {}
+        for p in partitions:
+            home = self._changelog_partition(p)
+            starts[home] = min(starts.get(home, watermarks[p].changelog), watermarks[p].changelog)
         changelog = read_tails(
             self.client_config,
-            [(self.changelog_topic, p, watermarks[p].changelog) for p in partitions],
+            [(self.changelog_topic, home, start) for home, start in sorted(starts.items())],
             idle_s=self.recovery_idle_s,
         )
         applied = 0
-        for (_topic, partition), records in changelog.items():
-            watermark = watermarks[partition]
-            for key, value, offset in records:
-                applied += 1
-                watermark.changelog = offset + 1
-                if value is None or key is None:
-                    continue
-                if key == CHANGELOG_WATERMARK_KEY:
-                    stored = Watermark.decode(value)
-                    if stored.input >= watermark.input:
-                        stored.changelog = watermark.changelog
-                        watermark = watermarks[partition] = stored
-                elif key.startswith(AGGREGATE):
-                    name = key[len(AGGREGATE) :].decode()
-                    incoming = Aggregate.decode(value)
-                    current = totals.get(name) or self.store.aggregate(name)
-                    if current is None or incoming.total.applied_offset >= current.total.applied_offset:
-                        totals[name] = incoming
-                        local.put(key, value)
-                elif key.startswith(CHANGELOG_DEDUP_PREFIX):
-                    for customer, event_id, seen in decode_dedup_group(value):
-                        local.put(dedup_key(customer, event_id), encode_seen(seen))
+        for (_topic, home), home_records in changelog.items():
+            for partition in [p for p in partitions if self._changelog_partition(p) == home]:
+                applied += self._apply_changelog(partition, home_records, watermarks, totals, local)
         outputs = read_tails(
             self.client_config,
-            [(self.topics.limits, p, watermarks[p].limits) for p in partitions]
-            + [(self.topics.duplicates, p, watermarks[p].duplicates) for p in partitions]
+            [(self.topics.limits, p, watermarks[p].limits) for p in partitions if p < self.partitions]
+            + [
+                (self.topics.duplicates, p, watermarks[p].duplicates)
+                for p in partitions
+                if p < self.partitions
+            ]
             + ([(self.topics.dlq, 0, min(watermarks[p].dlq for p in partitions))] if partitions else []),
             idle_s=self.recovery_idle_s,
         )
@@ -704,6 +848,56 @@ class MeteringProcessor:
             applied,
             resent,
         )
+
+    def _changelog_partition(self, partition: int) -> int:
+        """Where a partition's changelog records go: its own changelog partition, or, for a partition
+        added to usage.events after the state was built, p % N (it only ever writes a watermark)."""
+        return partition if partition < self.partitions else partition % self.partitions
+
+    def _watermark_key(self, partition: int) -> bytes:
+        if partition < self.partitions:
+            return CHANGELOG_WATERMARK_KEY
+        return CHANGELOG_WATERMARK_KEY + str(partition).encode()
+
+    def _apply_changelog(
+        self,
+        partition: int,
+        records: Sequence[tuple[bytes | None, bytes | None, int]],
+        watermarks: dict[int, Watermark],
+        totals: dict[str, Aggregate],
+        local: WriteBatch,
+    ) -> int:
+        """Apply the changelog records of `partition` from its stored position (recovery step 1)."""
+        watermark = watermarks[partition]
+        start = watermark.changelog
+        own_key = self._watermark_key(partition)
+        holds_state = partition < self.partitions
+        applied = 0
+        for key, value, offset in records:
+            if offset < start:
+                continue
+            applied += 1
+            watermark.changelog = offset + 1
+            if value is None or key is None:
+                continue
+            if key == own_key:
+                stored = Watermark.decode(value)
+                if stored.input >= watermark.input:
+                    stored.changelog = watermark.changelog
+                    watermark = watermarks[partition] = stored
+            elif not holds_state or key.startswith(CHANGELOG_WATERMARK_KEY):
+                continue  # another partition's watermark
+            elif key.startswith(AGGREGATE):
+                name = key[len(AGGREGATE) :].decode()
+                incoming = Aggregate.decode(value)
+                current = totals.get(name) or self.store.aggregate(name)
+                if current is None or incoming.total.applied_offset >= current.total.applied_offset:
+                    totals[name] = incoming
+                    local.put(key, value)
+            elif key.startswith(CHANGELOG_DEDUP_PREFIX):
+                for customer, event_id, seen in decode_dedup_group(value):
+                    local.put(dedup_key(customer, event_id), encode_seen(seen))
+        return applied
 
 
 def read_tails(
@@ -762,6 +956,33 @@ def read_tails(
             if caught_up and time.monotonic() - last_seen >= idle_s:
                 return found
         raise TimeoutError(f"could not read {sorted(ends)} to their end within {timeout_s}s")
+    finally:
+        consumer.close()
+
+
+def first_offset_from(
+    client_config: Mapping[str, Any], topic: str, partition: int, offset: int, timeout_s: float = 10.0
+) -> int | None:
+    """The offset of the first record `topic`/`partition` holds at or after `offset` (None: none
+    arrived within `timeout_s`)."""
+    consumer = Consumer(
+        {
+            **client_config,
+            "group.id": f"metering-position-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "enable.partition.eof": False,
+            "fetch.wait.max.ms": 50,
+        }
+    )
+    try:
+        consumer.assign([TopicPartition(topic, partition, offset)])
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            message = consumer.poll(0.1)
+            if message is not None and not message.error():
+                return int(message.offset() or 0)
+        return None
     finally:
         consumer.close()
 

@@ -5,7 +5,7 @@ Keys (the same layout is used in the changelog topic, see README.md):
 | local key | value | changelog key |
 | --- | --- | --- |
 | `a\\0<aggregate key>` | running total + the aggregate's identity (JSON) | `a\\0<aggregate key>` |
-| `d\\0<customer>\\0<event id>` | first copy: "partition offset event_ms" | grouped: `d\\0<first offset of the batch>` |
+| `d\\0<len(customer) as 4 bytes><customer><event id>` | first copy: "partition offset event_ms" | grouped: `d\\0<first offset of the batch>` |
 | `w\\0<partition>` | watermarks of a partition (JSON) | `w` (in the partition's own changelog partition) |
 
 A partition's watermark `Watermark` says how far everything is durable:
@@ -13,8 +13,16 @@ A partition's watermark `Watermark` says how far everything is durable:
 - `changelog`: next changelog offset not yet applied here (local state only);
 - `limits`, `duplicates`, `dlq`: next offset of those topics after the last record a committed
   batch sent there; recovery reads from there on to learn what an interrupted batch already sent;
+- `first`, `accepted`, `duplicates_counted`, `rejected`, `forwarded`: the partition's accounting, durable
+  with the watermark: every input offset from `first` to `input` is exactly one of those outcomes
+  (`input - first + 1 == accepted + duplicates_counted + rejected + forwarded`, `gaps` aside: offsets
+  the log does not hold, such as transaction markers);
 - `marks`, `guards`: what that reading found (limit marks per total, receipt/DLQ ids), kept in the
   watermark (so durable with every batch) until the totals carry the marks / the input passes them.
+
+Keys are unambiguous whatever the ids hold: the customer id is length-prefixed in a dedup key. The
+store records its key format (`f\\0format`); a store of another format is rebuilt from the changelog
+(whose records carry ids as JSON values, not inside keys).
 
 The store's directory is owned through an flock on `owner.lock`; a RocksDB `LOCK` left behind by a
 SIGKILLed worker (whose flock the kernel released) is removed before opening.
@@ -42,6 +50,10 @@ log = logging.getLogger(__name__)
 AGGREGATE = b"a\x00"
 DEDUP = b"d\x00"
 WATERMARK = b"w\x00"
+FORMAT_KEY = b"f\x00format"
+#: 2: dedup keys length-prefix the customer id (1 joined customer and event id with a NUL, so
+#: customer "a" + event "b\0c" and customer "a\0b" + event "c" were one key)
+FORMAT = b"2"
 
 
 @dataclass(slots=True)
@@ -51,6 +63,13 @@ class Watermark:
     limits: int = 0
     duplicates: int = 0
     dlq: int = 0
+    #: accounting of the input offsets first..input (see the module docstring)
+    first: int = -1
+    accepted: int = 0
+    duplicates_counted: int = 0
+    rejected: int = 0
+    forwarded: int = 0
+    gaps: int = 0
     #: limit events found sent by an interrupted batch, per total, until that total is written with them
     marks: dict[str, list[str]] = field(default_factory=dict)
     #: receipt / DLQ ids found sent by an interrupted batch, until the input watermark passes them
@@ -110,7 +129,8 @@ class Aggregate:
 
 
 def dedup_key(customer_id: str, event_id: str) -> bytes:
-    return DEDUP + customer_id.encode() + b"\x00" + event_id.encode()
+    customer = customer_id.encode()
+    return DEDUP + len(customer).to_bytes(4, "big") + customer + event_id.encode()
 
 
 def encode_seen(seen: FirstSeen) -> bytes:
@@ -142,6 +162,20 @@ class StateStore:
         directory.mkdir(parents=True, exist_ok=True)
         self._owner = self._take_ownership(directory / "owner.lock")
         self.db = self._open(directory / "state")
+        if self.db.get(FORMAT_KEY) != FORMAT:
+            self._reset_format()
+
+    def _reset_format(self) -> None:
+        """An empty store, or one of an older key format: start empty (recovery rebuilds it from the
+        changelog, from offset 0) and record the current format."""
+        if self.db.get(FORMAT_KEY) is not None or any(True for _ in self.db.keys()):
+            log.warning(
+                "state in %s has another key format: rebuilding it from the changelog", self.directory
+            )
+            self.db.close()
+            Rdict.destroy(str(self.directory / "state"), Options(raw_mode=True))
+            self.db = self._open(self.directory / "state")
+        self.db.put(FORMAT_KEY, FORMAT)
 
     @staticmethod
     def _take_ownership(path: Path) -> IO[str]:

@@ -20,6 +20,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from metergate.cli.catalog import publish_catalog
 from metergate.domain.catalog import parse_catalog
 from metergate.domain.records import DeadLetter, DuplicateReceipt, LimitEvent, UsageAggregate, UsageEvent
+from metergate.kafka.partitioner import LIBRDKAFKA_PARTITIONER
 from metergate.kafka.topics import Topics
 from metergate.testing.topics import read_topic
 from metergate.wire.codec import codec
@@ -42,7 +43,9 @@ class EventProducer:
     """Produces usage records and remembers where each one landed."""
 
     def __init__(self, kafka_config: Mapping[str, Any], topics: Topics) -> None:
-        self.producer = Producer({**kafka_config, "linger.ms": 5, "enable.idempotence": True})
+        self.producer = Producer(
+            {**kafka_config, "linger.ms": 5, "enable.idempotence": True, "partitioner": LIBRDKAFKA_PARTITIONER}
+        )
         self.topic = topics.events
         self.sent: list[Sent] = []
         self._codec = codec(UsageEvent)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from decimal import Context, Decimal
 from typing import Any
 
-from metergate.domain.records import Aggregation
+from metergate.domain.records import MAX_QUANTITY, Aggregation
 
 _ZERO = Decimal(0)
 #: sums are exact: the default context keeps 28 digits, a quantity alone may have 38
@@ -42,6 +42,10 @@ class RunningTotal:
     late: bool = False
     uniques: set[str] = field(default_factory=set)
     emitted: set[str] = field(default_factory=set)
+
+    def would_overflow(self, quantity: Decimal) -> bool:
+        """Folding `quantity` would take a SUM past decimal(38, 9) (the wire type of every total)."""
+        return self.aggregation is Aggregation.SUM and _EXACT.add(self.value, quantity) > MAX_QUANTITY
 
     def fold(self, quantity: Decimal, event_ms: int, event_id: str, unique_value: str | None = None) -> None:
         """Fold one accepted event in. The caller has already checked it is not applied yet."""
