@@ -44,7 +44,12 @@ class EventProducer:
 
     def __init__(self, kafka_config: Mapping[str, Any], topics: Topics) -> None:
         self.producer = Producer(
-            {**kafka_config, "linger.ms": 5, "enable.idempotence": True, "partitioner": LIBRDKAFKA_PARTITIONER}
+            {
+                **kafka_config,
+                "linger.ms": 5,
+                "enable.idempotence": True,
+                "partitioner": LIBRDKAFKA_PARTITIONER,
+            }
         )
         self.topic = topics.events
         self.sent: list[Sent] = []
@@ -78,7 +83,10 @@ class EventProducer:
 class Worker:
     """The metering worker as a subprocess (`python -m metergate_services.metering.main`)."""
 
-    def __init__(self, kafka_bootstrap: str, topics: Topics, data_dir: Path, **settings: Any) -> None:
+    def __init__(
+        self, kafka_bootstrap: str, topics: Topics, data_dir: Path, metrics_port: int = 0, **settings: Any
+    ) -> None:
+        self.metrics_port = metrics_port
         self.env = {
             **os.environ,
             "METERGATE_KAFKA_BOOTSTRAP": kafka_bootstrap,
@@ -86,11 +94,17 @@ class Worker:
             "METERGATE_METERING_DATA_DIR": str(data_dir),
             "METERGATE_METERING_RECOVERY_IDLE_S": "0.3",
             "METERGATE_LOG_LEVEL": os.environ.get("METERGATE_TEST_WORKER_LOG_LEVEL", "WARNING"),
+            "METERGATE_METRICS_PORT": str(metrics_port),
         }
         self.env.update({f"METERGATE_METERING_{k.upper()}": str(v) for k, v in settings.items()})
         self.log = data_dir.parent / f"{data_dir.name}-worker.log"
         self.process: subprocess.Popen[bytes] | None = None
         self.group = f"{topics.prefix}metergate-metering"
+        self.changelog = f"{self.group}-state-changelog"
+
+    def consumed(self) -> float:
+        """Records this worker process has accounted for (its own metric; 0 before it answers)."""
+        return metric(self.metrics_port, "metergate_events_consumed_total")
 
     def start(self, **settings: Any) -> Worker:
         env = dict(self.env)
@@ -231,3 +245,154 @@ def dead_letters(kafka_config: Mapping[str, Any], topics: Topics) -> list[DeadLe
     return [
         codec(DeadLetter).decode(v) for _, v, _, _ in read_topic(kafka_config, topics.dlq, idle_s=1.0) if v
     ]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def metric(port: int, name: str) -> float:
+    """Sum of a metric's samples on a worker's Prometheus endpoint (0 when it does not answer yet)."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+            text = response.read().decode()
+    except OSError:
+        return 0.0
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name) and not line.startswith("#") and line[len(name)] in " {"
+    )
+
+
+def wait_until(condition: Any, what: str, timeout_s: float = 90, every_s: float = 0.1) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(every_s)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+class AggregateWatcher:
+    """Follows usage.aggregates and keeps the highest version per key, to wait for expected totals."""
+
+    def __init__(self, kafka_config: Mapping[str, Any], topics: Topics) -> None:
+        self.consumer = Consumer(
+            {
+                **kafka_config,
+                "group.id": f"watcher-{time.monotonic_ns()}",
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+            }
+        )
+        partitions = (
+            self.consumer.list_topics(topics.aggregates, timeout=10).topics[topics.aggregates].partitions
+        )
+        self.consumer.assign([TopicPartition(topics.aggregates, p, 0) for p in partitions])
+        self.latest: dict[str, UsageAggregate] = {}
+        self._codec = codec(UsageAggregate)
+
+    def poll(self) -> None:
+        for message in self.consumer.consume(20_000, timeout=0.2):
+            if message.error() or message.value() is None:
+                continue
+            aggregate = self._codec.decode(message.value())
+            key = message.key().decode()
+            known = self.latest.get(key)
+            if known is None or aggregate.version > known.version:
+                self.latest[key] = aggregate
+
+    def figures(self) -> dict[str, tuple[Decimal, int]]:
+        return {key: (a.value, a.event_count) for key, a in self.latest.items()}
+
+    def wait_for(
+        self,
+        expected: Mapping[str, tuple[Decimal, int]],
+        timeout_s: float = 120,
+        workers: Iterable[Worker] = (),
+    ) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self.poll()
+            if self.figures() == dict(expected):
+                return
+            for worker in workers:
+                if worker.process is not None and worker.process.poll() is not None:
+                    raise AssertionError(f"worker exited with {worker.process.returncode}:\n{worker.tail()}")
+        got = self.figures()
+        wrong = {k: (got.get(k), v) for k, v in expected.items() if got.get(k) != v}
+        extra = set(got) - set(expected)
+        raise AssertionError(
+            f"{len(wrong)} totals wrong, {len(extra)} unexpected after {timeout_s}s: {list(wrong.items())[:5]}"
+        )
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def durable_accounting(kafka_config: Mapping[str, Any], changelog_topic: str) -> dict[int, dict[str, int]]:
+    """The last watermark of every usage.events partition, as metering stored it in its changelog."""
+    import json
+
+    found: dict[int, dict[str, int]] = {}
+    for key, value, partition, _offset in read_topic(kafka_config, changelog_topic, idle_s=1.0):
+        if key is None or value is None or not key.startswith(b"w"):
+            continue
+        owner = partition if key == b"w" else int(key[1:])
+        state = json.loads(value)
+        if owner not in found or state["input"] >= found[owner]["input"]:
+            found[owner] = state
+    return found
+
+
+def records_per_partition(kafka_config: Mapping[str, Any], topic: str) -> dict[int, int]:
+    counts: dict[int, int] = defaultdict(int)
+    for _key, _value, partition, _offset in read_topic(kafka_config, topic, idle_s=1.0):
+        counts[partition] += 1
+    return dict(counts)
+
+
+def assert_every_record_accounted(
+    kafka_config: Mapping[str, Any], topics: Topics, changelog_topic: str
+) -> dict[str, int]:
+    """Every record of usage.events is durably one of accepted, duplicate, rejected, forwarded: per
+    partition, the stored position is the log's end and the outcomes add up to it. Returns the sums."""
+    accounting = durable_accounting(kafka_config, changelog_topic)
+    in_log = records_per_partition(kafka_config, topics.events)
+    sums = {"accepted": 0, "duplicates_counted": 0, "rejected": 0, "forwarded": 0, "gaps": 0}
+    for partition, count in in_log.items():
+        state = accounting.get(partition)
+        assert state is not None, f"partition {partition}: {count} records, none accounted"
+        assert state["input"] + 1 == count, (
+            f"partition {partition}: {count} records, position {state['input']}"
+        )
+        outcomes = {name: state.get(name, 0) for name in sums}
+        assert sum(outcomes.values()) == count, f"partition {partition}: {outcomes} vs {count} records"
+        for name, value in outcomes.items():
+            sums[name] += value
+    return sums
+
+
+def expected_totals(events: Iterable[UsageEvent], anchor: Any) -> dict[str, tuple[Decimal, int]]:
+    """Independently: SUM and count of the distinct events per customer, meter and period."""
+    from metergate.domain.periods import period_for
+    from metergate.domain.records import ResetPeriod, aggregate_key
+
+    totals: dict[str, tuple[Decimal, int]] = defaultdict(lambda: (Decimal(0), 0))
+    seen: set[tuple[str, str]] = set()
+    for event in events:
+        if (event.customer_id, event.event_id) in seen:
+            continue
+        seen.add((event.customer_id, event.event_id))
+        start = period_for(event.timestamp, anchor, ResetPeriod.MONTHLY).start
+        key = aggregate_key(event.customer_id, event.meter, start)
+        value, count = totals[key]
+        totals[key] = (value + event.quantity, count + 1)
+    return dict(totals)
