@@ -1,4 +1,4 @@
-"""SIGKILL the metering worker at three steps of its commit order (once with its data dir deleted):
+"""SIGKILL the metering worker at each of the five steps of its commit order (once with its data dir deleted):
 totals and limit events come out exact, none repeated, none missing."""
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def expected_limit_events(events: list[UsageEvent]) -> dict[str, tuple[Decimal, 
     return found
 
 
-def test_sigkill_at_three_points_and_a_wiped_data_dir_leave_totals_and_limit_events_exact(
+def test_sigkill_at_every_step_and_a_wiped_data_dir_leave_totals_and_limit_events_exact(
     kafka_bootstrap, kafka_config, topics, tmp_path
 ):
     rng = random.Random(11)
@@ -115,15 +115,17 @@ def test_sigkill_at_three_points_and_a_wiped_data_dir_leave_totals_and_limit_eve
     worker = Worker(kafka_bootstrap, topics, data_dir, batch_size=300)
     progress = []
     try:
-        _crash_three_times_then_finish(worker, kafka_config, topics, data_dir, ends, total, progress)
+        _crash_at_every_step_then_finish(worker, kafka_config, topics, data_dir, ends, total, progress)
     finally:
         worker.kill()
     _check(events, kafka_config, topics)
 
 
-def _crash_three_times_then_finish(worker, kafka_config, topics, data_dir, ends, total, progress):
+def _crash_at_every_step_then_finish(worker, kafka_config, topics, data_dir, ends, total, progress):
     for crash_point, batches, wipe_after in (
         ("outputs_partial", 3, False),  # some limit events sent, no state: they must not be re-sent
+        ("outputs_sent", 2, False),  # every output of a batch sent, no state
+        ("changelog_sent", 2, False),  # the whole changelog of a batch, no local state, no offset
         ("changelog_partial", 3, True),  # half the changelog of a batch; then the data dir is deleted
         ("state_written", 2, False),  # durable state, consumer offsets not committed yet
     ):
