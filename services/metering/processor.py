@@ -448,12 +448,8 @@ class MeteringProcessor:
         else:
             aggregate = entry[1]
         total = aggregate.total
-        if record.offset <= total.applied_offset:
-            # a replay whose effect is already in this total (see COMMIT ORDER, step 2)
-            pending.accepted += 1
-            pending.outcomes[partition][ACCEPTED] += 1
-            return
-        if total.would_overflow(datum["quantity"]):
+        applied = record.offset <= total.applied_offset
+        if not applied and total.would_overflow(datum["quantity"]):
             self._reject(
                 partition,
                 record,
@@ -470,6 +466,12 @@ class MeteringProcessor:
             first = FirstSeen(partition, record.offset, event_ms)
             pending.seen[first_key] = first
             pending.new_seen[partition].append((customer, datum["event_id"], first))
+        if applied:
+            # a replay whose effect is already in this total (see COMMIT ORDER, step 2); its dedup
+            # entry may not be durable yet (a crash inside step 2), so it was recorded just above
+            pending.accepted += 1
+            pending.outcomes[partition][ACCEPTED] += 1
+            return
         unique = None
         if meter.unique_property:
             unique = (datum.get("properties") or {}).get(meter.unique_property)
