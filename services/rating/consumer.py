@@ -29,7 +29,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from metergate.db import credit_store, rating_store
 from metergate.db.engine import make_engine
 from metergate.domain.ledger import depletion_event_id
-from metergate.domain.rating import AggregateUpdate, Line, RatingFold
+from metergate.domain.rating import AggregateUpdate, Line, RatingFold, check_aggregate
 from metergate.domain.records import (
     DeadLetter,
     KafkaPosition,
@@ -337,12 +337,7 @@ class RatingConsumer:
                 continue  # a tombstone of the compacted topic: nothing to rate
             try:
                 aggregate = read_aggregate(value)
-                if aggregate.value < 0:
-                    raise InvalidInput(
-                        f"value: expected a running total >= 0, got {aggregate.value}",
-                        reason="invalid_value",
-                        field="value",
-                    )
+                check_aggregate(aggregate)  # ids, value range: what PostgreSQL could not store
             except InvalidInput as exc:
                 batch.rejected.append(self._dead_letter(message, exc))
                 continue

@@ -26,7 +26,7 @@ from psycopg.copy import Copy, FileWriter
 from sqlalchemy import Connection, Engine, event, text
 from sqlalchemy.exc import DisconnectionError
 
-from metergate.domain.ledger import Depletion, Entry, EntryType, Grant, Wallet
+from metergate.domain.ledger import Depletion, Entry, EntryType, Grant, Wallet, grant_expiry_key
 from metergate.domain.pricing import ChargeStatus, ChargeType
 from metergate.domain.rating import Line
 
@@ -455,7 +455,7 @@ def write_entries(conn: Connection, entries: Sequence[Entry]) -> None:
             "grant_id": [e.grant_id for e in entries],
             "amount": _texts(e.amount for e in entries),
             "expired": [
-                e.entry_type is EntryType.EXPIRY and e.idempotency_key == f"expiry:{e.grant_id}"
+                e.entry_type is EntryType.EXPIRY and e.idempotency_key == grant_expiry_key(e.grant_id)
                 for e in entries
             ],
         },
