@@ -76,6 +76,8 @@ class Batch:
     rejected: list[DeadLetter] = field(default_factory=list)
     next_offsets: dict[int, int] = field(default_factory=dict)  # partition -> offset after the batch
     first_offsets: dict[int, int] = field(default_factory=dict)  # partition -> first offset in the batch
+    consumed: int = 0  # records of assigned partitions not committed before (what the batch accounts for)
+    tombstones: int = 0
 
     @property
     def partitions(self) -> set[int]:
@@ -180,6 +182,8 @@ class RatingConsumer:
         self.database_failures = 0  # PostgreSQL errors waited out by this process
         self.committed_updates = 0  # newer versions rated and committed by this process
         self.committed_records = 0  # records consumed and committed (stale and rejected included)
+        #: the accounting invariant of this process (see metrics.RECORDS): consumed = the sum of the rest
+        self.accounting: dict[str, int] = dict.fromkeys(("consumed", *metrics.OUTCOMES), 0)
         #: seconds spent per step of a batch (decode, load, fold, dlq, write, commit), for benchmarks
         self.timings: defaultdict[str, float] = defaultdict(float)
         self.first_batch_at: float | None = None  # perf_counter() when the first batch arrived
@@ -332,8 +336,10 @@ class RatingConsumer:
             if partition not in batch.next_offsets:
                 batch.first_offsets[partition] = offset
             batch.next_offsets[partition] = offset + 1
+            batch.consumed += 1
             value = message.value()
             if value is None:
+                batch.tombstones += 1
                 continue  # a tombstone of the compacted topic: nothing to rate
             try:
                 aggregate = read_aggregate(value)
@@ -642,6 +648,7 @@ class RatingConsumer:
             metrics.REJECTED.labels(dead_letter.reason).inc()
         metrics.UPDATES.inc(fold.updates)
         metrics.STALE.inc(fold.stale)
+        self._account(batch, fold)
         metrics.LINE_ITEMS.inc(len(fold.changed))
         for entry in fold.entries:
             metrics.LEDGER_WRITES.labels(entry.entry_type.value).inc()
@@ -652,6 +659,25 @@ class RatingConsumer:
         if fold.depletions:
             self._outbox_pending = True
             self._publish_limits()  # 6
+
+    def _account(self, batch: Batch, fold: RatingFold) -> None:
+        """Count a committed batch's records by outcome (`metrics.RECORDS`); a sum that does not
+        add up is a bug of ours: stop loudly rather than bill from a miscount."""
+        outcomes = {
+            "accepted": fold.updates,
+            "duplicate": fold.stale,
+            "rejected": len(batch.rejected) + fold.rejected,
+            "tombstone": batch.tombstones,
+        }
+        if sum(outcomes.values()) != batch.consumed:
+            raise rating_store.IntegrityFault(
+                f"accounting: {batch.consumed} record(s) consumed but {outcomes} accounted for"
+            )
+        metrics.CONSUMED.inc(batch.consumed)
+        self.accounting["consumed"] += batch.consumed
+        for outcome, count in outcomes.items():
+            metrics.RECORDS.labels(outcome).inc(count)
+            self.accounting[outcome] += count
 
     def _fault(self, step: str) -> None:
         if self._fault_at is not None and self._fault_at[0] == step and self._batches >= self._fault_at[1]:
@@ -689,6 +715,7 @@ class RatingConsumer:
             try:
                 applied = fold.apply(aggregate, self.snapshots.get(aggregate.customer_id))
             except InvalidInput as exc:
+                fold.rejected += 1
                 rejections.append((index, self._dead_letter(message, exc)))
                 continue
             if applied.rejection is not None:

@@ -216,8 +216,9 @@ class RatingFold:
     invoices: set[tuple[str, datetime]] = field(default_factory=set)
     entries: list[Entry] = field(default_factory=list)
     depletions: list[tuple[Depletion, Aggregate, Line]] = field(default_factory=list)
-    updates: int = 0
-    stale: int = 0
+    updates: int = 0  # records rated (newer versions; an unpriced one may also be reported to the DLQ)
+    stale: int = 0  # records older than or equal to the stored version, or superseded in their batch
+    rejected: int = 0  # records that could not be rated at all (the caller counts them: DLQ only)
 
     def absorb(self, other: RatingFold) -> None:
         """Add what `other` did: a fold of the same batch over *other customers* (their keys, lines,
@@ -232,6 +233,7 @@ class RatingFold:
         self.depletions.extend(other.depletions)
         self.updates += other.updates
         self.stale += other.stale
+        self.rejected += other.rejected
 
     def version_of(self, key: str) -> int | None:
         newest: int | None = None
