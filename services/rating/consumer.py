@@ -165,6 +165,12 @@ class RatingConsumer:
         self._dead_letters = codec(DeadLetter)
         self._limits = codec(LimitEvent)
         self._outbox_pending = True  # publish leftovers of an earlier run first
+        #: limit_outbox ids produced whose delivery report has not come (never produced again meanwhile)
+        self._limits_in_flight: set[str] = set()
+        #: limit_outbox ids delivered, not yet marked published
+        self._limits_delivered: set[str] = set()
+        #: the publisher transaction holding the claimed limit_outbox rows while some are in flight
+        self._publisher: tuple[Connection, RootTransaction] | None = None
         self._snapshot_rejects: list[DeadLetter] = []
         self._next_expiry = 0.0
         self._next_lag = 0.0
@@ -251,7 +257,14 @@ class RatingConsumer:
             self.consumer.close()  # leave the group now: partitions move without waiting for a timeout
         except RuntimeError:
             pass
-        self.producer.flush(10)
+        self.producer.flush(self.settings.flush_timeout_s)
+        try:
+            if self._publisher is not None:
+                self._mark_published()  # delivered while closing: not re-published at the next start
+        except (OperationalError, InterfaceError) as exc:
+            log.warning("rating: delivered limit events left unmarked (%s)", _first_line(exc))
+        finally:
+            self._drop_publisher()
         self.snapshots.close()
         if self.collector is not None:
             self.collector.close()
@@ -752,27 +765,92 @@ class RatingConsumer:
         self._flush()
 
     def _flush(self) -> None:
-        remaining = self.producer.flush(30)
+        timeout_s = self.settings.flush_timeout_s
+        remaining = self.producer.flush(timeout_s)
         if remaining:
-            raise DeliveryError(f"{remaining} record(s) still queued for Kafka after 30 s")
+            raise DeliveryError(f"{remaining} record(s) still queued for Kafka after {timeout_s} s")
         self.tracker.raise_failures()
 
+    def _limit_delivered(self, event_id: str) -> Callable[[KafkaError | None, Message], None]:
+        def report(error: KafkaError | None, _message: Message) -> None:
+            if error is None:
+                self._limits_delivered.add(event_id)
+            else:  # librdkafka gave up on it (message.timeout.ms): it may be produced again
+                log.warning("rating: limit event %s not delivered (%s); will retry", event_id, error.str())
+                self._limits_in_flight.discard(event_id)
+
+        return report
+
     def _publish_limits(self) -> None:
-        """Publish unpublished limit_outbox rows (step 6 of the commit order); retried later on failure."""
+        """Publish unpublished limit_outbox rows (step 6 of the commit order), exactly once each.
+
+        The rows are claimed in one publisher transaction (`FOR UPDATE SKIP LOCKED`: another
+        consumer publishing at the same time takes other rows), held while any of them is in
+        flight. A row is produced once and then left to the idempotent producer, whose own retries
+        never duplicate it: while its delivery report is outstanding (a stalled broker: however
+        long it takes) it is *in flight* and never produced again; delivered, it is marked
+        published; only a definitive delivery failure lets it be produced anew. (Before: a 30 s
+        flush gave up while the first copy was still queued, and the retry sent a second one.) A
+        crash after delivery, before the mark commits, re-publishes it at start: the same
+        limit_event_id, so consumers deduplicate.
+        """
         try:
-            with self.engine.begin() as conn:
-                rows = rating_store.unpublished_limits(conn)
-            if rows:
-                for _, customer_id, payload in rows:
-                    produce(self.producer, self.topics.limits, customer_id.encode(), payload, self.tracker)
-                self._flush()
-                self._fault("published")
-                with self.engine.begin() as conn:
-                    rating_store.mark_published(conn, [event_id for event_id, _, _ in rows])
-                metrics.LIMITS_PUBLISHED.inc(len(rows))
-            self._outbox_pending = False
-        except (DeliveryError, OperationalError, InterfaceError) as exc:
+            if self._publisher is None:
+                conn = self.engine.connect()
+                self._publisher = (conn, conn.begin())
+            conn, _ = self._publisher
+            rows = rating_store.claim_unpublished_limits(conn)
+            for event_id, customer_id, payload in rows:
+                if event_id in self._limits_in_flight:
+                    continue
+                self._limits_in_flight.add(event_id)
+                while True:
+                    try:
+                        self.producer.produce(
+                            self.topics.limits,
+                            value=payload,
+                            key=customer_id.encode(),
+                            on_delivery=self._limit_delivered(event_id),
+                        )
+                        break
+                    except BufferError:
+                        self.producer.poll(0.05)
+            if self._limits_in_flight:
+                self.producer.flush(self.settings.flush_timeout_s)  # what is still queued stays in flight
+            self._mark_published()
+        except (OperationalError, InterfaceError) as exc:
+            self._drop_publisher()
             log.warning("rating: limit events not published yet (%s); will retry", _first_line(exc))
+
+    def _mark_published(self) -> None:
+        """Step 6's second half: mark the delivered limit events published; COMMIT the publisher
+        transaction once none is in flight any more."""
+        if self._publisher is None:
+            return
+        conn, transaction = self._publisher
+        delivered = sorted(self._limits_delivered)
+        if delivered:
+            self._fault("published")
+            rating_store.mark_published(conn, delivered)
+        if not self._limits_in_flight - self._limits_delivered:
+            transaction.commit()
+            self._drop_publisher()
+            self._limits_in_flight.difference_update(delivered)
+            self._limits_delivered.difference_update(delivered)
+            metrics.LIMITS_PUBLISHED.inc(len(delivered))
+            self._outbox_pending = False
+        else:
+            self._outbox_pending = True
+            log.info(
+                "rating: %d limit event(s) awaiting the broker's ack",
+                len(self._limits_in_flight - self._limits_delivered),
+            )
+
+    def _drop_publisher(self) -> None:
+        if self._publisher is not None:
+            conn, _ = self._publisher
+            self._publisher = None
+            conn.close()  # rolls back unless committed: the rows are claimable again
 
     # -- periodic work ---------------------------------------------------------------------------
 

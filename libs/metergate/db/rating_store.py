@@ -498,6 +498,19 @@ def unpublished_limits(conn: Connection, limit: int = 10000) -> list[tuple[str, 
     return [(r.limit_event_id, r.customer_id, bytes(r.payload)) for r in rows]
 
 
+def claim_unpublished_limits(conn: Connection, limit: int = 10000) -> list[tuple[str, str, bytes]]:
+    """Lock and return unpublished limit_outbox rows no other transaction holds (SKIP LOCKED), so
+    two consumers publishing at once never send one row twice; held until the caller's COMMIT."""
+    rows = conn.execute(
+        text(
+            "SELECT limit_event_id, customer_id, payload FROM limit_outbox WHERE published_at IS NULL "
+            "ORDER BY created_at, limit_event_id LIMIT :limit FOR UPDATE SKIP LOCKED"
+        ),
+        {"limit": limit},
+    )
+    return [(r.limit_event_id, r.customer_id, bytes(r.payload)) for r in rows]
+
+
 def mark_published(conn: Connection, event_ids: Sequence[str]) -> None:
     if event_ids:
         conn.execute(
