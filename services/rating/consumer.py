@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, TypeVar
 
+import psycopg
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 from sqlalchemy import Connection, Engine, RootTransaction, text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -58,6 +59,14 @@ SERVICE = "rating"
 #: committed, published (limit events sent, not yet marked published).
 FAULT_ENV = "METERGATE_RATING_FAULT"
 FAULT_STEPS = ("locked", "folded", "dlq_sent", "written", "committed", "published")
+
+
+def is_data_error(exc: BaseException) -> bool:
+    """PostgreSQL refused a value (SQLSTATE class 22: a NUL in text, a number out of range, ...):
+    the fault of a record, not of the database, so redoing the same batch would fail again."""
+    if isinstance(exc, psycopg.errors.DataError):
+        return True
+    return isinstance(exc, DBAPIError) and isinstance(exc.orig, psycopg.errors.DataError)
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -407,6 +416,9 @@ class RatingConsumer:
             self._reseek()
             return
         except Exception as exc:
+            if is_data_error(exc):
+                self._isolate(batch, exc)
+                return
             if not is_transient(exc):
                 raise
             if not self._redo(batch, exc):
@@ -495,6 +507,10 @@ class RatingConsumer:
         try:
             committed_at = self._wait(inflight)
         except Exception as exc:
+            if is_data_error(exc):
+                self._snapshot_rejects[:0] = inflight.snapshot_rejects
+                self._isolate(inflight.batch, exc)
+                return True
             if not is_transient(exc):
                 raise
             self._snapshot_rejects[:0] = inflight.snapshot_rejects
@@ -538,6 +554,35 @@ class RatingConsumer:
                 continue
             self._committed(inflight, committed_at)
             return True
+
+    def _isolate(self, batch: Batch, failure: Exception) -> None:
+        """PostgreSQL refused `batch` as data (a value it cannot store that the checks at decode
+        did not catch): commit it one record at a time, not pipelined; a record refused alone goes
+        to the DLQ (`unwritable`, with PostgreSQL's message) and its offset commits with that, so
+        one poison record never stops the others being billed, nor causes a crash loop."""
+        log.error(
+            "rating: PostgreSQL refused a batch of %d record(s) (%s); writing them one at a time",
+            len(batch.messages),
+            _first_line(failure),
+        )
+        for message in batch.messages:
+            single = self._prepare([message])  # offsets as committed so far: skips what is done
+            if not single.next_offsets:
+                continue
+            try:
+                inflight = self._rate(single)
+                committed_at = self._write(inflight)
+            except Exception as exc:
+                if not is_data_error(exc):
+                    raise
+                refused = InvalidInput(
+                    f"PostgreSQL cannot store this record: {_first_line(exc)}", reason="unwritable"
+                )
+                single.records = []
+                single.rejected.append(self._dead_letter(message, refused))
+                inflight = self._rate(single)
+                committed_at = self._write(inflight)
+            self._committed(inflight, committed_at)
 
     def _rate(self, batch: Batch, ahead: Ahead | None = None) -> InFlight:
         """Steps 1-3 of committing `batch`, in this thread; `_write` does 4-5. The commit order, and
