@@ -189,3 +189,22 @@ def test_every_code_point_alone_is_judged_by_its_category(code_point):
     char = chr(code_point)
     rejection = check_identifier("meter", char)
     assert (rejection is not None) == (unicodedata.category(char) in FORBIDDEN)
+
+
+ANY_TEXT = st.text(alphabet=st.characters(codec=None), max_size=260) | st.sampled_from(["", "a", "x" * 256])
+
+
+@given(
+    st.fixed_dictionaries(
+        {"event_id": ANY_TEXT, "customer_id": ANY_TEXT, "meter": ANY_TEXT},
+        optional={
+            "subject_id": st.none() | ANY_TEXT,
+            "source": st.none() | ANY_TEXT,
+            "properties": st.dictionaries(ANY_TEXT, ANY_TEXT, max_size=3),
+        },
+    )
+)
+def test_check_ids_fast_path_judges_as_the_field_by_field_rules(datum):
+    from metergate.domain.usage import _check_ids_one_by_one, check_ids
+
+    assert check_ids(datum) == _check_ids_one_by_one(datum)

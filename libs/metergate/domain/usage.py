@@ -133,9 +133,39 @@ def check_properties(properties: Any) -> Rejection | None:
     return None
 
 
+def _plain(value: Any, max_chars: int = MAX_IDENTIFIER_CHARS) -> bool:
+    """The common case, at C speed: a non-empty printable string within the cap."""
+    return type(value) is str and 0 < len(value) <= max_chars and value.isprintable()
+
+
 def check_ids(datum: Mapping[str, Any]) -> Rejection | None:
     """Every identifier of a usage event, and its properties: the part of `check_shape` that the
     SDK, `metergate emit`, the metering worker and rating's decode share."""
+    get = datum.get
+    subject_id, source, properties = get("subject_id"), get("source"), get("properties")
+    if (
+        _plain(get("event_id"))
+        and _plain(get("customer_id"))
+        and _plain(get("meter"))
+        and (subject_id is None or _plain(subject_id))
+        and (source is None or source == "" or _plain(source))
+        and (
+            not properties
+            or (
+                isinstance(properties, Mapping)
+                and all(
+                    _plain(key) and (value == "" or _plain(value, MAX_PROPERTY_VALUE_CHARS))
+                    for key, value in properties.items()
+                )
+            )
+        )
+    ):
+        return None  # every field passes (each rule below accepts what `_plain` accepts)
+    return _check_ids_one_by_one(datum)
+
+
+def _check_ids_one_by_one(datum: Mapping[str, Any]) -> Rejection | None:
+    """`check_ids` field by field, naming the first that fails."""
     for name in ("event_id", "customer_id", "meter"):
         rejection = check_identifier(name, datum.get(name))
         if rejection is not None:
