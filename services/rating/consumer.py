@@ -602,7 +602,13 @@ class RatingConsumer:
            redoes the batch, and idempotency keys + version guards make the redo exact;
         6. after COMMIT, publish `limit_outbox` rows to usage.limits and mark them published (a
            crash in between re-publishes them at start: the same limit_event_id, so consumers
-           deduplicate; the depletion itself is recorded exactly once, in step 4).
+           deduplicate; the depletion itself is recorded exactly once, in step 4). Each row is
+           produced once and stays in flight until its delivery report, however long the broker
+           stalls: never re-produced because a flush timed out (`_publish_limits`).
+
+        A batch PostgreSQL refuses as data (SQLSTATE class 22) is redone one record at a time,
+        the refused record going to the DLQ as `unwritable` (`_isolate`); the rule that no record
+        is skipped holds: each offset commits with its rows or its DLQ record.
 
         Steps 4-5 run on the writer thread; the next batch's step 1 waits for its COMMIT. The
         records of customers without credit may have been folded ahead (`Ahead`): step 2 then
