@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, TypeVar
 
+import psycopg
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 from sqlalchemy import Connection, Engine, RootTransaction, text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -29,7 +30,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from metergate.db import credit_store, rating_store
 from metergate.db.engine import make_engine
 from metergate.domain.ledger import depletion_event_id
-from metergate.domain.rating import AggregateUpdate, Line, RatingFold
+from metergate.domain.rating import AggregateUpdate, Line, RatingFold, check_aggregate
 from metergate.domain.records import (
     DeadLetter,
     KafkaPosition,
@@ -60,6 +61,14 @@ FAULT_ENV = "METERGATE_RATING_FAULT"
 FAULT_STEPS = ("locked", "folded", "dlq_sent", "written", "committed", "published")
 
 
+def is_data_error(exc: BaseException) -> bool:
+    """PostgreSQL refused a value (SQLSTATE class 22: a NUL in text, a number out of range, ...):
+    the fault of a record, not of the database, so redoing the same batch would fail again."""
+    if isinstance(exc, psycopg.errors.DataError):
+        return True
+    return isinstance(exc, DBAPIError) and isinstance(exc.orig, psycopg.errors.DataError)
+
+
 def is_transient(exc: BaseException) -> bool:
     """A database failure worth waiting out (server down or restarting, connection lost, deadlock)."""
     if isinstance(exc, OperationalError | InterfaceError):
@@ -76,6 +85,8 @@ class Batch:
     rejected: list[DeadLetter] = field(default_factory=list)
     next_offsets: dict[int, int] = field(default_factory=dict)  # partition -> offset after the batch
     first_offsets: dict[int, int] = field(default_factory=dict)  # partition -> first offset in the batch
+    consumed: int = 0  # records of assigned partitions not committed before (what the batch accounts for)
+    tombstones: int = 0
 
     @property
     def partitions(self) -> set[int]:
@@ -163,6 +174,12 @@ class RatingConsumer:
         self._dead_letters = codec(DeadLetter)
         self._limits = codec(LimitEvent)
         self._outbox_pending = True  # publish leftovers of an earlier run first
+        #: limit_outbox ids produced whose delivery report has not come (never produced again meanwhile)
+        self._limits_in_flight: set[str] = set()
+        #: limit_outbox ids delivered, not yet marked published
+        self._limits_delivered: set[str] = set()
+        #: the publisher transaction holding the claimed limit_outbox rows while some are in flight
+        self._publisher: tuple[Connection, RootTransaction] | None = None
         self._snapshot_rejects: list[DeadLetter] = []
         self._next_expiry = 0.0
         self._next_lag = 0.0
@@ -180,6 +197,8 @@ class RatingConsumer:
         self.database_failures = 0  # PostgreSQL errors waited out by this process
         self.committed_updates = 0  # newer versions rated and committed by this process
         self.committed_records = 0  # records consumed and committed (stale and rejected included)
+        #: the accounting invariant of this process (see metrics.RECORDS): consumed = the sum of the rest
+        self.accounting: dict[str, int] = dict.fromkeys(("consumed", *metrics.OUTCOMES), 0)
         #: seconds spent per step of a batch (decode, load, fold, dlq, write, commit), for benchmarks
         self.timings: defaultdict[str, float] = defaultdict(float)
         self.first_batch_at: float | None = None  # perf_counter() when the first batch arrived
@@ -247,7 +266,14 @@ class RatingConsumer:
             self.consumer.close()  # leave the group now: partitions move without waiting for a timeout
         except RuntimeError:
             pass
-        self.producer.flush(10)
+        self.producer.flush(self.settings.flush_timeout_s)
+        try:
+            if self._publisher is not None:
+                self._mark_published()  # delivered while closing: not re-published at the next start
+        except (OperationalError, InterfaceError) as exc:
+            log.warning("rating: delivered limit events left unmarked (%s)", _first_line(exc))
+        finally:
+            self._drop_publisher()
         self.snapshots.close()
         if self.collector is not None:
             self.collector.close()
@@ -332,17 +358,14 @@ class RatingConsumer:
             if partition not in batch.next_offsets:
                 batch.first_offsets[partition] = offset
             batch.next_offsets[partition] = offset + 1
+            batch.consumed += 1
             value = message.value()
             if value is None:
+                batch.tombstones += 1
                 continue  # a tombstone of the compacted topic: nothing to rate
             try:
                 aggregate = read_aggregate(value)
-                if aggregate.value < 0:
-                    raise InvalidInput(
-                        f"value: expected a running total >= 0, got {aggregate.value}",
-                        reason="invalid_value",
-                        field="value",
-                    )
+                check_aggregate(aggregate)  # ids, value range: what PostgreSQL could not store
             except InvalidInput as exc:
                 batch.rejected.append(self._dead_letter(message, exc))
                 continue
@@ -393,6 +416,9 @@ class RatingConsumer:
             self._reseek()
             return
         except Exception as exc:
+            if is_data_error(exc):
+                self._isolate(batch, exc)
+                return
             if not is_transient(exc):
                 raise
             if not self._redo(batch, exc):
@@ -481,6 +507,10 @@ class RatingConsumer:
         try:
             committed_at = self._wait(inflight)
         except Exception as exc:
+            if is_data_error(exc):
+                self._snapshot_rejects[:0] = inflight.snapshot_rejects
+                self._isolate(inflight.batch, exc)
+                return True
             if not is_transient(exc):
                 raise
             self._snapshot_rejects[:0] = inflight.snapshot_rejects
@@ -525,6 +555,35 @@ class RatingConsumer:
             self._committed(inflight, committed_at)
             return True
 
+    def _isolate(self, batch: Batch, failure: Exception) -> None:
+        """PostgreSQL refused `batch` as data (a value it cannot store that the checks at decode
+        did not catch): commit it one record at a time, not pipelined; a record refused alone goes
+        to the DLQ (`unwritable`, with PostgreSQL's message) and its offset commits with that, so
+        one poison record never stops the others being billed, nor causes a crash loop."""
+        log.error(
+            "rating: PostgreSQL refused a batch of %d record(s) (%s); writing them one at a time",
+            len(batch.messages),
+            _first_line(failure),
+        )
+        for message in batch.messages:
+            single = self._prepare([message])  # offsets as committed so far: skips what is done
+            if not single.next_offsets:
+                continue
+            try:
+                inflight = self._rate(single)
+                committed_at = self._write(inflight)
+            except Exception as exc:
+                if not is_data_error(exc):
+                    raise
+                refused = InvalidInput(
+                    f"PostgreSQL cannot store this record: {_first_line(exc)}", reason="unwritable"
+                )
+                single.records = []
+                single.rejected.append(self._dead_letter(message, refused))
+                inflight = self._rate(single)
+                committed_at = self._write(inflight)
+            self._committed(inflight, committed_at)
+
     def _rate(self, batch: Batch, ahead: Ahead | None = None) -> InFlight:
         """Steps 1-3 of committing `batch`, in this thread; `_write` does 4-5. The commit order, and
         what a failure at each step replays:
@@ -543,7 +602,13 @@ class RatingConsumer:
            redoes the batch, and idempotency keys + version guards make the redo exact;
         6. after COMMIT, publish `limit_outbox` rows to usage.limits and mark them published (a
            crash in between re-publishes them at start: the same limit_event_id, so consumers
-           deduplicate; the depletion itself is recorded exactly once, in step 4).
+           deduplicate; the depletion itself is recorded exactly once, in step 4). Each row is
+           produced once and stays in flight until its delivery report, however long the broker
+           stalls: never re-produced because a flush timed out (`_publish_limits`).
+
+        A batch PostgreSQL refuses as data (SQLSTATE class 22) is redone one record at a time,
+        the refused record going to the DLQ as `unwritable` (`_isolate`); the rule that no record
+        is skipped holds: each offset commits with its rows or its DLQ record.
 
         Steps 4-5 run on the writer thread; the next batch's step 1 waits for its COMMIT. The
         records of customers without credit may have been folded ahead (`Ahead`): step 2 then
@@ -647,6 +712,7 @@ class RatingConsumer:
             metrics.REJECTED.labels(dead_letter.reason).inc()
         metrics.UPDATES.inc(fold.updates)
         metrics.STALE.inc(fold.stale)
+        self._account(batch, fold)
         metrics.LINE_ITEMS.inc(len(fold.changed))
         for entry in fold.entries:
             metrics.LEDGER_WRITES.labels(entry.entry_type.value).inc()
@@ -657,6 +723,25 @@ class RatingConsumer:
         if fold.depletions:
             self._outbox_pending = True
             self._publish_limits()  # 6
+
+    def _account(self, batch: Batch, fold: RatingFold) -> None:
+        """Count a committed batch's records by outcome (`metrics.RECORDS`); a sum that does not
+        add up is a bug of ours: stop loudly rather than bill from a miscount."""
+        outcomes = {
+            "accepted": fold.updates,
+            "duplicate": fold.stale,
+            "rejected": len(batch.rejected) + fold.rejected,
+            "tombstone": batch.tombstones,
+        }
+        if sum(outcomes.values()) != batch.consumed:
+            raise rating_store.IntegrityFault(
+                f"accounting: {batch.consumed} record(s) consumed but {outcomes} accounted for"
+            )
+        metrics.CONSUMED.inc(batch.consumed)
+        self.accounting["consumed"] += batch.consumed
+        for outcome, count in outcomes.items():
+            metrics.RECORDS.labels(outcome).inc(count)
+            self.accounting[outcome] += count
 
     def _fault(self, step: str) -> None:
         if self._fault_at is not None and self._fault_at[0] == step and self._batches >= self._fault_at[1]:
@@ -694,6 +779,7 @@ class RatingConsumer:
             try:
                 applied = fold.apply(aggregate, self.snapshots.get(aggregate.customer_id))
             except InvalidInput as exc:
+                fold.rejected += 1
                 rejections.append((index, self._dead_letter(message, exc)))
                 continue
             if applied.rejection is not None:
@@ -730,27 +816,92 @@ class RatingConsumer:
         self._flush()
 
     def _flush(self) -> None:
-        remaining = self.producer.flush(30)
+        timeout_s = self.settings.flush_timeout_s
+        remaining = self.producer.flush(timeout_s)
         if remaining:
-            raise DeliveryError(f"{remaining} record(s) still queued for Kafka after 30 s")
+            raise DeliveryError(f"{remaining} record(s) still queued for Kafka after {timeout_s} s")
         self.tracker.raise_failures()
 
+    def _limit_delivered(self, event_id: str) -> Callable[[KafkaError | None, Message], None]:
+        def report(error: KafkaError | None, _message: Message) -> None:
+            if error is None:
+                self._limits_delivered.add(event_id)
+            else:  # librdkafka gave up on it (message.timeout.ms): it may be produced again
+                log.warning("rating: limit event %s not delivered (%s); will retry", event_id, error.str())
+                self._limits_in_flight.discard(event_id)
+
+        return report
+
     def _publish_limits(self) -> None:
-        """Publish unpublished limit_outbox rows (step 6 of the commit order); retried later on failure."""
+        """Publish unpublished limit_outbox rows (step 6 of the commit order), exactly once each.
+
+        The rows are claimed in one publisher transaction (`FOR UPDATE SKIP LOCKED`: another
+        consumer publishing at the same time takes other rows), held while any of them is in
+        flight. A row is produced once and then left to the idempotent producer, whose own retries
+        never duplicate it: while its delivery report is outstanding (a stalled broker: however
+        long it takes) it is *in flight* and never produced again; delivered, it is marked
+        published; only a definitive delivery failure lets it be produced anew. (Before: a 30 s
+        flush gave up while the first copy was still queued, and the retry sent a second one.) A
+        crash after delivery, before the mark commits, re-publishes it at start: the same
+        limit_event_id, so consumers deduplicate.
+        """
         try:
-            with self.engine.begin() as conn:
-                rows = rating_store.unpublished_limits(conn)
-            if rows:
-                for _, customer_id, payload in rows:
-                    produce(self.producer, self.topics.limits, customer_id.encode(), payload, self.tracker)
-                self._flush()
-                self._fault("published")
-                with self.engine.begin() as conn:
-                    rating_store.mark_published(conn, [event_id for event_id, _, _ in rows])
-                metrics.LIMITS_PUBLISHED.inc(len(rows))
-            self._outbox_pending = False
-        except (DeliveryError, OperationalError, InterfaceError) as exc:
+            if self._publisher is None:
+                conn = self.engine.connect()
+                self._publisher = (conn, conn.begin())
+            conn, _ = self._publisher
+            rows = rating_store.claim_unpublished_limits(conn)
+            for event_id, customer_id, payload in rows:
+                if event_id in self._limits_in_flight:
+                    continue
+                self._limits_in_flight.add(event_id)
+                while True:
+                    try:
+                        self.producer.produce(
+                            self.topics.limits,
+                            value=payload,
+                            key=customer_id.encode(),
+                            on_delivery=self._limit_delivered(event_id),
+                        )
+                        break
+                    except BufferError:
+                        self.producer.poll(0.05)
+            if self._limits_in_flight:
+                self.producer.flush(self.settings.flush_timeout_s)  # what is still queued stays in flight
+            self._mark_published()
+        except (OperationalError, InterfaceError) as exc:
+            self._drop_publisher()
             log.warning("rating: limit events not published yet (%s); will retry", _first_line(exc))
+
+    def _mark_published(self) -> None:
+        """Step 6's second half: mark the delivered limit events published; COMMIT the publisher
+        transaction once none is in flight any more."""
+        if self._publisher is None:
+            return
+        conn, transaction = self._publisher
+        delivered = sorted(self._limits_delivered)
+        if delivered:
+            self._fault("published")
+            rating_store.mark_published(conn, delivered)
+        if not self._limits_in_flight - self._limits_delivered:
+            transaction.commit()
+            self._drop_publisher()
+            self._limits_in_flight.difference_update(delivered)
+            self._limits_delivered.difference_update(delivered)
+            metrics.LIMITS_PUBLISHED.inc(len(delivered))
+            self._outbox_pending = False
+        else:
+            self._outbox_pending = True
+            log.info(
+                "rating: %d limit event(s) awaiting the broker's ack",
+                len(self._limits_in_flight - self._limits_delivered),
+            )
+
+    def _drop_publisher(self) -> None:
+        if self._publisher is not None:
+            conn, _ = self._publisher
+            self._publisher = None
+            conn.close()  # rolls back unless committed: the rows are claimable again
 
     # -- periodic work ---------------------------------------------------------------------------
 

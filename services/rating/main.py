@@ -37,7 +37,16 @@ def run() -> None:
             settings.database.schema_name,
         )
         consumer.run()
+        # one line per clean exit: the accounting invariant of this process (consumed = the rest)
+        log.info(
+            "rating: accounting %s",
+            " ".join(f"{name}={count}" for name, count in consumer.accounting.items()),
+        )
     finally:
+        if consumer.stopping:
+            # stopped by a signal: the work is done; a repeat of it while the interpreter exits
+            # (which restores the default handlers) must not turn a clean exit into "killed"
+            signal.pthread_sigmask(signal.SIG_BLOCK, previous)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 

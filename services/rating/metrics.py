@@ -17,3 +17,13 @@ REJECTED = Counter("metergate_rating_rejected", "Records sent to the DLQ by rati
 LAG = Gauge("metergate_consumer_lag", "Records of usage.aggregates not yet rated", ["partition"])
 DB_RETRIES = Counter("metergate_rating_db_retries", "PostgreSQL failures the consumer waited out")
 LIMITS_PUBLISHED = Counter("metergate_rating_limit_events_published", "credits_depleted events published")
+
+#: The accounting invariant, per process: every record of usage.aggregates whose batch committed is
+#: counted once in CONSUMED and once in RECORDS under exactly one outcome, so
+#: consumed = accepted + duplicate + rejected + tombstone (a tombstone of the compacted topic
+#: carries nothing to rate). `duplicate`: not newer than the stored version, or superseded by a
+#: newer one in its batch. `rejected`: sent to the DLQ and not rated (an unpriced record that is
+#: stored *and* reported to the DLQ, such as `unknown_plan`, is `accepted`).
+CONSUMED = Counter("metergate_rating_consumed", "Records of usage.aggregates consumed and committed")
+RECORDS = Counter("metergate_rating_records", "Committed records of usage.aggregates by outcome", ["outcome"])
+OUTCOMES = ("accepted", "duplicate", "rejected", "tombstone")

@@ -20,6 +20,7 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
+from metergate.domain.rating import check_snapshot
 from metergate.domain.records import EntitlementSnapshot
 from metergate.errors import InvalidInput
 from metergate.wire.codec import codec
@@ -111,6 +112,7 @@ class SnapshotCache:
                 continue
             try:
                 snapshot = self._codec.decode(value)
+                check_snapshot(snapshot)  # ids and currency rating will store in line items
             except InvalidInput as exc:
                 log.warning(
                     "entitlement snapshot at %s[%d]@%d rejected: %s",

@@ -19,6 +19,7 @@ from typing import Any
 from confluent_kafka import Producer
 from sqlalchemy import text
 
+from metergate.db import rating_store
 from metergate.db.credit_store import grant_credit
 from metergate.db.engine import make_engine
 from metergate.db.migrate import upgrade
@@ -191,6 +192,17 @@ def run_consumer(rating: RatingSettings, ends: Mapping[int, int], timeout_s: flo
     consumer = RatingConsumer(rating)
     deadline = time.monotonic() + timeout_s
     done = caught_up(ends)
+    topic = rating.kafka.topics.aggregates
+
+    def committed() -> int:
+        engine = make_engine(rating.database.sqlalchemy_url(), rating.database.schema_name)
+        try:
+            with engine.connect() as conn:
+                return sum(rating_store.stored_offsets(conn, rating.group_id, topic, list(ends)).values())
+        finally:
+            engine.dispose()
+
+    before = committed()
 
     def until(c: RatingConsumer) -> bool:
         if time.monotonic() > deadline:
@@ -200,7 +212,16 @@ def run_consumer(rating: RatingSettings, ends: Mapping[int, int], timeout_s: flo
         return done(c)
 
     consumer.run(until=until)
+    assert_accounted(consumer.accounting, committed() - before)
     return consumer
+
+
+def assert_accounted(counts: Mapping[str, int], consumed: int) -> None:
+    """The accounting invariant of one rating run: it consumed `consumed` records (counted
+    independently, e.g. from the stored offsets), each under exactly one outcome."""
+    assert counts["consumed"] == consumed, (counts, consumed)
+    outcomes = counts["accepted"] + counts["duplicate"] + counts["rejected"] + counts["tombstone"]
+    assert counts["consumed"] == outcomes, counts
 
 
 @contextmanager

@@ -14,6 +14,7 @@ from metergate_services.rating.consumer import RatingConsumer
 from tests.integration.rating_support import (
     Feed,
     another_schema,
+    assert_accounted,
     caught_up,
     feed_mixed_usage,
     grant_mixed_credit,
@@ -79,5 +80,6 @@ def test_postgres_restarted_mid_run_bills_nothing_twice_and_skips_nothing(
         assert failure == []
         assert consumer.database_failures > 0  # it did notice, and waited
         assert state(postgres.url, SCHEMA) == expected
+        assert_accounted(consumer.accounting, total)  # one process, from offset 0: every record once
     finally:
         postgres.stop()

@@ -11,12 +11,14 @@ import pytest
 
 from metergate.domain.records import LimitKind
 from metergate_services.rating.consumer import FAULT_ENV, FAULT_STEPS
+from tests.integration.rating_load import accounting
 from tests.integration.rating_support import (
     CREDIT_CUSTOMERS,
     GROUP,
     Feed,
     RatingProcess,
     another_schema,
+    assert_accounted,
     feed_mixed_usage,
     grant_mixed_credit,
     limit_events,
@@ -87,6 +89,7 @@ def test_rating_killed_at_any_step_ends_identical_to_an_uninterrupted_run(
     process.kill()
 
     # and a last run to the end, stopped cleanly
+    last_start = committed(database_url, db_schema, topic)
     process.start()
     wait_until(
         lambda: all_committed(database_url, db_schema, topic, ends),
@@ -95,6 +98,10 @@ def test_rating_killed_at_any_step_ends_identical_to_an_uninterrupted_run(
         process.tail,
     )
     assert process.terminate() == 0, process.tail()
+    # the accounting invariant of the one clean run: what it committed, each record under one outcome
+    runs = accounting(tmp_path / "rating.log")
+    assert len(runs) == 1
+    assert_accounted(runs[0], committed(database_url, db_schema, topic) - last_start)
 
     assert state(database_url, db_schema) == expected
     # every depletion announced (a kill between sending and marking may repeat one: same id)

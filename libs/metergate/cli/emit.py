@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import uuid
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
@@ -43,7 +44,11 @@ def _parse_properties(values: tuple[str, ...]) -> dict[str, str]:
 @click.option("--customer", "customer_id", help="customer_id of the event")
 @click.option("--meter", help="meter key, e.g. api_calls")
 @click.option("--quantity", help="decimal quantity, e.g. 1 or 0.25")
-@click.option("--event-id", help="idempotency key (default: a random UUID)")
+@click.option(
+    "--event-id",
+    help="idempotency key; without it a random UUID is generated and printed, so running the "
+    "command again counts the usage again (pass the same --event-id to retry safely)",
+)
 @click.option("--timestamp", help="event time, ISO 8601 with offset (default: now)")
 @click.option("--subject", "subject_id", help="team or user inside the account")
 @click.option("--property", "properties", multiple=True, help="NAME=VALUE dimension, repeatable")
@@ -97,7 +102,7 @@ def emit(
             customer_id=customer_id,
             meter=meter,
             quantity=quantity,
-            event_id=event_id,
+            event_id=str(uuid.uuid4()) if event_id is None else event_id,  # generated on purpose
             timestamp=when,
             subject_id=subject_id,
             properties=_parse_properties(properties),
@@ -118,7 +123,7 @@ def emit(
 def _emit_file(path: Path, bootstrap: str | None, source: str, no_progress: bool) -> None:
     from tqdm import tqdm
 
-    from metergate.domain.records import UsageEvent
+    from metergate.sdk.producer import parse_event
 
     sent = 0
     rejected: list[tuple[int, str, str]] = []  # (line, reason, message)
@@ -140,7 +145,7 @@ def _emit_file(path: Path, bootstrap: str | None, source: str, no_progress: bool
                 continue
             data.setdefault("source", source)
             try:
-                usage.send(UsageEvent.parse(data))
+                usage.send(parse_event(data))
             except InvalidEvent as error:
                 rejected.append((number, error.reason, str(error)))
                 continue

@@ -26,7 +26,7 @@ from psycopg.copy import Copy, FileWriter
 from sqlalchemy import Connection, Engine, event, text
 from sqlalchemy.exc import DisconnectionError
 
-from metergate.domain.ledger import Depletion, Entry, EntryType, Grant, Wallet
+from metergate.domain.ledger import Depletion, Entry, EntryType, Grant, Wallet, grant_expiry_key
 from metergate.domain.pricing import ChargeStatus, ChargeType
 from metergate.domain.rating import Line
 
@@ -455,7 +455,7 @@ def write_entries(conn: Connection, entries: Sequence[Entry]) -> None:
             "grant_id": [e.grant_id for e in entries],
             "amount": _texts(e.amount for e in entries),
             "expired": [
-                e.entry_type is EntryType.EXPIRY and e.idempotency_key == f"expiry:{e.grant_id}"
+                e.entry_type is EntryType.EXPIRY and e.idempotency_key == grant_expiry_key(e.grant_id)
                 for e in entries
             ],
         },
@@ -492,6 +492,19 @@ def unpublished_limits(conn: Connection, limit: int = 10000) -> list[tuple[str, 
         text(
             "SELECT limit_event_id, customer_id, payload FROM limit_outbox WHERE published_at IS NULL "
             "ORDER BY created_at, limit_event_id LIMIT :limit"
+        ),
+        {"limit": limit},
+    )
+    return [(r.limit_event_id, r.customer_id, bytes(r.payload)) for r in rows]
+
+
+def claim_unpublished_limits(conn: Connection, limit: int = 10000) -> list[tuple[str, str, bytes]]:
+    """Lock and return unpublished limit_outbox rows no other transaction holds (SKIP LOCKED), so
+    two consumers publishing at once never send one row twice; held until the caller's COMMIT."""
+    rows = conn.execute(
+        text(
+            "SELECT limit_event_id, customer_id, payload FROM limit_outbox WHERE published_at IS NULL "
+            "ORDER BY created_at, limit_event_id LIMIT :limit FOR UPDATE SKIP LOCKED"
         ),
         {"limit": limit},
     )

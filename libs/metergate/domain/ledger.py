@@ -57,6 +57,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from metergate.domain.pricing import is_minor_exact
+from metergate.domain.records import key_part
 from metergate.errors import InvalidInput
 
 ZERO = Decimal(0)
@@ -254,7 +255,7 @@ def change_line_amount(
             entries.append(
                 wallet._apply(
                     Entry(
-                        idempotency_key=f"usage_debit:{line_key}|v{version}|{grant.grant_id}",
+                        idempotency_key=f"usage_debit:{line_key}|v{version}|{key_part(grant.grant_id)}",
                         customer_id=customer_id,
                         currency=wallet.currency,
                         grant_id=grant.grant_id,
@@ -284,7 +285,7 @@ def change_line_amount(
                 entries.append(
                     wallet._apply(
                         Entry(
-                            idempotency_key=f"usage_refund:{line_key}|v{version}|{grant.grant_id}",
+                            idempotency_key=f"usage_refund:{line_key}|v{version}|{key_part(grant.grant_id)}",
                             customer_id=customer_id,
                             currency=wallet.currency,
                             grant_id=grant.grant_id,
@@ -301,7 +302,7 @@ def change_line_amount(
                     entries.append(
                         wallet._apply(
                             Entry(
-                                idempotency_key=f"expiry:{grant.grant_id}|{line_key}|v{version}",
+                                idempotency_key=f"{grant_expiry_key(grant.grant_id)}|{line_key}|v{version}",
                                 customer_id=customer_id,
                                 currency=wallet.currency,
                                 grant_id=grant.grant_id,
@@ -328,7 +329,7 @@ def expire_grants(wallet: Wallet, now: datetime) -> list[Entry]:
         entries.append(
             wallet._apply(
                 Entry(
-                    idempotency_key=f"expiry:{grant.grant_id}",
+                    idempotency_key=grant_expiry_key(grant.grant_id),
                     customer_id=wallet.customer_id,
                     currency=wallet.currency,
                     grant_id=grant.grant_id,
@@ -342,6 +343,11 @@ def expire_grants(wallet: Wallet, now: datetime) -> list[Entry]:
     return entries
 
 
+def grant_expiry_key(grant_id: str) -> str:
+    """Idempotency key of a grant's own expiry entry (what is left when it expires)."""
+    return f"expiry:{key_part(grant_id)}"
+
+
 def depletion_event_id(customer_id: str, currency: str, sequence: int) -> str:
     """Stable id of the `sequence`-th depletion of a customer's credit (see rule 7)."""
-    return f"{customer_id}|credits|{currency}|credits_depleted|{sequence}"
+    return f"{key_part(customer_id)}|credits|{currency}|credits_depleted|{sequence}"

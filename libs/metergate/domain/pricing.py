@@ -53,6 +53,7 @@ from metergate.domain.records import (
     PriceTier,
     Pricing,
     PricingModel,
+    key_part,
 )
 from metergate.errors import InvalidInput
 
@@ -522,4 +523,5 @@ def line_key(
     `period_start` as a datetime, or already as its UTC ISO text (what `aggregate_key` uses).
     """
     period = period_start if isinstance(period_start, str) else period_start.astimezone(UTC).isoformat()
-    return f"{customer_id}|{subscription_id}|{feature}|{period}|{charge}"  # a StrEnum formats as its value
+    # a StrEnum formats as its value; each id escaped (`key_part`) so the key is unambiguous
+    return f"{key_part(customer_id)}|{key_part(subscription_id)}|{key_part(feature)}|{period}|{charge}"

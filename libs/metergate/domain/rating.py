@@ -16,6 +16,12 @@ order, and writes what the fold changed in one transaction. The rules:
 - Every line whose amount changes moves the customer's credit (`ledger.change_line_amount`).
 - The period's base fee of the subscription becomes a line of its own the first time usage of that
   period is rated (and follows newer snapshot versions). It is invoiced, not paid from credits.
+
+What rating will not store (`check_aggregate`, `check_snapshot`, applied when a record is decoded):
+ids that break the metering worker's id rule (`metergate.domain.usage.check_identifier`: NUL,
+control or invisible characters, more than 256 characters), a running total outside
+[0, 10^29) (decimal(38, 9), what usage.aggregates carries), a snapshot currency that is not three
+capital letters. Such a record goes to the DLQ with its reason; every other customer is billed.
 """
 
 from __future__ import annotations
@@ -37,7 +43,13 @@ from metergate.domain.pricing import (
     line_key,
     rate_usage,
 )
-from metergate.domain.records import EntitlementSnapshot, UsageAggregate, aggregate_key
+from metergate.domain.records import (
+    MAX_QUANTITY,
+    EntitlementSnapshot,
+    UsageAggregate,
+    aggregate_key,
+)
+from metergate.domain.usage import check_identifier
 from metergate.errors import InvalidInput
 
 ZERO = Decimal(0)
@@ -86,6 +98,49 @@ class AggregateUpdate(NamedTuple):
 
 #: what the fold rates: the model (tests, tools) or its tuple (the consumer's hot path)
 Aggregate = UsageAggregate | AggregateUpdate
+
+
+def _invalid(name: str, value: object, *, required: bool = True) -> None:
+    rejection = check_identifier(name, value, required=required)
+    if rejection is not None:
+        raise InvalidInput(rejection.message, reason="invalid_field", field=name)
+
+
+def check_aggregate(aggregate: Aggregate) -> None:
+    """Raise InvalidInput (reason, field) for an aggregate rating must not price or store."""
+    _invalid("customer_id", aggregate.customer_id)
+    _invalid("meter", aggregate.meter)
+    _invalid("last_event_id", aggregate.last_event_id)
+    _invalid("subscription_id", aggregate.subscription_id, required=False)
+    _invalid("plan_key", aggregate.plan_key, required=False)
+    value = aggregate.value
+    if not value.is_finite() or value < ZERO:
+        raise InvalidInput(
+            f"value: expected a running total >= 0, got {value}", reason="invalid_value", field="value"
+        )
+    if value > MAX_QUANTITY:
+        raise InvalidInput(
+            f"value: running total {value:.6E} does not fit decimal(38, 9) (must be below 10^29)",
+            reason="invalid_value",
+            field="value",
+        )
+
+
+def check_snapshot(snapshot: EntitlementSnapshot) -> None:
+    """Raise InvalidInput for an entitlement snapshot whose ids or currency rating cannot store."""
+    _invalid("customer_id", snapshot.customer_id)
+    _invalid("subscription_id", snapshot.subscription_id, required=False)
+    _invalid("plan_key", snapshot.plan_key, required=False)
+    currency = snapshot.currency
+    if not (len(currency) == 3 and currency.isascii() and currency.isupper() and currency.isalpha()):
+        raise InvalidInput(
+            f"currency: expected an ISO 4217 code of three capital letters, got {currency!r}",
+            reason="invalid_field",
+            field="currency",
+        )
+    for index, feature in enumerate(snapshot.features):
+        _invalid(f"features[{index}].feature", feature.feature)
+        _invalid(f"features[{index}].meter", feature.meter, required=False)
 
 
 class Line(NamedTuple):
@@ -161,8 +216,9 @@ class RatingFold:
     invoices: set[tuple[str, datetime]] = field(default_factory=set)
     entries: list[Entry] = field(default_factory=list)
     depletions: list[tuple[Depletion, Aggregate, Line]] = field(default_factory=list)
-    updates: int = 0
-    stale: int = 0
+    updates: int = 0  # records rated (newer versions; an unpriced one may also be reported to the DLQ)
+    stale: int = 0  # records older than or equal to the stored version, or superseded in their batch
+    rejected: int = 0  # records that could not be rated at all (the caller counts them: DLQ only)
 
     def absorb(self, other: RatingFold) -> None:
         """Add what `other` did: a fold of the same batch over *other customers* (their keys, lines,
@@ -177,6 +233,7 @@ class RatingFold:
         self.depletions.extend(other.depletions)
         self.updates += other.updates
         self.stale += other.stale
+        self.rejected += other.rejected
 
     def version_of(self, key: str) -> int | None:
         newest: int | None = None

@@ -272,8 +272,17 @@ class UsageAggregate(Record):
         return aggregate_key(self.customer_id, self.meter, self.period_start)
 
 
+def key_part(value: str) -> str:
+    """`value` as one part of a `|`-separated key: `\\` and `|` escaped with a backslash, so two
+    different tuples of parts never make one key (customer `a|b` + meter `c` vs `a` + `b|c`).
+    The identity for every id without `|` or `\\`, so stored keys of such ids do not change."""
+    if "|" in value or "\\" in value:
+        return value.replace("\\", "\\\\").replace("|", "\\|")
+    return value
+
+
 def aggregate_key(customer_id: str, meter: str, period_start: datetime) -> str:
-    return f"{customer_id}|{meter}|{period_start.astimezone(UTC).isoformat()}"
+    return f"{key_part(customer_id)}|{key_part(meter)}|{period_start.astimezone(UTC).isoformat()}"
 
 
 class LimitEvent(Record):
@@ -302,7 +311,8 @@ def limit_event_id(
     customer_id: str, feature: str, period_start: datetime, kind: LimitKind, threshold: int | None
 ) -> str:
     suffix = "" if threshold is None else f"|{threshold}"
-    return f"{customer_id}|{feature}|{period_start.astimezone(UTC).isoformat()}|{kind.value}{suffix}"
+    period = period_start.astimezone(UTC).isoformat()
+    return f"{key_part(customer_id)}|{key_part(feature)}|{period}|{kind.value}{suffix}"
 
 
 class KafkaPosition(Record):

@@ -1,13 +1,19 @@
 """UsageProducer: validates every usage event, then sends it idempotently to `usage.events`.
 
-An invalid event is never sent: `record` raises `InvalidEvent` naming the field and the reason.
-Kafka key = customer_id, so one customer's events share a partition. Delivery failures are never
-swallowed: they raise `DeliveryError` from `flush()` (and so from `close()` and the `with` exit).
+An invalid event is never sent: `record` raises `InvalidEvent` naming the field and the reason,
+with the metering worker's own rules (`metergate.domain.usage.check_ids`: no control or invisible
+characters, at most 256 characters). Every event needs its `event_id`, the idempotency key: the SDK
+never invents one, because a retry with a fresh random id would count twice.
+
+Kafka key = customer_id, partitioned with murmur2 (librdkafka `partitioner=murmur2_random`), what
+Java, Go and Node clients do by default, so one customer's events share a partition whichever
+client sent them (`metergate.kafka.partitioner.partition_for` computes it). Delivery failures are
+never swallowed: they raise `DeliveryError` from `flush()` (and so from `close()` and the `with`
+exit).
 """
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -18,7 +24,9 @@ from typing import Any
 from confluent_kafka import Producer
 
 from metergate.domain.records import UsageEvent, now_utc
+from metergate.domain.usage import check_ids
 from metergate.errors import InvalidEvent
+from metergate.kafka.partitioner import LIBRDKAFKA_PARTITIONER
 from metergate.kafka.producer import DeliveryTracker, make_producer, produce
 from metergate.settings import KafkaSettings
 from metergate.wire.codec import codec
@@ -38,22 +46,53 @@ class BatchResult:
         return counts
 
 
+#: what every producer of usage.events sets on top of `make_producer`'s defaults
+USAGE_PRODUCER_CONFIG: dict[str, Any] = {"partitioner": LIBRDKAFKA_PARTITIONER}
+
+
+def _check_ids(fields: Mapping[str, Any]) -> None:
+    rejection = check_ids(fields)
+    if rejection is not None:
+        raise InvalidEvent(rejection.message, reason=rejection.reason, field=rejection.field)
+
+
+def validate(event: UsageEvent) -> UsageEvent:
+    """`event`, if its ids pass the metering worker's rules; else InvalidEvent naming the field."""
+    _check_ids(vars(event))
+    return event
+
+
+def parse_event(data: Mapping[str, Any]) -> UsageEvent:
+    """A UsageEvent from untrusted fields, validated as the metering worker will (InvalidEvent):
+    the ids first, with the worker's messages, then the rest of the model."""
+    _check_ids(data)
+    return UsageEvent.parse(dict(data))
+
+
 def build_event(
     *,
     customer_id: str | None,
     meter: str | None,
     quantity: Decimal | int | str | None,
-    event_id: str | None = None,
+    event_id: str | None,
     timestamp: datetime | None = None,
     subject_id: str | None = None,
     properties: Mapping[str, str] | None = None,
     source: str | None = None,
 ) -> UsageEvent:
-    """A validated UsageEvent from loose fields (a random event_id and now when not given);
-    raises InvalidEvent naming the field."""
-    return UsageEvent.parse(
+    """A validated UsageEvent from loose fields (now when no timestamp is given); raises
+    InvalidEvent naming the field. `event_id` is required: pass a stable one (the request id, the
+    job id and row number, ...) so that a retry counts once."""
+    if not event_id:
+        raise InvalidEvent(
+            "event_id: required field is missing or empty (pass a stable idempotency key, "
+            "e.g. the request id, so a retry counts once)",
+            reason="missing_field",
+            field="event_id",
+        )
+    return parse_event(
         {
-            "event_id": event_id or str(uuid.uuid4()),
+            "event_id": event_id,
             "customer_id": customer_id,
             "subject_id": subject_id,
             "meter": meter,
@@ -78,7 +117,9 @@ class UsageProducer:
         self.source = source
         self._codec = codec(UsageEvent)
         self._tracker = DeliveryTracker()
-        self._producer: Producer | None = make_producer(client_config, **dict(producer_overrides or {}))
+        self._producer: Producer | None = make_producer(
+            client_config, **{**USAGE_PRODUCER_CONFIG, **dict(producer_overrides or {})}
+        )
 
     @classmethod
     def from_env(cls, *, source: str | None = None) -> UsageProducer:
@@ -93,14 +134,14 @@ class UsageProducer:
         customer_id: str,
         meter: str,
         quantity: Decimal | int | str,
-        event_id: str | None = None,
+        event_id: str,
         timestamp: datetime | None = None,
         subject_id: str | None = None,
         properties: Mapping[str, str] | None = None,
         source: str | None = None,
     ) -> UsageEvent:
-        """Validate and send one event. Pass a stable `event_id` (e.g. the request id) so a retry of
-        yours counts once; without one a random id is used and a retried call counts twice."""
+        """Validate and send one event. `event_id` is required and must be stable (e.g. the request
+        id) so a retry of yours counts once; an empty one raises InvalidEvent."""
         event = build_event(
             customer_id=customer_id,
             meter=meter,
@@ -115,7 +156,8 @@ class UsageProducer:
         return event
 
     def send(self, event: UsageEvent) -> None:
-        """Send an already validated event."""
+        """Send a UsageEvent (its ids are checked again: InvalidEvent, nothing sent)."""
+        validate(event)
         producer = self._open()
         produce(producer, self.topic, event.customer_id.encode(), self._codec.encode(event), self._tracker)
         producer.poll(0)
@@ -129,7 +171,9 @@ class UsageProducer:
         result = BatchResult()
         for index, item in enumerate(events):
             try:
-                event = item if isinstance(item, UsageEvent) else UsageEvent.parse(self._with_source(item))
+                event = (
+                    validate(item) if isinstance(item, UsageEvent) else parse_event(self._with_source(item))
+                )
             except InvalidEvent as error:
                 if not skip_invalid:
                     raise InvalidEvent(

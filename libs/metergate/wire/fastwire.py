@@ -27,7 +27,7 @@ from decimal import Context, Decimal
 from typing import NamedTuple
 
 from metergate.domain.rating import AggregateUpdate
-from metergate.domain.records import QUANTITY_PRECISION, QUANTITY_SCALE, UsageAggregate
+from metergate.domain.records import QUANTITY_PRECISION, QUANTITY_SCALE, UsageAggregate, aggregate_key
 from metergate.wire.codec import HEADER_SIZE, MAGIC, codec, registry
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -147,7 +147,7 @@ def _head(data: bytes, pos: int, end: int) -> _Head:
     period_start = _EPOCH + timedelta(microseconds=start_ms * 1000)
     period_end = _EPOCH + timedelta(microseconds=end_ms * 1000)
     return _Head(
-        f"{customer_id}|{meter}|{period_start.isoformat()}", customer_id, meter, period_start, period_end
+        aggregate_key(customer_id, meter, period_start), customer_id, meter, period_start, period_end
     )
 
 
