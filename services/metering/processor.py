@@ -91,6 +91,7 @@ from metergate.domain.records import (
     UsageAggregate,
     UsageEvent,
     aggregate_key,
+    aggregate_key_from_iso,
     limit_event_id,
 )
 from metergate.domain.usage import Rejection, check_meter, check_shape, check_time
@@ -992,11 +993,6 @@ def first_offset_from(
 def _guard(watermark: Watermark, guard: str) -> None:
     if guard not in watermark.guards:
         watermark.guards.append(guard)
-
-
-def aggregate_key_from_iso(customer_id: str, meter: str, period_start_iso: str) -> str:
-    """`records.aggregate_key` with the period start already formatted (the hot path caches it)."""
-    return f"{customer_id}|{meter}|{period_start_iso}"
 
 
 def _published(aggregate: Aggregate, now_ms: int) -> bytes:

@@ -72,3 +72,19 @@ def test_line_key_decodes_back_to_its_parts(customer, subscription, feature):
 @given(ids)
 def test_key_part_round_trips(value):
     assert split_key(key_part(value)) == [value]
+
+
+@given(ids, ids)
+def test_metering_names_a_total_as_the_records_do(customer, meter):
+    from metergate.domain.records import aggregate_key_from_iso
+
+    assert aggregate_key_from_iso(customer, meter, MARCH.isoformat()) == aggregate_key(customer, meter, MARCH)
+
+
+@given(ids, ids, ids, ids)
+def test_metering_dedup_keys_of_two_id_pairs_differ(customer_a, event_a, customer_b, event_b):
+    from metergate_services.metering.store import dedup_key
+
+    if (customer_a, event_a) != (customer_b, event_b):
+        assert dedup_key(customer_a, event_a) != dedup_key(customer_b, event_b)
+    assert dedup_key("a", "b\x00c") != dedup_key("a\x00b", "c")

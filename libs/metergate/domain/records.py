@@ -282,7 +282,12 @@ def key_part(value: str) -> str:
 
 
 def aggregate_key(customer_id: str, meter: str, period_start: datetime) -> str:
-    return f"{key_part(customer_id)}|{key_part(meter)}|{period_start.astimezone(UTC).isoformat()}"
+    return aggregate_key_from_iso(customer_id, meter, period_start.astimezone(UTC).isoformat())
+
+
+def aggregate_key_from_iso(customer_id: str, meter: str, period_start_iso: str) -> str:
+    """`aggregate_key` with the period start already formatted (the metering hot path caches it)."""
+    return f"{key_part(customer_id)}|{key_part(meter)}|{period_start_iso}"
 
 
 class LimitEvent(Record):
