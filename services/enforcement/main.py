@@ -18,6 +18,8 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType
 from typing import Any
@@ -50,9 +52,14 @@ class EnforcementSettings(BaseSettings):
 
 
 class EnforcementService:
-    def __init__(self, kafka: KafkaSettings, settings: EnforcementSettings) -> None:
+    """`clock` is the only reader of the time (a block lifts when its period ends): tests inject one."""
+
+    def __init__(
+        self, kafka: KafkaSettings, settings: EnforcementSettings, clock: Callable[[], datetime] = now_utc
+    ) -> None:
         self.kafka = kafka
         self.settings = settings
+        self.clock = clock
         self.state = EnforcementState()
         self.lock = threading.Lock()
         self.stopping = threading.Event()
@@ -108,13 +115,13 @@ class EnforcementService:
     # -- answering ---------------------------------------------------------------------------------
     def check(self, customer: str, feature: str) -> dict[str, Any]:
         with self.lock:
-            decision = self.state.check(customer, feature, now_utc())
+            decision = self.state.check(customer, feature, self.clock())
         CHECKS.labels(str(decision.allowed).lower()).inc()
         return {"customer": customer, "feature": feature, **decision.__dict__}
 
     def snapshot_of_state(self) -> dict[str, Any]:
         with self.lock:
-            now = now_utc()
+            now = self.clock()
             return {
                 "blocked": [{"customer": c, "feature": f} for c, f in self.state.blocked(now)],
                 "limit_events": [json.loads(e.model_dump_json()) for e in self.state.received],
