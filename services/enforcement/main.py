@@ -67,10 +67,16 @@ class EnforcementService:
         self.http: ThreadingHTTPServer | None = None
 
     # -- consuming ---------------------------------------------------------------------------------
+    def consumer_config(self) -> dict[str, str | bool]:
+        """librdkafka settings of the consumer: the shared Kafka settings (security included) + its group."""
+        return {
+            **self.kafka.client_config(),
+            "group.id": "metergate-enforcement",
+            "enable.auto.commit": False,
+        }
+
     def consume(self) -> None:
-        consumer = Consumer(
-            {**self.kafka.client_config(), "group.id": "metergate-enforcement", "enable.auto.commit": False}
-        )
+        consumer = Consumer(self.consumer_config())
         try:
             topics = [self.kafka.topics.snapshots, self.kafka.topics.limits]
             assignment = []
@@ -173,7 +179,7 @@ class EnforcementService:
 def run() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     kafka, settings = KafkaSettings(), EnforcementSettings()
-    serve(MetricsSettings().port)
+    serve(MetricsSettings())
     service = EnforcementService(kafka, settings)
     http = service.serve_http()
     log.info("enforcement: http://%s:%d/check?customer=...&feature=...", *http.server_address[:2])
