@@ -13,6 +13,9 @@ overrides by environment.
 | METERGATE_DATABASE_URL | (embedded) | PostgreSQL URL (postgresql+psycopg://...); when set, no embedded server |
 | METERGATE_DATABASE_SCHEMA | metergate | PostgreSQL schema of metergate's tables |
 | METERGATE_METRICS_PORT | 0 (off) | port of the Prometheus endpoint of the process |
+| METERGATE_METRICS_HOST | 127.0.0.1 | address the Prometheus endpoint listens on (0.0.0.0: every interface) |
+| METERGATE_KAFKA_SECURITY_PROTOCOL | (PLAINTEXT) | PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL, for every Kafka client |
+| METERGATE_KAFKA_SASL_MECHANISM / _USERNAME / _PASSWORD | | SASL credentials, for every Kafka client (Faust: `metergate.kafka.faust_broker`) |
 | METERGATE_DATA_DIR | .metergate | where the embedded stack and local state live |
 """
 
@@ -82,6 +85,7 @@ class MetricsSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="METERGATE_METRICS_", frozen=True, extra="ignore")
 
     port: int = Field(default=0, ge=0, le=65535)  # 0 = no endpoint
+    host: str = "127.0.0.1"  # loopback, like every other listener; 0.0.0.0 exposes it
 
 
 class StackSettings(BaseSettings):

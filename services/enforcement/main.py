@@ -18,6 +18,8 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType
 from typing import Any
@@ -50,9 +52,14 @@ class EnforcementSettings(BaseSettings):
 
 
 class EnforcementService:
-    def __init__(self, kafka: KafkaSettings, settings: EnforcementSettings) -> None:
+    """`clock` is the only reader of the time (a block lifts when its period ends): tests inject one."""
+
+    def __init__(
+        self, kafka: KafkaSettings, settings: EnforcementSettings, clock: Callable[[], datetime] = now_utc
+    ) -> None:
         self.kafka = kafka
         self.settings = settings
+        self.clock = clock
         self.state = EnforcementState()
         self.lock = threading.Lock()
         self.stopping = threading.Event()
@@ -60,10 +67,16 @@ class EnforcementService:
         self.http: ThreadingHTTPServer | None = None
 
     # -- consuming ---------------------------------------------------------------------------------
+    def consumer_config(self) -> dict[str, str | bool]:
+        """librdkafka settings of the consumer: the shared Kafka settings (security included) + its group."""
+        return {
+            **self.kafka.client_config(),
+            "group.id": "metergate-enforcement",
+            "enable.auto.commit": False,
+        }
+
     def consume(self) -> None:
-        consumer = Consumer(
-            {**self.kafka.client_config(), "group.id": "metergate-enforcement", "enable.auto.commit": False}
-        )
+        consumer = Consumer(self.consumer_config())
         try:
             topics = [self.kafka.topics.snapshots, self.kafka.topics.limits]
             assignment = []
@@ -108,13 +121,13 @@ class EnforcementService:
     # -- answering ---------------------------------------------------------------------------------
     def check(self, customer: str, feature: str) -> dict[str, Any]:
         with self.lock:
-            decision = self.state.check(customer, feature, now_utc())
+            decision = self.state.check(customer, feature, self.clock())
         CHECKS.labels(str(decision.allowed).lower()).inc()
         return {"customer": customer, "feature": feature, **decision.__dict__}
 
     def snapshot_of_state(self) -> dict[str, Any]:
         with self.lock:
-            now = now_utc()
+            now = self.clock()
             return {
                 "blocked": [{"customer": c, "feature": f} for c, f in self.state.blocked(now)],
                 "limit_events": [json.loads(e.model_dump_json()) for e in self.state.received],
@@ -166,7 +179,7 @@ class EnforcementService:
 def run() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     kafka, settings = KafkaSettings(), EnforcementSettings()
-    serve(MetricsSettings().port)
+    serve(MetricsSettings())
     service = EnforcementService(kafka, settings)
     http = service.serve_http()
     log.info("enforcement: http://%s:%d/check?customer=...&feature=...", *http.server_address[:2])

@@ -3,6 +3,7 @@ refused with the field named; `credits balance` and `credits expire` read and cl
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal as D
 
 import pytest
@@ -18,17 +19,20 @@ def test_credits_grant_records_a_grant_once(database_url, db_schema):
     runner = CliRunner()
     env = {"METERGATE_DATABASE_URL": database_url, "METERGATE_DATABASE_SCHEMA": db_schema}
 
+    # a day before the clock of this run: `credits expire` (which reads the clock) finds it expired
+    expired_on = (datetime.now(UTC) - timedelta(days=1)).date().isoformat()
+
     def run(*args: str) -> tuple[int, str]:
         result = runner.invoke(credits, list(args), env=env)
         return result.exit_code, result.output
 
     code, out = run(
-        "grant", "acme", "25.00", "--priority", "2", "--expires-at", "2026-02-01", "--grant-id", "q1"
+        "grant", "acme", "25.00", "--priority", "2", "--expires-at", expired_on, "--grant-id", "q1"
     )
     assert code == 0, out
-    assert out.startswith("granted: q1 25.00 USD to acme, priority 2, expires 2026-02-01T00:00:00+00:00")
+    assert out.startswith(f"granted: q1 25.00 USD to acme, priority 2, expires {expired_on}T00:00:00+00:00")
     code, out = run(
-        "grant", "acme", "25.00", "--priority", "2", "--expires-at", "2026-02-01", "--grant-id", "q1"
+        "grant", "acme", "25.00", "--priority", "2", "--expires-at", expired_on, "--grant-id", "q1"
     )
     assert (code, out.split(":")[0]) == (0, "already granted (nothing written)")
     code, out = run("grant", "acme", "30.00", "--grant-id", "q1")
@@ -52,7 +56,7 @@ def test_credits_grant_records_a_grant_once(database_url, db_schema):
         "acme JPY: balance 500 (granted 500, debited 0, adjusted 0, expired 0)",
         "acme USD: balance 25.00 (granted 25.00, debited 0, adjusted 0, expired 0)",
     ]
-    code, out = run("expire")  # q1 expired on 2026-02-01 (the clock is later)
+    code, out = run("expire")  # q1 expired yesterday
     assert code == 0 and out.splitlines() == ["expired q1: -25.00 USD", "1 expiry entry written"]
     code, out = run("expire")
     assert out.splitlines()[-1] == "0 expiry entries written"

@@ -14,7 +14,7 @@ from metergate.kafka.producer import DeliveryTracker, make_producer, produce
 from metergate.settings import KafkaSettings
 from metergate.wire.codec import codec
 from metergate_services.enforcement.main import EnforcementService, EnforcementSettings
-from tests.unit.test_enforcement_rules import limit, snapshot
+from tests.unit.test_enforcement_rules import NOW, limit, snapshot
 
 pytestmark = pytest.mark.integration
 
@@ -37,7 +37,7 @@ def test_enforcement_service(kafka_config, topics):
     tracker.raise_failures()
 
     kafka = KafkaSettings(bootstrap=kafka_config["bootstrap.servers"], topic_prefix=topics.prefix)
-    service = EnforcementService(kafka, EnforcementSettings(http_port=0))
+    service = EnforcementService(kafka, EnforcementSettings(http_port=0), clock=lambda: NOW)
     port = service.serve_http().server_address[1]
     consumer = threading.Thread(target=service.consume)
     consumer.start()
@@ -45,7 +45,7 @@ def test_enforcement_service(kafka_config, topics):
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and not _get(port, "/healthz")["caught_up"]:
             time.sleep(0.1)
-        # the check uses the period of the limit events: November 2026
+        # the service's clock is the fixtures' NOW, inside the period of the limit events
         service_state = _get(port, "/state")
         assert service_state["blocked"] == [{"customer": "acme", "feature": "api_calls"}]
         assert [e["kind"] for e in service_state["limit_events"]] == ["threshold_crossed", "limit_reached"]

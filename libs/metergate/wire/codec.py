@@ -69,8 +69,13 @@ class SchemaRegistry:
 
 
 def _fingerprint(parsed: Any) -> bytes:
-    hex_digest = fingerprint(to_parsing_canonical_form(parsed), "CRC-64-AVRO")
-    return int(hex_digest, 16).to_bytes(8, "little")
+    """The 8 fingerprint bytes of the single-object header, in the spec's (little-endian) order.
+
+    fastavro's hex digest already lists the bytes in that order (it is the little-endian encoding
+    of the 64-bit CRC), so the bytes are the hex digest as written: reversing them is what Apache
+    Avro Java's `BinaryMessageDecoder` refuses.
+    """
+    return bytes.fromhex(fingerprint(to_parsing_canonical_form(parsed), "CRC-64-AVRO"))
 
 
 def _load(path: Path) -> WriterSchema:
@@ -81,7 +86,12 @@ def _load(path: Path) -> WriterSchema:
 
 @cache
 def registry() -> SchemaRegistry:
-    base = schemas_dir()
+    """The schemas of this installation, parsed once."""
+    return load_registry(schemas_dir())
+
+
+def load_registry(base: Path) -> SchemaRegistry:
+    """Parse `base/*.avsc` (current versions) and `base/history/*.avsc` (older writers)."""
     if not base.is_dir():
         raise FileNotFoundError(f"Avro schemas not found at {base} (set METERGATE_SCHEMAS_DIR)")
     current: dict[str, WriterSchema] = {}
@@ -104,10 +114,11 @@ def registry() -> SchemaRegistry:
 class Codec(Generic[M]):
     """Encoder/decoder of one record kind. Get one with `codec(Model)`; it is cheap to share."""
 
-    def __init__(self, model: type[M], name: str) -> None:
+    def __init__(self, model: type[M], name: str, schemas: SchemaRegistry | None = None) -> None:
         self.model = model
         self.name = name
-        self.schema = registry().current[name]
+        self.registry = registry() if schemas is None else schemas
+        self.schema = self.registry.current[name]
         self._header = MAGIC + self.schema.fingerprint
 
     # -- encoding --------------------------------------------------------------------------------
@@ -128,7 +139,7 @@ class Codec(Generic[M]):
                 f"not an Avro single-object record (expected header C3 01, got {bytes(data or b'')[:2]!r})",
                 reason="not_avro",
             )
-        writer = registry().by_fingerprint.get(bytes(data[2:HEADER_SIZE]))
+        writer = self.registry.by_fingerprint.get(bytes(data[2:HEADER_SIZE]))
         if writer is None:
             raise DecodeError(
                 f"unknown schema fingerprint {bytes(data[2:HEADER_SIZE]).hex()} (not in schemas/ or schemas/history/)",
@@ -138,14 +149,20 @@ class Codec(Generic[M]):
             raise DecodeError(
                 f"expected a {self.schema.name} record, got {writer.name}", reason="unexpected_schema"
             )
+        body = io.BytesIO(data[HEADER_SIZE:])
         try:
             datum = fastavro.schemaless_reader(
-                io.BytesIO(data[HEADER_SIZE:]),
-                writer.parsed,
-                None if writer is self.schema else self.schema.parsed,
+                body, writer.parsed, None if writer is self.schema else self.schema.parsed
             )
         except Exception as exc:  # fastavro raises many types for a corrupt body
             raise DecodeError(f"corrupt {self.name} body: {exc}", reason="undecodable") from None
+        trailing = len(data) - HEADER_SIZE - body.tell()
+        if trailing:
+            raise DecodeError(
+                f"corrupt {self.name} record: {trailing} trailing byte{'s' if trailing != 1 else ''} after "
+                "a complete body (one record per message, nothing after it)",
+                reason="undecodable",
+            )
         assert isinstance(datum, dict)
         return datum
 

@@ -215,6 +215,8 @@ def _read(data: bytes) -> AggregateUpdate:
     # updated_at (rating does not use it): a varint of up to 6 bytes is a timestamp before 2039;
     # a longer one is decoded, since fastavro refuses one beyond year 9999
     end = _VARINT.match(data, pos).end()  # type: ignore[union-attr]
+    if end != len(data):
+        raise _NotFast("trailing bytes")  # the codec names them (reason undecodable)
     if end - pos > 6:
         updated_ms, _ = _long(data, pos)
         _EPOCH + timedelta(microseconds=updated_ms * 1000)
