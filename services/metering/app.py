@@ -33,6 +33,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from faust.types import TP
 
 from metergate.errors import ConfigurationError
+from metergate.kafka.faust_broker import faust_broker_kwargs
 from metergate.kafka.producer import make_producer
 from metergate_services.metering import metrics
 from metergate_services.metering.catalog_view import CatalogView
@@ -157,10 +158,14 @@ def create_metering(settings: MeteringSettings) -> Metering:
         crash_point=settings.crash_point,
         crash_after_batches=settings.crash_after_batches,
     )
+    try:
+        broker = faust_broker_kwargs(kafka)  # bootstrap + the shared security settings
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from None
     app_class = batching_app_class(frozenset({topics.events}))
     app = app_class(
         settings.group_id,
-        broker=f"kafka://{kafka.bootstrap}",
+        **broker,
         store="memory://",
         datadir=str(settings.data_dir / "faust"),
         web_enabled=False,

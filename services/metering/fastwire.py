@@ -60,10 +60,17 @@ def read_event(value: bytes | None) -> dict[str, Any]:
         and value[:2] == MAGIC
         and value[2:HEADER_SIZE] == _EVENT.fingerprint
     ):
+        body = io.BytesIO(value[HEADER_SIZE:])
         try:
-            datum = fastavro.schemaless_reader(io.BytesIO(value[HEADER_SIZE:]), _PLAIN_EVENT, None)
+            datum = fastavro.schemaless_reader(body, _PLAIN_EVENT, None)
         except Exception as exc:  # fastavro raises many types for a corrupt body
             raise DecodeError(f"corrupt UsageEvent body: {exc}", reason="undecodable") from None
+        extra = len(value) - HEADER_SIZE - body.tell()
+        if extra:
+            raise DecodeError(
+                f"UsageEvent body followed by {extra} trailing byte(s): one record per message",
+                reason="undecodable",
+            )
         assert isinstance(datum, dict)
         unscaled = int.from_bytes(datum["quantity"], "big", signed=True)
         datum["quantity"] = Decimal(unscaled).scaleb(-QUANTITY_SCALE, _EXACT)

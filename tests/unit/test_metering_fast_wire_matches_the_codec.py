@@ -117,3 +117,20 @@ def test_a_corrupt_body_is_undecodable():
     with pytest.raises(DecodeError) as caught:
         read_event(good[:12] + b"\xff\xff\xff\xff")
     assert caught.value.reason == "undecodable"
+
+
+def test_a_usage_event_with_trailing_bytes_is_undecodable_in_both_readers():
+    event = UsageEvent(
+        event_id="e1",
+        customer_id="acme",
+        meter="api_calls",
+        quantity=Decimal("1.5"),
+        timestamp=datetime(2026, 1, 2, tzinfo=UTC),
+    )
+    value = codec(UsageEvent).encode(event) + b"\x00\x01"
+    with pytest.raises(DecodeError) as fast:
+        read_event(value)
+    with pytest.raises(DecodeError) as generic:
+        codec(UsageEvent).decode(value)
+    assert fast.value.reason == generic.value.reason == "undecodable"
+    assert "2 trailing byte" in str(fast.value)
