@@ -245,7 +245,12 @@ def create_metering(settings: MeteringSettings) -> Metering:
                     reseek = {p: o for p, o in outcome.reseek.items() if p in owned}
                     drop_queued(set(reseek))
                     for partition, offset in reseek.items():
-                        await app.consumer.seek(TP(topics.events, partition), offset)
+                        try:
+                            await app.consumer.seek(TP(topics.events, partition), offset)
+                        except Exception as exc:  # a rebalance took the partition meanwhile
+                            # nothing is lost: the next run that does not start at the position
+                            # asks for the seek again, and a new owner starts from the group offset
+                            log.warning("partition %d: seek to %d failed (%s)", partition, offset, exc)
                 if outcome.committed:
                     # step 4 of the commit order: the group offset follows the durable input watermark.
                     # Awaited, but only when the queue is empty or every 0.5 s: a broker round trip per
