@@ -49,12 +49,17 @@ from metergate.domain.catalog import parse_catalog
 from metergate.domain.records import LimitEvent, UsageEvent
 from metergate.embedded.processes import free_port
 from metergate.kafka.admin import ensure_topics
+from metergate.kafka.partitioner import LIBRDKAFKA_PARTITIONER
 from metergate.kafka.topics import Topics
 from metergate.wire.codec import codec
 from ops.ceiling import consume_all
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTITIONS = 4
+
+
+#: producers partition as the SDK does (usage.events' documented partitioner), so no record is forwarded
+MURMUR2 = {"partitioner": LIBRDKAFKA_PARTITIONER}
 
 
 def catalog(customers: int, live_customers: int) -> dict[str, Any]:
@@ -85,7 +90,9 @@ def catalog(customers: int, live_customers: int) -> dict[str, Any]:
 def produce_backlog(config: Mapping[str, Any], topic: str, count: int, customers: int) -> float:
     rng = random.Random(1)
     encode = codec(UsageEvent).encode_dict
-    producer = Producer({**config, "linger.ms": 20, "batch.num.messages": 10000, "enable.idempotence": True})
+    producer = Producer(
+        {**config, "linger.ms": 20, "batch.num.messages": 10000, "enable.idempotence": True, **MURMUR2}
+    )
     now = datetime.now(UTC)
     meters = ("api_calls", "tokens", "users")
     started = time.monotonic()
@@ -372,7 +379,7 @@ def live_latency(
     time.sleep(1.0)
     encode = codec(UsageEvent).encode_dict
     # linger 5 ms like the SDK (make_producer), so records reach the broker in batches as they would
-    producer = Producer({**config, "linger.ms": 5, "enable.idempotence": True})
+    producer = Producer({**config, "linger.ms": 5, "enable.idempotence": True, **MURMUR2})
     started = time.monotonic()
     for index in range(count):
         customer = f"live{index % live_customers}"
@@ -418,7 +425,7 @@ def recovery_times(
 ) -> dict[str, Any]:
     results: dict[str, Any] = {}
     encode = codec(UsageEvent).encode
-    producer = Producer({**config, "enable.idempotence": True})
+    producer = Producer({**config, "enable.idempotence": True, **MURMUR2})
     for label, wipe in (
         ("recovery_after_sigkill_s", False),
         ("recovery_after_sigkill_wiped_data_dir_s", True),

@@ -14,8 +14,12 @@ from typing import Any
 from confluent_kafka import KafkaError, Message, Producer
 
 from metergate.errors import DeliveryError
+from metergate.kafka.partitioner import LIBRDKAFKA_PARTITIONER
 
 PRODUCER_DEFAULTS: dict[str, Any] = {
+    # the one partitioner of keyed records (metergate.kafka.partitioner): a customer's records land
+    # where the metering worker counts them, whichever metergate tool sends them
+    "partitioner": LIBRDKAFKA_PARTITIONER,
     "enable.idempotence": True,
     "acks": "all",
     "linger.ms": 5,
