@@ -162,48 +162,44 @@ def check(
 ) -> Decision:
     """The decision for one request. `period` may be passed when the caller already knows the period
     of `snapshot` containing `now` (it must be `period_for(now, anchor, reset)`)."""
-    meta = {"as_of": as_of, "stale": stale, "source": source, "requested_units": requested_units}
-    if snapshot is None:
+
+    def plain(
+        has_access: bool,
+        reason: Reason,
+        message: str,
+        kind: FeatureKind | None = None,
+        config_value: str | None = None,
+    ) -> Decision:
         return Decision(
-            False,
-            Reason.NO_SUBSCRIPTION,
-            f"no subscription known for customer {customer_id!r}",
+            has_access,
+            reason,
+            message,
             customer_id,
             feature,
-            **meta,
+            kind=kind,
+            requested_units=requested_units,
+            config_value=config_value,
+            as_of=as_of,
+            stale=stale,
+            source=source,
         )
+
+    if snapshot is None:
+        return plain(False, Reason.NO_SUBSCRIPTION, f"no subscription known for customer {customer_id!r}")
     entitlement = find_feature(snapshot, feature)
     if entitlement is None:
-        return Decision(
+        return plain(
             False,
             Reason.UNKNOWN_FEATURE,
             f"plan {snapshot.plan_key!r} of customer {customer_id!r} does not include feature {feature!r}",
-            customer_id,
-            feature,
-            **meta,
         )
     kind = entitlement.kind
     if not entitlement.enabled:
-        return Decision(
-            False,
-            Reason.DISABLED,
-            f"feature {feature!r} is disabled for customer {customer_id!r}",
-            customer_id,
-            feature,
-            kind=kind,
-            **meta,
+        return plain(
+            False, Reason.DISABLED, f"feature {feature!r} is disabled for customer {customer_id!r}", kind=kind
         )
     if kind is not FeatureKind.METERED:
-        return Decision(
-            True,
-            Reason.OK,
-            "entitled",
-            customer_id,
-            feature,
-            kind=kind,
-            config_value=entitlement.config_value,
-            **meta,
-        )
+        return plain(True, Reason.OK, "entitled", kind=kind, config_value=entitlement.config_value)
     if period is None:
         period = period_for(now, snapshot.billing_anchor, snapshot.reset_period)
     used = usage(entitlement.meter or feature, period)
