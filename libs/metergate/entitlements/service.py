@@ -311,11 +311,7 @@ class Entitlements:
         for index, event in sending:
             value = self._event_codec.encode(event)
             key = event.customer_id.encode()
-            extra = (
-                {}
-                if partitions is None
-                else {"partition": canonical_partition(event.customer_id, partitions)}
-            )
+            partition = -1 if partitions is None else canonical_partition(event.customer_id, partitions)
             while True:
                 try:
                     producer.produce(
