@@ -1,0 +1,72 @@
+"""`metergate run entitlements`: the entitlement sidecar (HTTP on 127.0.0.1:8182 by default).
+
+Wires the pieces in one place: settings from the environment, the in-process `Entitlements`
+(follows the topics, checkpoints to disk), the key store, the Starlette app on uvicorn (uvloop and
+httptools, one process: the state and the pending usage live in it). SIGTERM/SIGINT stop the
+server (requests in flight finish), then the state is checkpointed and the producer flushed.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import uvicorn
+
+from metergate import metrics as metrics_endpoint
+from metergate.entitlements import Entitlements, EntitlementsSettings
+from metergate.entitlements.keys import KeyStore
+from metergate_services.entitlements.app import create_app
+
+log = logging.getLogger("metergate.entitlements")
+
+
+def _loop() -> str:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux/macOS
+        return "asyncio"
+    return "uvloop"
+
+
+def run() -> None:
+    settings = EntitlementsSettings()
+    metrics_endpoint.serve(settings.metrics.port)
+    keys = KeyStore(settings.keys_file)
+    active = [k for k in keys.list() if k.revoked_at is None]
+    if not active:
+        log.warning(
+            "entitlements: no API key in %s: every request will get 401 (create one with `metergate keys create`)",
+            settings.keys_file,
+        )
+    entitlements = Entitlements(settings)
+    try:
+        config = uvicorn.Config(
+            create_app(entitlements, keys),
+            host=settings.http_host,
+            port=settings.http_port,
+            loop=_loop(),
+            http="httptools",
+            lifespan="off",
+            access_log=False,
+            log_level="warning",
+            backlog=4096,
+            timeout_keep_alive=30,
+            server_header=False,
+            date_header=False,
+        )
+        log.info(
+            "entitlements: http://%s:%d (topics %s*, %d keys)",
+            settings.http_host,
+            settings.http_port,
+            settings.kafka.topic_prefix,
+            len(active),
+        )
+        uvicorn.Server(config).run()
+    finally:
+        entitlements.close()
+        log.info("entitlements: stopped; checkpoint written")
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run()
