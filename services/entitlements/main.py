@@ -8,7 +8,10 @@ server (requests in flight finish), then the state is checkpointed and the produ
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
+from collections.abc import Iterator
 
 import uvicorn
 
@@ -18,6 +21,20 @@ from metergate.entitlements.keys import KeyStore
 from metergate_services.entitlements.app import create_app
 
 log = logging.getLogger("metergate.entitlements")
+
+
+class _Server(uvicorn.Server):
+    """uvicorn re-raises SIGTERM after its graceful shutdown (the process then dies of the signal,
+    before the checkpoint is written); here a signal only starts the shutdown and `run` returns."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 def _loop() -> str:
@@ -61,7 +78,7 @@ def run() -> None:
             settings.kafka.topic_prefix,
             len(active),
         )
-        uvicorn.Server(config).run()
+        _Server(config).run()
     finally:
         entitlements.close()
         log.info("entitlements: stopped; checkpoint written")

@@ -106,12 +106,12 @@ class Decision:
     source: Source = Source.LIVE
 
     def to_json(self) -> dict[str, Any]:
-        """JSON-ready: Decimals as strings (never floats), datetimes as ISO 8601, enums as values."""
+        """JSON-ready: Decimals as exact strings (never floats), datetimes as ISO 8601, enums as values."""
         out: dict[str, Any] = {}
         for name in _FIELD_NAMES:
             value = getattr(self, name)
             if isinstance(value, Decimal):
-                value = f"{value:f}"
+                value = f"{value.normalize():f}"  # exact, without trailing zeros: "95", not "95.000000000"
             elif isinstance(value, datetime):
                 value = value.isoformat()
             elif isinstance(value, enum.Enum):
