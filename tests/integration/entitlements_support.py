@@ -49,7 +49,9 @@ def wait_for(condition: Callable[[], T], timeout_s: float = 30.0, what: str = "c
         time.sleep(0.02)
 
 
-def publish_records(kafka_config: Mapping[str, Any], topic: str, records: Iterable[tuple[bytes, bytes]]) -> None:
+def publish_records(
+    kafka_config: Mapping[str, Any], topic: str, records: Iterable[tuple[bytes, bytes]]
+) -> None:
     producer, tracker = make_producer(kafka_config), DeliveryTracker()
     for key, value in records:
         produce(producer, topic, key, value, tracker)
@@ -57,7 +59,9 @@ def publish_records(kafka_config: Mapping[str, Any], topic: str, records: Iterab
     tracker.raise_failures()
 
 
-def publish_snapshots(kafka_config: Mapping[str, Any], topics: Topics, *snapshots: EntitlementSnapshot) -> None:
+def publish_snapshots(
+    kafka_config: Mapping[str, Any], topics: Topics, *snapshots: EntitlementSnapshot
+) -> None:
     encode = codec(EntitlementSnapshot).encode
     publish_records(kafka_config, topics.snapshots, [(s.customer_id.encode(), encode(s)) for s in snapshots])
 

@@ -94,7 +94,11 @@ def test_hard_limit_denies_what_would_cross_it_and_soft_limit_reports_the_overag
                 "0",
             )
             unknown = check("nobody", "1")
-            assert (unknown["has_access"], unknown["reason"], unknown["source"]) == (False, "no_subscription", "live")
+            assert (unknown["has_access"], unknown["reason"], unknown["source"]) == (
+                False,
+                "no_subscription",
+                "live",
+            )
             assert unknown["stale"] is False
     finally:
         assert sidecar.stop() == 0, sidecar.tail()

@@ -196,4 +196,6 @@ def test_the_cli_validates_a_file_and_names_the_path_of_an_error(tmp_path):
     broken.write_text(yaml.safe_dump(document))
     failed = runner.invoke(catalog, ["validate", str(broken)])
     assert failed.exit_code == 1
-    assert f"{broken}: plans.pro.features.api_calls.included: expected an integer >= 0, got -5" in failed.output
+    assert (
+        f"{broken}: plans.pro.features.api_calls.included: expected an integer >= 0, got -5" in failed.output
+    )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from metergate.domain.entitlements import Reason
 
@@ -13,3 +13,4 @@ REPORTED = Counter("metergate_entitlements_reported_total", "Usage events report
 APPLIED = Counter("metergate_entitlements_records_applied_total", "Records read into the state", ["kind"])
 SKIPPED = Counter("metergate_entitlements_records_skipped_total", "Records not applied", ["topic", "reason"])
 CHECKPOINTS = Counter("metergate_entitlements_checkpoints_total", "Checkpoints written to disk")
+PENDING = Gauge("metergate_entitlements_pending_events", "Reported events not yet included in an aggregate")

@@ -130,6 +130,7 @@ class Entitlements:
         self._freshness_key: tuple[Any, ...] = ()
         self._freshness = Freshness(None, True, Source.LIVE, False)
         self._checkpointed = -1
+        m.PENDING.set_function(lambda: sum(len(items) for items in self.state.pending.values()))
         if start:
             self.start()
 

@@ -22,7 +22,6 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
-from urllib.parse import quote
 
 import httpx
 
