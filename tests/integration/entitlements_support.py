@@ -167,3 +167,36 @@ class Sidecar:
 
     def client(self, key: str) -> httpx.Client:
         return httpx.Client(base_url=self.url, headers={"X-API-Key": key}, timeout=10)
+
+
+class PausableBroker:
+    """A broker of the test's own (embedded tansu), so it can be paused (SIGSTOP) without pausing
+    the session's broker under other tests."""
+
+    def __init__(self, directory: Path) -> None:
+        from metergate.embedded.broker import EmbeddedBroker
+
+        self.broker = EmbeddedBroker(directory)
+        self.paused = False
+
+    def __enter__(self) -> PausableBroker:
+        self.broker.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.resume()
+        self.broker.stop()
+
+    @property
+    def bootstrap(self) -> str:
+        return self.broker.bootstrap
+
+    def pause(self) -> None:
+        assert self.broker.pid is not None
+        os.kill(self.broker.pid, signal.SIGSTOP)
+        self.paused = True
+
+    def resume(self) -> None:
+        if self.paused and self.broker.pid is not None:
+            os.kill(self.broker.pid, signal.SIGCONT)
+            self.paused = False
