@@ -3,21 +3,60 @@ OpenAPI document (`openapi()`), so the document and the behaviour come from one 
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema
 
 from metergate.domain.entitlements import Reason, Source
-from metergate.domain.records import QUANTITY_PRECISION, QUANTITY_SCALE, Enforcement, FeatureKind
+from metergate.domain.records import (
+    MAX_QUANTITY,
+    QUANTITY_PRECISION,
+    QUANTITY_SCALE,
+    Enforcement,
+    FeatureKind,
+)
 
 MAX_BATCH_CHECKS = 100
 MAX_BATCH_EVENTS = 1000
 
 Identifier = Annotated[str, Field(min_length=1, max_length=256)]
+UNITS_PATTERN = r"^\d{1,29}(\.\d{1,9})?$"
+
+
+def _no_float(value: Any) -> Any:
+    if isinstance(value, float):
+        raise ValueError(
+            f'a fraction must travel as a decimal string (e.g. "{value!r}"): JSON fractions are binary floats'
+        )
+    if isinstance(value, bool):
+        raise ValueError("expected an integer or a decimal string, got a boolean")
+    if isinstance(value, str) and not re.fullmatch(UNITS_PATTERN, value):
+        raise ValueError("expected a decimal string of at most 29 digits before the point and 9 after, >= 0")
+    return value
+
+
+#: a non-negative exact quantity: a JSON integer or a decimal string (never a float)
 Units = Annotated[
-    Decimal, Field(ge=0, max_digits=QUANTITY_PRECISION, decimal_places=QUANTITY_SCALE, allow_inf_nan=False)
+    Decimal,
+    BeforeValidator(_no_float),
+    Field(
+        ge=0,
+        le=MAX_QUANTITY,
+        max_digits=QUANTITY_PRECISION,
+        decimal_places=QUANTITY_SCALE,
+        allow_inf_nan=False,
+    ),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "integer", "minimum": 0, "maximum": int(MAX_QUANTITY)},
+                {"type": "string", "pattern": UNITS_PATTERN},
+            ]
+        }
+    ),
 ]
 DecimalText = Annotated[str, Field(pattern=r"^-?\d+(\.\d+)?$", description="an exact decimal, as a string")]
 
@@ -203,13 +242,21 @@ def openapi() -> dict[str, Any]:
         return {str(code): {"description": text[code], "content": json_body("ErrorBody")} for code in codes}
 
     secured: list[dict[str, list[str]]] = [{"apiKey": []}, {"bearer": []}]
-    events_schema = {
-        "oneOf": [
-            ref["UsageEventIn"],
-            {"type": "array", "items": ref["UsageEventIn"], "minItems": 1, "maxItems": MAX_BATCH_EVENTS},
-        ]
+    # Each event is checked on its own and answered in the reply (`rejected` with field and reason),
+    # so one bad event never blocks the others: the body schema only asks for objects; each object
+    # should be a UsageEventIn (application/json) or a CloudEventIn (CloudEvents).
+    one = {
+        "type": "object",
+        "description": "a UsageEventIn (see components); one that is not is answered as rejected",
     }
-    cloud_batch = {"type": "array", "items": ref["CloudEventIn"], "minItems": 1, "maxItems": MAX_BATCH_EVENTS}
+    events_schema = {
+        "oneOf": [one, {"type": "array", "items": one, "minItems": 1, "maxItems": MAX_BATCH_EVENTS}]
+    }
+    cloud_one = {
+        "type": "object",
+        "description": "a CloudEventIn (see components); one that is not is answered as rejected",
+    }
+    cloud_batch = {"type": "array", "items": cloud_one, "minItems": 1, "maxItems": MAX_BATCH_EVENTS}
     return {
         "openapi": "3.0.3",
         "info": {
@@ -285,7 +332,7 @@ def openapi() -> dict[str, Any]:
                         "required": True,
                         "content": {
                             "application/json": {"schema": events_schema},
-                            "application/cloudevents+json": {"schema": ref["CloudEventIn"]},
+                            "application/cloudevents+json": {"schema": cloud_one},
                             "application/cloudevents-batch+json": {"schema": cloud_batch},
                         },
                     },

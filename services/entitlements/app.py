@@ -110,7 +110,7 @@ def create_app(entitlements: Entitlements, keys: KeyStore) -> Starlette:
     async def body_json(request: Request) -> Any:
         raw = await request.body()
         try:
-            return json.loads(raw, parse_float=Decimal)
+            return json.loads(raw)
         except ValueError as exc:
             raise Problem(400, "invalid_json", f"body: not JSON ({exc})", "body") from None
 
@@ -194,6 +194,10 @@ def create_app(entitlements: Entitlements, keys: KeyStore) -> Starlette:
             raise Problem(
                 400, "invalid_body", "body: expected a JSON object (one event) or an array of events", "body"
             )
+        for index, item in enumerate(items):
+            if not isinstance(item, dict):
+                where = f"body.{index}" if isinstance(data, list) else "body"
+                raise Problem(400, "invalid_body", f"{where}: expected a JSON object (one event)", where)
         if len(items) > MAX_BATCH_EVENTS:
             raise Problem(
                 400,
@@ -270,13 +274,17 @@ def create_app(entitlements: Entitlements, keys: KeyStore) -> Starlette:
         return problem(Problem(404, "not_found", f"no such path {request.url.path}; see /openapi.json"))
 
     async def not_allowed(request: Request, exc: Exception) -> Response:
-        return problem(
+        response = problem(
             Problem(
                 405,
                 "method_not_allowed",
                 f"{request.method} is not allowed on {request.url.path}; see /openapi.json",
             )
         )
+        allow = (getattr(exc, "headers", None) or {}).get("Allow")
+        if allow:
+            response.headers["Allow"] = allow
+        return response
 
     return Starlette(
         routes=[

@@ -22,7 +22,9 @@ def test_a_bound_key_sees_only_its_customer(kafka_bootstrap, kafka_config, topic
             "meters": {"api_calls": {"aggregation": "SUM"}},
             "features": {"api_calls": {"kind": "metered", "meter": "api_calls"}, "sso": {"kind": "boolean"}},
             "plans": {"pro": {"features": {"api_calls": {"limit": 10, "enforcement": "hard"}, "sso": True}}},
-            "subscriptions": {c: {"plan": "pro", "anchor": anchor, "reset_period": "daily"} for c in ("acme", "globex")},
+            "subscriptions": {
+                c: {"plan": "pro", "anchor": anchor, "reset_period": "daily"} for c in ("acme", "globex")
+            },
         },
         kafka_config,
         topics,
@@ -36,7 +38,10 @@ def test_a_bound_key_sees_only_its_customer(kafka_bootstrap, kafka_config, topic
         sidecar.wait_ready()
         body = {"customer_id": "globex", "feature": "sso"}
         with sidecar.client(acme) as http:
-            assert http.post("/v1/entitlements/check", json={**body, "customer_id": "acme"}).json()["has_access"] is True
+            assert (
+                http.post("/v1/entitlements/check", json={**body, "customer_id": "acme"}).json()["has_access"]
+                is True
+            )
             denied = http.post("/v1/entitlements/check", json=body)
             assert denied.status_code == 403
             assert denied.json() == {
@@ -47,21 +52,31 @@ def test_a_bound_key_sees_only_its_customer(kafka_bootstrap, kafka_config, topic
             assert http.get("/v1/customers/globex/entitlements").status_code == 403
             mine = http.get("/v1/customers/acme/entitlements").json()
             assert [f["feature"] for f in mine["features"]] == ["api_calls", "sso"]
-            batch = http.post("/v1/entitlements/check:batch", json={"checks": [{**body, "customer_id": "acme"}, body]})
+            batch = http.post(
+                "/v1/entitlements/check:batch", json={"checks": [{**body, "customer_id": "acme"}, body]}
+            )
             assert (batch.status_code, batch.json()["field"]) == (403, "checks.1.customer_id")
             events = http.post(
-                "/v1/events", json={"event_id": "g1", "customer_id": "globex", "meter": "api_calls", "quantity": 1}
+                "/v1/events",
+                json={"event_id": "g1", "customer_id": "globex", "meter": "api_calls", "quantity": 1},
             ).json()
             assert (events["rejected"], events["events"][0]["reason"]) == (1, "forbidden")
             assert http.get("/metrics").status_code == 403
         assert httpx.post(f"{sidecar.url}/v1/entitlements/check", json=body).status_code == 401
-        wrong = httpx.post(f"{sidecar.url}/v1/entitlements/check", json=body, headers={"X-API-Key": acme[:-1] + "0"})
+        wrong = httpx.post(
+            f"{sidecar.url}/v1/entitlements/check", json=body, headers={"X-API-Key": acme[:-1] + "0"}
+        )
         assert wrong.status_code == 401
-        bearer = httpx.post(f"{sidecar.url}/v1/entitlements/check", json=body, headers={"Authorization": f"Bearer {admin}"})
+        bearer = httpx.post(
+            f"{sidecar.url}/v1/entitlements/check", json=body, headers={"Authorization": f"Bearer {admin}"}
+        )
         assert bearer.status_code == 200
         with sidecar.client(ingest_only) as http:
             refused = http.post("/v1/entitlements/check", json=body)
-            assert (refused.status_code, refused.json()["message"]) == (403, "the key 'collector' lacks the 'check' scope")
+            assert (refused.status_code, refused.json()["message"]) == (
+                403,
+                "the key 'collector' lacks the 'check' scope",
+            )
         # the SDK client raises the refusal instead of falling back, and hides the key
         client = EntitlementsClient(sidecar.url, api_key=acme, timeout_s=5, fallback={"*": True})
         with client, pytest.raises(SidecarRefused) as refusal:
@@ -69,8 +84,12 @@ def test_a_bound_key_sees_only_its_customer(kafka_bootstrap, kafka_config, topic
         assert refusal.value.status == 403 and acme not in repr(client)
         sidecar.keys.revoke("acme-app")
         wait_for(
-            lambda: httpx.post(f"{sidecar.url}/v1/entitlements/check", json=body, headers={"X-API-Key": acme}).status_code
-            == 401,
+            lambda: (
+                httpx.post(
+                    f"{sidecar.url}/v1/entitlements/check", json=body, headers={"X-API-Key": acme}
+                ).status_code
+                == 401
+            ),
             5,
             "revoked key refused",
         )
