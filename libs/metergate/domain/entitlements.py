@@ -83,8 +83,11 @@ def shown(value: Decimal | None) -> str:
     return "unlimited" if value is None else f"{value.normalize():f}"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Decision:
+    """One answer. Not frozen on purpose: a frozen dataclass sets each of its 19 fields through
+    `object.__setattr__`, which doubled the cost of a check; treat it as read-only."""
+
     has_access: bool
     reason: Reason
     message: str
@@ -128,8 +131,16 @@ UsageLookup = Callable[[str, Period], Decimal]
 
 def requested(value: Any, *, name: str = "requested_units") -> Decimal:
     """Validate a requested amount: a non-negative Decimal, int or numeric string (never float)."""
-    if isinstance(value, Decimal) and value.is_finite() and value >= 0 and value <= MAX_QUANTITY:
-        return value
+    kind = type(value)
+    if kind is int and 0 <= value <= MAX_QUANTITY:  # type: ignore[operator]
+        return Decimal(value)
+    if (
+        kind is Decimal
+        and value.is_finite()
+        and 0 <= value <= MAX_QUANTITY
+        and value.as_tuple().exponent >= -QUANTITY_SCALE
+    ):  # type: ignore[union-attr,operator]
+        return value  # type: ignore[no-any-return]
     try:
         number = to_decimal(value, name=name)
         return check_decimal(

@@ -218,7 +218,7 @@ class Entitlements:
         """
         units = requested(requested_units)
         decision = self.state.check(customer_id, feature, units, now or datetime.now(UTC), self.freshness())
-        m.CHECKS[decision.reason].inc()
+        m.CHECKS[decision.reason] += 1
         return decision
 
     def customer(self, customer_id: str, *, now: datetime | None = None) -> list[Decision] | None:
