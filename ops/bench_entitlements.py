@@ -372,6 +372,7 @@ def bench_sidecar(customers: int, duration_s: int) -> None:
             )
             next_check += after == before + 3
         print(f"freshness, POST /v1/events -> the next check: {next_check}/50 reflected it at once")
+        bench_metering_freshness(work, broker.bootstrap, topics, producer, tracker, http)
         http.close()
     finally:
         if sidecar is not None:
@@ -379,6 +380,77 @@ def bench_sidecar(customers: int, duration_s: int) -> None:
             sidecar.wait(30)
         broker.stop()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def bench_metering_freshness(
+    work: Path, bootstrap: str, topics, producer, tracker, http: httpx.Client
+) -> None:  # type: ignore[no-untyped-def]
+    """A usage event produced straight to Kafka -> metering -> usage.aggregates -> a check reflects it."""
+    from metergate.domain.records import Aggregation, MeterDefinition, UsageEvent, now_utc
+    from metergate.kafka.producer import produce
+    from metergate.wire.codec import codec
+
+    produce(
+        producer,
+        topics.meters,
+        b"api_calls",
+        codec(MeterDefinition).encode(MeterDefinition(meter="api_calls", aggregation=Aggregation.SUM)),
+        tracker,
+    )
+    producer.flush(10)
+    env = {
+        **os.environ,
+        "METERGATE_KAFKA_BOOTSTRAP": bootstrap,
+        "METERGATE_KAFKA_TOPIC_PREFIX": topics.prefix,
+        "METERGATE_METERING_DATA_DIR": str(work / "metering"),
+        "METERGATE_LOG_LEVEL": "WARNING",
+    }
+    log = (work / "metering.log").open("wb")
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "metergate_services.metering.main"],
+        env=env,
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    encode = codec(UsageEvent).encode
+    delays = []
+    try:
+
+        def usage(name: str) -> Decimal:
+            body = http.post(
+                "/v1/entitlements/check",
+                json={"customer_id": name, "feature": "api_calls", "requested_units": 0},
+            ).json()
+            return Decimal(body["usage"])
+
+        # first event: waits for the worker to join its group and recover (not counted)
+        for i in range(61):
+            name = f"customer-{200 + i:05d}"
+            before = usage(name)
+            event = UsageEvent(
+                event_id=f"fresh-{i}-{time.time_ns()}",
+                customer_id=name,
+                meter="api_calls",
+                quantity=Decimal(2),
+                timestamp=now_utc(),
+            )
+            produced = time.perf_counter()
+            produce(producer, topics.events, name.encode(), encode(event), tracker)
+            producer.flush(10)
+            deadline = produced + (120 if i == 0 else 10)
+            while usage(name) != before + 2:
+                if time.perf_counter() > deadline:
+                    raise SystemExit(f"event {i} not reflected in time; see {work / 'metering.log'}")
+                time.sleep(0.002)
+            if i:
+                delays.append((time.perf_counter() - produced) * 1000)
+        print(
+            f"freshness, usage event produced to Kafka -> metering -> check reflects it (60 samples, ms): {percentiles(delays)}"
+        )
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(30)
 
 
 def main() -> None:

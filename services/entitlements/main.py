@@ -51,6 +51,10 @@ def run() -> None:
     settings = EntitlementsSettings()
     metrics_endpoint.serve(settings.metrics.port)
     keys = KeyStore(settings.keys_file)
+    if settings.keys_file.exists() and settings.keys_file.stat().st_mode & 0o077:
+        log.warning(
+            "entitlements: %s is readable by others; `chmod 600 %s`", settings.keys_file, settings.keys_file
+        )
     active = [k for k in keys.list() if k.revoked_at is None]
     if not active:
         log.warning(
