@@ -42,8 +42,7 @@ def test_demo_end_to_end(tmp_path):
         }
         assert rejected == {bad.expected_reason: 1.0 for bad in scenario.malformed}
 
-        state = demo.enforcement_state()
-        kinds = Counter(event["kind"] for event in state["limit_events"])
+        kinds = Counter(event["kind"] for event in demo.limit_events())
         metering_kinds = {
             key.split('kind="')[1].rstrip('"}'): value
             for key, value in metering.items()
@@ -51,8 +50,10 @@ def test_demo_end_to_end(tmp_path):
         }
         kinds_from_metering = {kind: n for kind, n in kinds.items() if kind != "credits_depleted"}
         assert metering_kinds == kinds_from_metering
-        enforcement = demo.services["enforcement"].metrics()
-        assert metric_sum(enforcement, "metergate_enforcement_limit_events_total") == sum(kinds.values())
+        sidecar = demo.services["entitlements"].metrics()
+        assert metric_sum(sidecar, 'metergate_entitlements_records_applied_total{kind="limit"}') == sum(
+            kinds.values()
+        )
 
         rating = demo.services["rating"].metrics()
         aggregates = demo.final_aggregates()

@@ -18,6 +18,7 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("metergate.cli.finance", "finance"),
     ("metergate.cli.services", "run"),
     ("metergate.cli.demo", "demo"),
+    ("metergate.cli.keys", "keys"),
 )
 
 

@@ -6,7 +6,7 @@ import importlib
 
 import click
 
-SERVICES = ("metering", "rating", "enforcement")
+SERVICES = ("metering", "rating", "enforcement", "entitlements")
 
 
 @click.command("run")

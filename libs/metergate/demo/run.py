@@ -1,7 +1,7 @@
 """`metergate demo`: the whole pipeline on the embedded stack, checked against an independent count.
 
 Order: start the stack (broker + PostgreSQL), apply the demo catalog, grant nimbus-ai its credits,
-start metering, rating and the example enforcement service as child processes, stream the usage
+start metering, rating and the entitlement sidecar as child processes, stream the usage
 mix, wait until every service caught up, print the report, stop everything (unless kept running).
 The report compares what metergate counted with an independent count of the distinct events and
 exits non-zero when they differ.
@@ -38,7 +38,7 @@ from metergate.embedded.stack import EmbeddedStack, StackInfo
 from metergate.settings import DatabaseSettings, KafkaSettings
 
 CATALOG = Path(__file__).resolve().parent / "catalog.yaml"
-SERVICES: tuple[str, ...] = ("metering", "rating", "enforcement")
+SERVICES: tuple[str, ...] = ("metering", "rating", "entitlements")
 
 
 def expected_value(meter: MeterDefinition, events: list[UsageEvent]) -> Decimal:
@@ -78,6 +78,8 @@ class Demo:
         self.stack: EmbeddedStack | None = None
         self.info: StackInfo | None = None
         self.services: dict[str, ServiceProcess] = {}
+        self.entitlements_port = 0
+        self.entitlements_key = ""  # an API key of the demo's own, never logged
         self.kafka = KafkaSettings()
         self.database = DatabaseSettings()
 
@@ -107,17 +109,25 @@ class Demo:
             extra = {}
             if name == "metering":
                 extra["METERGATE_METERING_DATA_DIR"] = str(self.data_dir / "metering")
-            if name == "enforcement":
+            if name == "entitlements":
                 from metergate.embedded.processes import free_port
+                from metergate.entitlements.keys import KeyStore
 
-                extra["METERGATE_ENFORCEMENT_HTTP_PORT"] = str(free_port())
+                keys_file = self.data_dir / "entitlements-keys.json"
+                self.entitlements_key = KeyStore(keys_file).create("demo", ["check", "ingest"])[1]
+                extra["METERGATE_ENTITLEMENTS_HTTP_PORT"] = str(free_port())
+                extra["METERGATE_ENTITLEMENTS_KEYS_FILE"] = str(keys_file)
+                extra["METERGATE_ENTITLEMENTS_CHECKPOINT_PATH"] = str(
+                    self.data_dir / "entitlements-checkpoint.json"
+                )
             service = ServiceProcess(name, self.environment(), logs, **extra)
             service.start()
             self.services[name] = service
             self.say(
                 f"  {name:12} pid {service.pid}, metrics http://127.0.0.1:{service.metrics_port}/metrics"
             )
-        self.enforcement_port = int(self.services["enforcement"].child.env["METERGATE_ENFORCEMENT_HTTP_PORT"])  # type: ignore[index]
+        sidecar_env = self.services["entitlements"].child.env or {}
+        self.entitlements_port = int(sidecar_env["METERGATE_ENTITLEMENTS_HTTP_PORT"])
 
     def stop(self) -> None:
         for service in reversed(list(self.services.values())):
@@ -193,7 +203,7 @@ class Demo:
         )
 
     def wait_caught_up(self, scenario: Any, timeout_s: float = 180.0) -> None:
-        self.say("waiting for metering, rating and enforcement to catch up ...")
+        self.say("waiting for metering, rating and the entitlement sidecar to catch up ...")
         metering = self.services["metering"]
         wait_for(
             lambda: (
@@ -204,12 +214,17 @@ class Demo:
         )
         aggregates = self.final_aggregates()
         wait_for(lambda: self.rating_caught_up(aggregates), timeout_s, "rating to price every aggregate")
+        wait_for(self.entitlements_ready, 30, "the entitlement sidecar to catch up")
+        limits = len(self.limit_events())
+        sidecar = self.services["entitlements"]
         wait_for(
-            lambda: self.enforcement_state().get("caught_up", True) is not False,
+            lambda: (
+                metric_sum(sidecar.metrics(), 'metergate_entitlements_records_applied_total{kind="limit"}')
+                >= limits
+            ),
             30,
-            "enforcement to catch up",
+            "the entitlement sidecar to read every limit event",
         )
-        time.sleep(1.0)  # let the last limit events reach enforcement
 
     # -- reading results ---------------------------------------------------------------------------
     def final_aggregates(self) -> dict[str, UsageAggregate]:
@@ -244,13 +259,33 @@ class Demo:
         seen = dict(rows)
         return all(seen.get(key, -1) >= aggregate.version for key, aggregate in aggregates.items())
 
-    def enforcement_state(self) -> dict[str, Any]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.enforcement_port}/state", timeout=5) as response:
-            return json.loads(response.read())  # type: ignore[no-any-return]
+    def entitlements_ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.entitlements_port}/healthz", timeout=5
+            ) as response:
+                return bool(json.loads(response.read())["ready"])
+        except OSError:  # 503 while catching up, or not listening yet
+            return False
 
-    def enforcement_check(self, customer: str, feature: str) -> dict[str, Any]:
-        url = f"http://127.0.0.1:{self.enforcement_port}/check?customer={customer}&feature={feature}"
-        with urllib.request.urlopen(url, timeout=5) as response:
+    def limit_events(self) -> list[dict[str, Any]]:
+        """Every limit event on usage.limits (what enforcement services and the sidecar read)."""
+        from metergate.domain.records import LimitEvent
+        from metergate.testing.topics import read_topic
+        from metergate.wire.codec import codec
+
+        records = read_topic(self.kafka.client_config(), self.kafka.topics.limits, idle_s=1.0)
+        return [json.loads(codec(LimitEvent).decode(value).model_dump_json()) for _, value, _, _ in records]
+
+    def entitlement_check(self, customer: str, feature: str, units: int = 1) -> dict[str, Any]:
+        """What an application asking before serving is told (POST /v1/entitlements/check)."""
+        body = json.dumps({"customer_id": customer, "feature": feature, "requested_units": units}).encode()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.entitlements_port}/v1/entitlements/check",
+            data=body,
+            headers={"Content-Type": "application/json", "X-API-Key": self.entitlements_key},
+        )
+        with urllib.request.urlopen(request, timeout=5) as response:
             return json.loads(response.read())  # type: ignore[no-any-return]
 
     # -- the report --------------------------------------------------------------------------------
@@ -317,12 +352,10 @@ class Demo:
             )
         )
 
-        state = self.enforcement_state()
-        self.say("\nLimit events received by the enforcement service")
+        limit_events = self.limit_events()
+        self.say("\nLimit events on usage.limits (read by the entitlement sidecar)")
         kinds: Counter[str] = Counter()
-        for event in sorted(
-            state["limit_events"], key=lambda e: (e["customer_id"], e["feature"], e["occurred_at"])
-        ):
+        for event in sorted(limit_events, key=lambda e: (e["customer_id"], e["feature"], e["occurred_at"])):
             kinds[event["kind"]] += 1
             threshold = f" {event['threshold']}%" if event["threshold"] is not None else ""
             limit = f"{Decimal(event['limit']).normalize():f}" if event["limit"] is not None else "no limit"
@@ -330,7 +363,7 @@ class Demo:
                 f"  {event['customer_id']:14} {event['feature']:10} {event['kind'] + threshold:24} "
                 f"usage {Decimal(event['usage']).normalize():f} of {limit}"
             )
-        ids = [e["limit_event_id"] for e in state["limit_events"]]
+        ids = [e["limit_event_id"] for e in limit_events]
         result.checks.append(Check("each limit event once", len(ids) == len(set(ids)), f"{len(ids)} events"))
         expected_kinds = {
             "threshold_crossed",
@@ -343,8 +376,8 @@ class Demo:
             Check("every kind of limit event seen", expected_kinds <= set(kinds), f"seen: {dict(kinds)}")
         )
 
-        self.say("\nEnforcement: what an application asking before serving is told")
-        blocked = [(b["customer"], b["feature"]) for b in state["blocked"]]
+        self.say("\nEntitlement checks: what an application asking before serving is told")
+        blocked = []
         for customer, feature in (
             ("hobby-hank", "api_calls"),
             ("hobby-hank", "sso"),
@@ -353,9 +386,18 @@ class Demo:
             ("acme-corp", "audit_log"),
             ("walk-in", "api_calls"),
         ):
-            decision = self.enforcement_check(customer, feature)
-            verdict = "ALLOW" if decision["allowed"] else "DENY "
-            self.say(f"  {verdict} {customer:14} {feature:10} {decision['reason']}")
+            decision = self.entitlement_check(customer, feature)
+            verdict = "ALLOW" if decision["has_access"] else "DENY "
+            usage = (
+                f" usage {decision['usage']} of {decision['limit'] or 'unlimited'}"
+                if decision["usage"] is not None
+                else ""
+            )
+            self.say(
+                f"  {verdict} {customer:14} {feature:10} {decision['reason']}{usage}: {decision['message']}"
+            )
+            if decision["kind"] == "metered" and not decision["has_access"]:
+                blocked.append((customer, feature))
         self.say(f"  blocked now: {', '.join(f'{c}/{f}' for c, f in blocked) or '-'}")
         result.checks.append(
             Check(
@@ -461,7 +503,8 @@ def run_demo(data_dir: Path, *, keep_running: bool, progress: bool, out: TextIO 
             for name, value in demo.environment().items():
                 demo.say(f"  export {name}={value}")
             demo.say(
-                f"  enforcement: curl 'http://127.0.0.1:{demo.enforcement_port}/check?customer=hobby-hank&feature=api_calls'"
+                f"  entitlements: curl -H 'X-API-Key: {demo.entitlements_key}' http://127.0.0.1:{demo.entitlements_port}/v1/entitlements/check"
+                ' -d \'{"customer_id": "hobby-hank", "feature": "api_calls"}\''
             )
             demo.say("Ctrl-C stops everything.")
             with contextlib.suppress(KeyboardInterrupt):

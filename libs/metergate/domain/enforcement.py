@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import Decimal
 
+from metergate.domain.entitlements import shown
 from metergate.domain.records import (
     Enforcement,
     EntitlementSnapshot,
@@ -26,10 +26,7 @@ from metergate.domain.records import (
     LimitKind,
 )
 
-
-def _shown(value: Decimal | None) -> str:
-    """A Decimal as a person writes it: 1000, not 1000.000000000 or 1E+3."""
-    return "unlimited" if value is None else f"{value.normalize():f}"
+_shown = shown  # one way to write a figure for people, shared with the entitlement check
 
 
 BLOCKING_KINDS = frozenset({LimitKind.LIMIT_REACHED, LimitKind.HARD_LIMIT_EXCEEDED})

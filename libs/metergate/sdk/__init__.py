@@ -6,6 +6,7 @@ with UsageProducer.from_env() as usage:
     usage.record(customer_id="acme", meter="api_calls", quantity=1, event_id=request_id)
 """
 
+from metergate.sdk.entitlements import EntitlementsClient, SidecarRefused, SidecarUnavailable
 from metergate.sdk.producer import BatchResult, UsageProducer
 
-__all__ = ["BatchResult", "UsageProducer"]
+__all__ = ["BatchResult", "EntitlementsClient", "SidecarRefused", "SidecarUnavailable", "UsageProducer"]

@@ -1,0 +1,270 @@
+"""The local state an entitlement check answers from (in memory, no I/O).
+
+Fed from three compacted/partitioned topics and from the usage this process reported itself:
+
+- `entitlements.snapshots`: the highest `version` per customer wins (a re-sent or reordered older
+  snapshot is ignored); a tombstone forgets the customer.
+- `usage.aggregates`: the highest `version` per (customer, meter, period) wins (a crash can re-send
+  an older version, always with the value it had).
+- `usage.limits`: the highest usage a limit event reported per (customer, feature, period); usage
+  is never taken lower than that (a limit event can arrive before its aggregate).
+- **pending usage**: each event reported here and delivered to `usage.events` is added at once to
+  its (customer, meter, period) with the partition and offset of its delivery report, and dropped
+  exactly when an aggregate of that key arrives whose version covers it. An aggregate's version is
+  1 + the offset of the last event of its partition folded in, so an aggregate covers a pending
+  event when the event lies on the partition metering counts that customer on and
+  `offset < version`. Events are reported on that (canonical) partition, so the delivery report's
+  position is the one metering counts. A pending event is counted in the period of its event time.
+
+Usage of a key = max(aggregate value + pending, highest limit-event usage). No double counting: a
+pending event leaves the moment the aggregate that includes it is applied (under one lock with the
+pending update, so no check sees both); no gap: it stays until then, and a delivery report that
+comes after its aggregate is not added at all.
+
+Reads take no lock: every value a check reads is replaced whole (tuples, Decimals, frozen models).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from metergate.domain import entitlements as rules
+from metergate.domain.entitlements import Decision, Source
+from metergate.domain.periods import Period, period_for
+from metergate.domain.records import EntitlementSnapshot, FeatureKind, LimitEvent, UsageAggregate
+
+_ZERO = Decimal(0)
+
+UsageKey = tuple[str, str, datetime]  # customer, meter, period_start
+
+
+@dataclass(frozen=True, slots=True)
+class PendingUsage:
+    event_id: str
+    partition: int
+    offset: int
+    quantity: Decimal
+    period_end: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Freshness:
+    as_of: datetime | None
+    stale: bool
+    source: Source
+    trusted: (
+        bool  # caught up with the topics (or a checkpoint of them): an unknown customer is really unknown
+    )
+
+
+class EntitlementState:
+    def __init__(self, *, fallback: Mapping[str, bool] | None = None, reported_capacity: int = 1_000_000):
+        self.snapshots: dict[str, EntitlementSnapshot] = {}
+        self.snapshot_bytes: dict[str, bytes] = {}  # the record as received (for the checkpoint)
+        self.aggregates: dict[UsageKey, tuple[int, Decimal]] = {}
+        self.limit_usage: dict[tuple[str, str, datetime], Decimal] = {}
+        self.pending: dict[UsageKey, tuple[PendingUsage, ...]] = {}
+        self.pending_totals: dict[UsageKey, Decimal] = {}
+        self.reported: OrderedDict[str, None] = OrderedDict()
+        self.fallback = dict(fallback or {})
+        self.changes = 0  # bumped at each change (the checkpoint writes only when it moved)
+        self._reported_capacity = reported_capacity
+        self._periods: dict[str, Period] = {}
+        self._lock = threading.Lock()
+
+    # -- applying records --------------------------------------------------------------------------
+    def apply_snapshot(
+        self, customer_id: str, snapshot: EntitlementSnapshot | None, raw: bytes | None
+    ) -> bool:
+        with self._lock:
+            if snapshot is None:  # tombstone
+                self.snapshots.pop(customer_id, None)
+                self.snapshot_bytes.pop(customer_id, None)
+                self._periods.pop(customer_id, None)
+                self.changes += 1
+                return True
+            current = self.snapshots.get(snapshot.customer_id)
+            if current is not None and snapshot.version < current.version:
+                return False
+            self._periods.pop(snapshot.customer_id, None)
+            self.snapshots[snapshot.customer_id] = snapshot
+            if raw is not None:
+                self.snapshot_bytes[snapshot.customer_id] = raw
+            self.changes += 1
+            return True
+
+    def apply_aggregate(self, aggregate: UsageAggregate) -> bool:
+        key = (aggregate.customer_id, aggregate.meter, aggregate.period_start)
+        with self._lock:
+            current = self.aggregates.get(key)
+            if current is not None and aggregate.version <= current[0]:
+                return False
+            self.aggregates[key] = (aggregate.version, aggregate.value)
+            pending = self.pending.get(key)
+            if pending:
+                self._set_pending(key, tuple(p for p in pending if not covers(aggregate.version, p)))
+            self.changes += 1
+            return True
+
+    def apply_limit(self, event: LimitEvent) -> bool:
+        if event.usage is None:
+            return False
+        key = (event.customer_id, event.feature, event.period_start)
+        with self._lock:
+            current = self.limit_usage.get(key)
+            if current is not None and current >= event.usage:
+                return False
+            self.limit_usage[key] = event.usage
+            self.changes += 1
+            return True
+
+    # -- usage reported here -----------------------------------------------------------------------
+    def was_reported(self, event_id: str) -> bool:
+        return event_id in self.reported
+
+    def add_pending(self, customer_id: str, meter: str, period: Period, usage: PendingUsage) -> bool:
+        """Count a delivered event at once; False when its aggregate already includes it (or a repeat)."""
+        key = (customer_id, meter, period.start)
+        with self._lock:
+            if usage.event_id in self.reported:
+                return False
+            self.reported[usage.event_id] = None
+            if len(self.reported) > self._reported_capacity:
+                self.reported.popitem(last=False)
+            current = self.aggregates.get(key)
+            if current is not None and covers(current[0], usage):
+                return False
+            self._set_pending(key, (*self.pending.get(key, ()), usage))
+            self.changes += 1
+            return True
+
+    def restore_pending(self, key: UsageKey, usage: PendingUsage) -> None:
+        """Put back a pending event from a checkpoint unless its aggregate already includes it."""
+        with self._lock:
+            current = self.aggregates.get(key)
+            if current is not None and covers(current[0], usage):
+                return
+            self._set_pending(key, (*self.pending.get(key, ()), usage))
+
+    def expire_pending(self, now: datetime) -> int:
+        """Forget pending usage of periods that ended (a check never reads them again)."""
+        with self._lock:
+            gone = [key for key, items in self.pending.items() if items and items[0].period_end <= now]
+            for key in gone:
+                self._set_pending(key, ())
+            return len(gone)
+
+    def _set_pending(self, key: UsageKey, items: tuple[PendingUsage, ...]) -> None:
+        if items:
+            self.pending[key] = items
+            self.pending_totals[key] = sum((p.quantity for p in items), _ZERO)
+        else:
+            self.pending.pop(key, None)
+            self.pending_totals.pop(key, None)
+
+    # -- reading -----------------------------------------------------------------------------------
+    def usage(self, customer_id: str, meter: str, period: Period, feature: str | None = None) -> Decimal:
+        key = (customer_id, meter, period.start)
+        aggregate = self.aggregates.get(key)
+        used = aggregate[1] if aggregate is not None else _ZERO
+        pending = self.pending_totals.get(key)
+        if pending is not None:
+            used += pending
+        if feature is not None:
+            signalled = self.limit_usage.get((customer_id, feature, period.start))
+            if signalled is not None and signalled > used:
+                used = signalled
+        return used
+
+    def period(self, customer_id: str, snapshot: EntitlementSnapshot, now: datetime) -> Period:
+        """The customer's current period, cached until `now` leaves it."""
+        period = self._periods.get(customer_id)
+        if period is None or not (period.start <= now < period.end):
+            period = period_for(now, snapshot.billing_anchor, snapshot.reset_period)
+            self._periods[customer_id] = period
+        return period
+
+    def check(
+        self,
+        customer_id: str,
+        feature: str,
+        requested_units: Decimal,
+        now: datetime,
+        freshness: Freshness,
+    ) -> Decision:
+        snapshot = self.snapshots.get(customer_id)
+        if snapshot is None and (
+            not freshness.trusted or freshness.stale or freshness.source is Source.CACHE
+        ):
+            answer = rules.fallback(
+                customer_id,
+                feature,
+                self.fallback,
+                requested_units,
+                as_of=freshness.as_of,
+                stale=freshness.stale,
+            )
+            if answer is not None:
+                return answer
+        if snapshot is None:
+            return rules.check(
+                None,
+                customer_id,
+                feature,
+                now=now,
+                usage=_no_usage,
+                requested_units=requested_units,
+                as_of=freshness.as_of,
+                stale=freshness.stale,
+                source=freshness.source,
+            )
+        entitlement = rules.find_feature(snapshot, feature)
+        if entitlement is None or entitlement.kind is not FeatureKind.METERED or not entitlement.enabled:
+            return rules.check(
+                snapshot,
+                customer_id,
+                feature,
+                now=now,
+                usage=_no_usage,
+                requested_units=requested_units,
+                as_of=freshness.as_of,
+                stale=freshness.stale,
+                source=freshness.source,
+            )
+        period = self.period(customer_id, snapshot, now)
+        used = self.usage(customer_id, entitlement.meter or feature, period, feature)
+        return rules.metered(
+            entitlement,
+            customer_id,
+            used,
+            requested_units,
+            period,
+            as_of=freshness.as_of,
+            stale=freshness.stale,
+            source=freshness.source,
+        )
+
+    def features(self, customer_id: str, now: datetime, freshness: Freshness) -> list[Decision] | None:
+        """Every feature of the customer with its usage and limits (None: customer not known)."""
+        snapshot = self.snapshots.get(customer_id)
+        if snapshot is None:
+            return None
+        return [self.check(customer_id, f.feature, _ZERO, now, freshness) for f in snapshot.features]
+
+
+def covers(version: int, usage: PendingUsage) -> bool:
+    """Whether an aggregate of `version` includes a pending event (version = 1 + last offset folded in)."""
+    return usage.offset < version
+
+
+def _no_usage(_meter: str, _period: Period) -> Decimal:
+    return _ZERO
+
+
+def wall(seconds: float | None) -> datetime | None:
+    return None if seconds is None else datetime.fromtimestamp(seconds, UTC)

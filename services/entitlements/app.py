@@ -1,0 +1,338 @@
+"""The sidecar's HTTP application (Starlette on uvicorn): thin, every rule lives in the library.
+
+Each handler: authenticate (401 without a valid key), authorise (403 without the scope or for a
+customer the key is not bound to), validate (400 naming the field), hand over to `Entitlements`,
+encode. Checks run on the event loop (microseconds, no I/O); ingest waits for Kafka on a worker
+thread.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from metergate.entitlements import Entitlements
+from metergate.entitlements.keys import ApiKey, KeyStore
+from metergate_services.entitlements.api import (
+    MAX_BATCH_EVENTS,
+    BatchCheckRequest,
+    CheckRequest,
+    CloudEventIn,
+    UsageEventIn,
+    one_line,
+    openapi,
+)
+
+log = logging.getLogger("metergate.entitlements.http")
+
+JSON = "application/json"
+CLOUDEVENT = "application/cloudevents+json"
+CLOUDEVENT_BATCH = "application/cloudevents-batch+json"
+#: CloudEvents attribute that carries each UsageEvent field (for error messages in the sender's terms)
+CLOUD_FIELDS = {
+    "event_id": "id",
+    "customer_id": "subject",
+    "meter": "type",
+    "timestamp": "time",
+    "quantity": "data.quantity",
+}
+
+
+class Problem(Exception):
+    def __init__(self, status: int, reason: str, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.reason, self.message, self.field = status, reason, message, field
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return f"{value:f}"
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"not JSON: {type(value).__name__}")
+
+
+def reply(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        json.dumps(body, separators=(",", ":"), default=_default), status, headers=headers, media_type=JSON
+    )
+
+
+def problem(error: Problem) -> Response:
+    body = {"reason": error.reason, "message": error.message}
+    if error.field is not None:
+        body["field"] = error.field
+    headers = {"WWW-Authenticate": 'Bearer realm="metergate"'} if error.status == 401 else None
+    return reply(body, error.status, headers)
+
+
+def create_app(entitlements: Entitlements, keys: KeyStore) -> Starlette:
+    document = json.dumps(openapi()).encode()
+
+    def authorise(request: Request, scope: str) -> ApiKey:
+        presented = request.headers.get("x-api-key")
+        if presented is None:
+            authorization = request.headers.get("authorization", "")
+            if authorization[:7].lower() == "bearer ":
+                presented = authorization[7:].strip()
+        if not presented:
+            raise Problem(
+                401, "unauthenticated", "an API key is required (header X-API-Key or Authorization: Bearer)"
+            )
+        key = keys.authenticate(presented)
+        if key is None:
+            raise Problem(401, "unauthenticated", "the API key is not valid (unknown, revoked or mistyped)")
+        if not key.allows(scope):
+            raise Problem(403, "forbidden", f"the key {key.name!r} lacks the {scope!r} scope")
+        return key
+
+    def may_see(key: ApiKey, customer_id: str, field: str = "customer_id") -> None:
+        if not key.sees(customer_id):
+            raise Problem(
+                403,
+                "forbidden",
+                f"{field}: the key {key.name!r} is not bound to customer {customer_id!r}",
+                field,
+            )
+
+    async def body_json(request: Request) -> Any:
+        raw = await request.body()
+        try:
+            return json.loads(raw)
+        except ValueError as exc:
+            raise Problem(400, "invalid_json", f"body: not JSON ({exc})", "body") from None
+
+    def handler(
+        function: Callable[[Request], Awaitable[Response]],
+    ) -> Callable[[Request], Awaitable[Response]]:
+        async def wrapped(request: Request) -> Response:
+            try:
+                return await function(request)
+            except Problem as error:
+                return problem(error)
+
+        return wrapped
+
+    def decide(key: ApiKey, item: CheckRequest) -> dict[str, Any]:
+        may_see(key, item.customer_id)
+        return entitlements.check(
+            item.customer_id, item.feature, item.requested_units, item.subject_id
+        ).to_json()
+
+    def parse(model: type[CheckRequest] | type[BatchCheckRequest], data: Any) -> Any:
+        if not isinstance(data, dict):
+            raise Problem(400, "invalid_body", "body: expected a JSON object", "body")
+        try:
+            return model.model_validate(data)
+        except ValidationError as exc:
+            field, message = one_line(exc)
+            raise Problem(400, "invalid_field", message, field) from None
+
+    @handler
+    async def check(request: Request) -> Response:
+        key = authorise(request, "check")
+        item = parse(CheckRequest, await body_json(request))
+        return reply(decide(key, item))
+
+    @handler
+    async def check_batch(request: Request) -> Response:
+        key = authorise(request, "check")
+        batch = parse(BatchCheckRequest, await body_json(request))
+        for index, item in enumerate(batch.checks):
+            may_see(key, item.customer_id, f"checks.{index}.customer_id")
+        return reply({"decisions": [decide(key, item) for item in batch.checks]})
+
+    @handler
+    async def customer(request: Request) -> Response:
+        key = authorise(request, "check")
+        customer_id = request.path_params["customer_id"]
+        may_see(key, customer_id)
+        features = entitlements.customer(customer_id)
+        if features is None:
+            raise Problem(
+                404,
+                "no_subscription",
+                f"customer_id: no subscription known for customer {customer_id!r}",
+                "customer_id",
+            )
+        fresh = entitlements.freshness()
+        return reply(
+            {
+                "customer_id": customer_id,
+                "features": [d.to_json() for d in features],
+                "as_of": fresh.as_of,
+                "stale": fresh.stale,
+                "source": fresh.source.value,
+            }
+        )
+
+    @handler
+    async def events(request: Request) -> Response:
+        key = authorise(request, "ingest")
+        content_type = request.headers.get("content-type", JSON).split(";")[0].strip().lower()
+        data = await body_json(request)
+        cloud = content_type in (CLOUDEVENT, CLOUDEVENT_BATCH)
+        if content_type == CLOUDEVENT_BATCH or (content_type == JSON and isinstance(data, list)):
+            if not isinstance(data, list) or not data:
+                raise Problem(400, "invalid_body", "body: expected a non-empty JSON array of events", "body")
+            items = data
+        elif isinstance(data, dict):
+            items = [data]
+        else:
+            raise Problem(
+                400, "invalid_body", "body: expected a JSON object (one event) or an array of events", "body"
+            )
+        for index, item in enumerate(items):
+            if not isinstance(item, dict):
+                where = f"body.{index}" if isinstance(data, list) else "body"
+                raise Problem(400, "invalid_body", f"{where}: expected a JSON object (one event)", where)
+        if len(items) > MAX_BATCH_EVENTS:
+            raise Problem(
+                400,
+                "batch_too_large",
+                f"body: at most {MAX_BATCH_EVENTS} events per request, got {len(items)}",
+                "body",
+            )
+        arrived = datetime.now(UTC)
+        parsed: list[dict[str, Any] | None] = []
+        early: dict[int, dict[str, Any]] = {}
+        for index, item in enumerate(items):
+            try:
+                event = from_cloudevent(item, arrived) if cloud else from_json(item, arrived)
+            except Problem as error:
+                early[index] = {
+                    "index": index,
+                    "status": "rejected",
+                    "reason": error.reason,
+                    "field": error.field,
+                    "message": error.message,
+                }
+                parsed.append(None)
+                continue
+            if not key.sees(event["customer_id"]):
+                field = "subject" if cloud else "customer_id"
+                early[index] = {
+                    "index": index,
+                    "event_id": event["event_id"],
+                    "status": "rejected",
+                    "reason": "forbidden",
+                    "field": field,
+                    "message": f"{field}: the key {key.name!r} is not bound to customer {event['customer_id']!r}",
+                }
+                parsed.append(None)
+                continue
+            parsed.append(event)
+        to_send = [(index, event) for index, event in enumerate(parsed) if event is not None]
+        receipts = (
+            await run_in_threadpool(entitlements.report, [event for _, event in to_send]) if to_send else []
+        )
+        results: list[dict[str, Any]] = []
+        sent = iter(zip(to_send, receipts, strict=True))
+        for index in range(len(items)):
+            if index in early:
+                results.append({k: v for k, v in early[index].items() if v is not None})
+            else:
+                (_, _), receipt = next(sent)
+                body = receipt.to_json()
+                body["index"] = index
+                if cloud and body.get("field") in CLOUD_FIELDS:
+                    body["field"] = CLOUD_FIELDS[body["field"]]
+                results.append(body)
+        counts = {
+            status: sum(1 for r in results if r["status"] == status)
+            for status in ("accepted", "duplicate", "rejected")
+        }
+        return reply({**counts, "events": results})
+
+    async def health(request: Request) -> Response:
+        fresh = entitlements.freshness()
+        ready = entitlements.caught_up
+        body = {"ready": ready, "source": fresh.source.value, "stale": fresh.stale, "as_of": fresh.as_of}
+        return reply(body, 200 if ready else 503)
+
+    @handler
+    async def metrics(request: Request) -> Response:
+        authorise(request, "admin")
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    async def openapi_json(request: Request) -> Response:
+        return Response(document, media_type=JSON)
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        return problem(Problem(404, "not_found", f"no such path {request.url.path}; see /openapi.json"))
+
+    async def not_allowed(request: Request, exc: Exception) -> Response:
+        response = problem(
+            Problem(
+                405,
+                "method_not_allowed",
+                f"{request.method} is not allowed on {request.url.path}; see /openapi.json",
+            )
+        )
+        allow = (getattr(exc, "headers", None) or {}).get("Allow")
+        if allow:
+            response.headers["Allow"] = allow
+        return response
+
+    return Starlette(
+        routes=[
+            Route("/v1/entitlements/check", check, methods=["POST"]),
+            Route("/v1/entitlements/check:batch", check_batch, methods=["POST"]),
+            Route("/v1/customers/{customer_id}/entitlements", customer, methods=["GET"]),
+            Route("/v1/events", events, methods=["POST"]),
+            Route("/healthz", health, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
+            Route("/openapi.json", openapi_json, methods=["GET"]),
+        ],
+        exception_handlers={404: not_found, 405: not_allowed},
+    )
+
+
+def _validated(item: Any, arrived: datetime, prefix: str = "") -> dict[str, Any]:
+    try:
+        event = UsageEventIn.model_validate(item)
+    except ValidationError as exc:
+        field, message = one_line(exc)
+        raise Problem(400, "invalid_field", message, field) from None
+    data = event.model_dump()
+    if data["timestamp"] is None:
+        data["timestamp"] = arrived
+    return data
+
+
+def from_json(item: Any, arrived: datetime) -> dict[str, Any]:
+    if not isinstance(item, dict):
+        raise Problem(400, "invalid_body", "event: expected a JSON object", "event")
+    return _validated(item, arrived)
+
+
+def from_cloudevent(item: Any, arrived: datetime) -> dict[str, Any]:
+    if not isinstance(item, dict):
+        raise Problem(400, "invalid_body", "event: expected a CloudEvent JSON object", "event")
+    try:
+        event = CloudEventIn.model_validate(item)
+    except ValidationError as exc:
+        field, message = one_line(exc)
+        raise Problem(400, "invalid_field", message, field) from None
+    return {
+        "event_id": event.id,
+        "customer_id": event.subject,
+        "meter": event.type,
+        "quantity": event.data.quantity,
+        "timestamp": event.time or arrived,
+        "subject_id": event.data.subject_id,
+        "properties": event.data.properties,
+        "source": event.source,
+    }

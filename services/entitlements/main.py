@@ -1,0 +1,106 @@
+"""`metergate run entitlements`: the entitlement sidecar (HTTP on 127.0.0.1:8182 by default).
+
+Wires the pieces in one place: settings from the environment, the in-process `Entitlements`
+(follows the topics, checkpoints to disk), the key store, the Starlette app on uvicorn (uvloop and
+httptools, one process: the state and the pending usage live in it). SIGTERM/SIGINT stop the
+server (requests in flight finish), then the state is checkpointed and the producer flushed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+import signal
+import threading
+from collections.abc import Iterator
+
+import uvicorn
+
+from metergate import metrics as metrics_endpoint
+from metergate.entitlements import Entitlements, EntitlementsSettings
+from metergate.entitlements.keys import KeyStore
+from metergate_services.entitlements.app import create_app
+
+log = logging.getLogger("metergate.entitlements")
+
+
+class _Server(uvicorn.Server):
+    """uvicorn re-raises SIGTERM after its graceful shutdown (the process then dies of the signal,
+    before the checkpoint is written); here a signal only starts the shutdown and `run` returns."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def _loop() -> str:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux/macOS
+        return "asyncio"
+    return "uvloop"
+
+
+def run() -> None:
+    settings = EntitlementsSettings()
+    metrics_endpoint.serve(settings.metrics.port)
+    keys = KeyStore(settings.keys_file)
+    if settings.keys_file.exists() and settings.keys_file.stat().st_mode & 0o077:
+        log.warning(
+            "entitlements: %s is readable by others; `chmod 600 %s`", settings.keys_file, settings.keys_file
+        )
+    active = [k for k in keys.list() if k.revoked_at is None]
+    if not active:
+        log.warning(
+            "entitlements: no API key in %s: every request will get 401 (create one with `metergate keys create`)",
+            settings.keys_file,
+        )
+    entitlements = Entitlements(settings)
+    # The state is many long-lived objects (a snapshot per customer); with CPython's default
+    # thresholds full collections walk them all and show as 100+ ms request stalls. Collect young
+    # objects less often, and freeze the state once it has caught up (as the metering worker does).
+    gc.set_threshold(50_000, 50, 100)
+
+    def freeze_when_caught_up() -> None:
+        if entitlements.wait_caught_up(settings.catch_up_timeout_s or 60):
+            gc.collect()
+            gc.freeze()
+
+    threading.Thread(target=freeze_when_caught_up, name="gc-freeze", daemon=True).start()
+    try:
+        config = uvicorn.Config(
+            create_app(entitlements, keys),
+            host=settings.http_host,
+            port=settings.http_port,
+            loop=_loop(),
+            http="httptools",
+            lifespan="off",
+            access_log=False,
+            log_level="warning",
+            backlog=4096,
+            timeout_keep_alive=30,
+            server_header=False,
+            date_header=False,
+        )
+        log.info(
+            "entitlements: http://%s:%d (topics %s*, %d keys)",
+            settings.http_host,
+            settings.http_port,
+            settings.kafka.topic_prefix,
+            len(active),
+        )
+        _Server(config).run()
+    finally:
+        entitlements.close()
+        log.info("entitlements: stopped; checkpoint written")
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run()

@@ -1,0 +1,202 @@
+"""Helpers of the entitlement tests: the sidecar as a subprocess, keys, snapshots and aggregates on Kafka."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+
+from metergate.domain.records import (
+    Aggregation,
+    EntitlementSnapshot,
+    UsageAggregate,
+    aggregate_key,
+    now_utc,
+)
+from metergate.entitlements.keys import KeyStore
+from metergate.kafka.producer import DeliveryTracker, make_producer, produce
+from metergate.kafka.topics import Topics
+from metergate.wire.codec import codec
+
+ROOT = Path(__file__).resolve().parents[2]
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(condition: Callable[[], T], timeout_s: float = 30.0, what: str = "condition") -> T:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not met within {timeout_s} s")
+        time.sleep(0.02)
+
+
+def publish_records(
+    kafka_config: Mapping[str, Any], topic: str, records: Iterable[tuple[bytes, bytes]]
+) -> None:
+    producer, tracker = make_producer(kafka_config), DeliveryTracker()
+    for key, value in records:
+        produce(producer, topic, key, value, tracker)
+    assert producer.flush(30) == 0
+    tracker.raise_failures()
+
+
+def publish_snapshots(
+    kafka_config: Mapping[str, Any], topics: Topics, *snapshots: EntitlementSnapshot
+) -> None:
+    encode = codec(EntitlementSnapshot).encode
+    publish_records(kafka_config, topics.snapshots, [(s.customer_id.encode(), encode(s)) for s in snapshots])
+
+
+def aggregate(
+    customer_id: str, meter: str, start: datetime, end: datetime, value: Decimal | int, version: int
+) -> UsageAggregate:
+    return UsageAggregate(
+        customer_id=customer_id,
+        meter=meter,
+        aggregation=Aggregation.SUM,
+        period_start=start,
+        period_end=end,
+        value=Decimal(value),
+        event_count=1,
+        version=version,
+        last_event_at=start,
+        last_event_id=f"e{version}",
+        updated_at=now_utc(),
+    )
+
+
+def publish_aggregates(kafka_config: Mapping[str, Any], topics: Topics, *aggregates: UsageAggregate) -> None:
+    encode = codec(UsageAggregate).encode
+    publish_records(
+        kafka_config,
+        topics.aggregates,
+        [(aggregate_key(a.customer_id, a.meter, a.period_start).encode(), encode(a)) for a in aggregates],
+    )
+
+
+class Sidecar:
+    """`python -m metergate_services.entitlements.main` against a test's topics, on a free port."""
+
+    def __init__(self, kafka_bootstrap: str, topics: Topics, directory: Path, **settings: Any) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.keys_file = directory / "keys.json"
+        self.checkpoint = directory / "checkpoint.json"
+        self.log = directory / "sidecar.log"
+        self.env = {
+            **os.environ,
+            "METERGATE_KAFKA_BOOTSTRAP": kafka_bootstrap,
+            "METERGATE_KAFKA_TOPIC_PREFIX": topics.prefix,
+            "METERGATE_ENTITLEMENTS_HTTP_PORT": str(self.port),
+            "METERGATE_ENTITLEMENTS_KEYS_FILE": str(self.keys_file),
+            "METERGATE_ENTITLEMENTS_CHECKPOINT_PATH": str(self.checkpoint),
+            "METERGATE_ENTITLEMENTS_CHECKPOINT_INTERVAL_S": "0.5",
+        }
+        self.env.update({f"METERGATE_ENTITLEMENTS_{k.upper()}": str(v) for k, v in settings.items()})
+        self.keys = KeyStore(self.keys_file)
+        self.process: subprocess.Popen[bytes] | None = None
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def key(self, name: str, *scopes: str, customers: Iterable[str] = ()) -> str:
+        return self.keys.create(name, scopes, customers)[1]
+
+    def start(self) -> Sidecar:
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "metergate_services.entitlements.main"],
+                env=self.env,
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        wait_for(self._listening, 30, f"sidecar listening on {self.port}\n{self.tail()}")
+        return self
+
+    def _listening(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(f"sidecar exited with {self.process.returncode}:\n{self.tail()}")
+        try:
+            httpx.get(f"{self.url}/healthz", timeout=1)
+            return True
+        except httpx.TransportError:
+            return False
+
+    def wait_ready(self, timeout_s: float = 30) -> dict[str, Any]:
+        def ready() -> dict[str, Any] | None:
+            response = httpx.get(f"{self.url}/healthz", timeout=2)
+            return response.json() if response.status_code == 200 else None
+
+        return wait_for(ready, timeout_s, f"sidecar ready\n{self.tail()}")
+
+    def stop(self) -> int:
+        if self.process is None:
+            return 0
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+            raise AssertionError(f"sidecar did not stop on SIGTERM within 30 s:\n{self.tail()}") from None
+        finally:
+            self.process = None
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""
+
+    def client(self, key: str) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers={"X-API-Key": key}, timeout=10)
+
+
+class PausableBroker:
+    """A broker of the test's own (embedded tansu), so it can be paused (SIGSTOP) without pausing
+    the session's broker under other tests."""
+
+    def __init__(self, directory: Path) -> None:
+        from metergate.embedded.broker import EmbeddedBroker
+
+        self.broker = EmbeddedBroker(directory)
+        self.paused = False
+
+    def __enter__(self) -> PausableBroker:
+        self.broker.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.resume()
+        self.broker.stop()
+
+    @property
+    def bootstrap(self) -> str:
+        return self.broker.bootstrap
+
+    def pause(self) -> None:
+        assert self.broker.pid is not None
+        os.kill(self.broker.pid, signal.SIGSTOP)
+        self.paused = True
+
+    def resume(self) -> None:
+        if self.paused and self.broker.pid is not None:
+            os.kill(self.broker.pid, signal.SIGCONT)
+            self.paused = False
