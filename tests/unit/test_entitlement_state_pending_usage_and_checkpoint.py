@@ -3,7 +3,6 @@ aggregate covering its offset arrives (never counted twice, never a gap), the ch
 
 from __future__ import annotations
 
-import zlib
 from datetime import datetime, timedelta
 from decimal import Decimal
 
@@ -16,6 +15,7 @@ from metergate.entitlements import checkpoint
 from metergate.entitlements.keys import KeyStore
 from metergate.entitlements.service import canonical_partition
 from metergate.entitlements.state import EntitlementState, Freshness, PendingUsage
+from metergate.kafka.partitioner import partition_for
 from metergate.wire.codec import codec
 from tests.unit.test_entitlement_decisions import END, NOW, START, snapshot
 
@@ -146,10 +146,11 @@ def test_checkpoint_round_trips_the_state(tmp_path):
     assert checkpoint.load(tmp_path / "bad.json", EntitlementState()) is None
 
 
-def test_canonical_partition_is_librdkafkas_crc32_for_keys():
-    # librdkafka's default partitioner for keyed records is crc32(key) % partitions
+def test_canonical_partition_is_the_one_metering_counts_on():
+    # the vectors of Kafka's UtilsTest: murmur2("21") = -973932308, toPositive % n
+    assert canonical_partition("21", 1_000_000_000) == (-973932308 & 0x7FFFFFFF) % 1_000_000_000
     for customer in ("acme", "globex", "initech", "ü-customer"):
-        assert canonical_partition(customer, 4) == zlib.crc32(customer.encode()) % 4
+        assert canonical_partition(customer, 4) == partition_for(customer, 4)
         assert canonical_partition(customer, 1) == 0
 
 

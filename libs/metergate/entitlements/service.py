@@ -35,7 +35,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -53,6 +52,7 @@ from metergate.entitlements.settings import EntitlementsSettings
 from metergate.entitlements.state import EntitlementState, Freshness, PendingUsage, wall
 from metergate.errors import InvalidEvent, InvalidInput
 from metergate.kafka.follow import TopicFollower
+from metergate.kafka.partitioner import partition_for
 from metergate.kafka.producer import make_producer
 from metergate.wire.codec import codec
 
@@ -79,8 +79,9 @@ class Receipt:
 
 
 def canonical_partition(customer_id: str, partitions: int) -> int:
-    """The partition of `usage.events` where a customer's usage is counted (librdkafka's default for keys)."""
-    return (zlib.crc32(customer_id.encode()) & 0xFFFFFFFF) % partitions
+    """The partition of `usage.events` where a customer's usage is counted: the documented
+    partitioner (murmur2, `metergate.kafka.partitioner`), the one the metering worker counts by."""
+    return partition_for(customer_id, partitions)
 
 
 class Entitlements:
