@@ -145,3 +145,26 @@ def test_credit_amounts_as_people_write_them(tmp_path, database_url, db_schema):
     code, out, err = metergate(tmp_path, "credits", "grant", "acme", "1e3", "--grant-id", "k", **env)
     assert (code, err) == (0, ""), err
     assert out == "granted: k 1000 USD to acme, priority 10, expires never\n"
+
+
+def test_emit_lines_without_timestamp_are_sent_at_now_like_the_flags(tmp_path, kafka_config, topics):
+    from datetime import UTC, datetime, timedelta
+
+    from metergate.domain.records import UsageEvent
+    from metergate.testing.topics import read_topic
+    from metergate.wire.codec import codec
+
+    path = tmp_path / "events.jsonl"
+    path.write_text('{"event_id": "n-1", "customer_id": "acme", "meter": "api_calls", "quantity": "1"}\n')
+    env = {
+        "METERGATE_KAFKA_BOOTSTRAP": kafka_config["bootstrap.servers"],
+        "METERGATE_KAFKA_TOPIC_PREFIX": topics.prefix,
+    }
+    before = datetime.now(UTC) - timedelta(seconds=1)
+    code, out, err = metergate(tmp_path, "emit", "--file", str(path), "--no-progress", **env)
+    after = datetime.now(UTC) + timedelta(seconds=1)
+    assert code == 0, err
+    assert out == f"sent 1, rejected 0 of 1 events from {path}\n"
+    [(_, value, _, _)] = read_topic(kafka_config, topics.events, expect=1)
+    event = codec(UsageEvent).decode(value)
+    assert event.event_id == "n-1" and before <= event.timestamp <= after

@@ -44,14 +44,15 @@ def _parse_properties(values: tuple[str, ...]) -> dict[str, str]:
 @click.option("--meter", help="meter key, e.g. api_calls")
 @click.option("--quantity", help="decimal quantity, e.g. 1 or 0.25")
 @click.option("--event-id", help="idempotency key (default: a random UUID)")
-@click.option("--timestamp", help="event time, ISO 8601 with offset (default: now)")
+@click.option("--timestamp", help="event time, ISO 8601 with offset (default: now, as for JSONL lines)")
 @click.option("--subject", "subject_id", help="team or user inside the account")
 @click.option("--property", "properties", multiple=True, help="NAME=VALUE dimension, repeatable")
 @click.option(
     "--file",
     "file",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="JSONL file, one event per line",
+    help="JSONL file, one event per line: customer_id, meter, quantity, optional event_id, "
+    "timestamp (default now), subject_id, properties, source",
 )
 @click.option("--bootstrap", help="Kafka bootstrap servers (default: METERGATE_KAFKA_BOOTSTRAP)")
 @click.option("--source", default="metergate-emit", show_default=True)
@@ -118,7 +119,7 @@ def emit(
 def _emit_file(path: Path, bootstrap: str | None, source: str, no_progress: bool) -> None:
     from tqdm import tqdm
 
-    from metergate.domain.records import UsageEvent
+    from metergate.domain.records import UsageEvent, now_utc
 
     sent = 0
     rejected: list[tuple[int, str, str]] = []  # (line, reason, message)
@@ -139,6 +140,8 @@ def _emit_file(path: Path, bootstrap: str | None, source: str, no_progress: bool
                 )
                 continue
             data.setdefault("source", source)
+            if data.get("timestamp") is None:  # one rule with `--timestamp`: no event time means now
+                data["timestamp"] = now_utc().isoformat()
             try:
                 usage.send(UsageEvent.parse(data))
             except InvalidEvent as error:
