@@ -19,12 +19,13 @@ demo: $(STAMP)
 ## Run the whole test suite (unit, integration, e2e) against real services.
 test: $(STAMP)
 	$(BIN)/ruff check libs services tests ops
+	$(BIN)/ruff format --check libs services tests ops
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check libs services tests
-	$(BIN)/ruff format --check libs services tests
+	$(BIN)/ruff check libs services tests ops
+	$(BIN)/ruff format --check libs services tests ops
 	$(BIN)/mypy
 
 bench: $(STAMP)

@@ -26,7 +26,15 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from metergate.errors import ConfigurationError
 from metergate.kafka.topics import Topics
+
+
+class NotConfigured(ConfigurationError, ValueError):
+    """A service the process needs is not named by the environment (and no embedded one runs)."""
+
+
+HOW_TO_START = "start one with `metergate dev up` in another shell (commands find it), or set {name}"
 
 
 class KafkaSettings(BaseSettings):
@@ -48,7 +56,10 @@ class KafkaSettings(BaseSettings):
     def client_config(self) -> dict[str, str]:
         """librdkafka (confluent-kafka) connection properties."""
         if not self.bootstrap:
-            raise ValueError("METERGATE_KAFKA_BOOTSTRAP is not set and no embedded broker was started")
+            raise NotConfigured(
+                "METERGATE_KAFKA_BOOTSTRAP is not set and no `metergate dev up` stack is running: "
+                + HOW_TO_START.format(name="METERGATE_KAFKA_BOOTSTRAP")
+            )
         return self.client_config_for(self.bootstrap)
 
     def client_config_for(self, bootstrap: str) -> dict[str, str]:
@@ -74,7 +85,10 @@ class DatabaseSettings(BaseSettings):
 
     def sqlalchemy_url(self) -> str:
         if self.url is None:
-            raise ValueError("METERGATE_DATABASE_URL is not set and no embedded PostgreSQL was started")
+            raise NotConfigured(
+                "METERGATE_DATABASE_URL is not set and no `metergate dev up` stack is running: "
+                + HOW_TO_START.format(name="METERGATE_DATABASE_URL")
+            )
         url = self.url.get_secret_value()
         if url.startswith("postgresql://") or url.startswith("postgres://"):
             url = "postgresql+psycopg://" + url.split("://", 1)[1]

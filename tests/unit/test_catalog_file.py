@@ -34,7 +34,7 @@ def base() -> dict:
                         "included": 100,
                         "limit": 1000,
                         "enforcement": "hard",
-                        "thresholds": [90, 80],
+                        "thresholds": [80, 90],
                         "pricing": {"model": "per_unit", "unit_price": "0.002"},
                     },
                 },
@@ -124,6 +124,14 @@ def test_every_error_of_the_file_is_reported_at_once():
             "plans.pro.features.api_calls.thresholds.0: expected an integer from 1 to 1000, got 0",
         ),
         (
+            lambda d: d["plans"]["pro"]["features"]["api_calls"].update(thresholds=[90, 80, 80]),
+            "plans.pro.features.api_calls.thresholds: expected increasing percentages, each once, such as [80, 90], got [90, 80, 80]",
+        ),
+        (
+            lambda d: d["plans"]["pro"]["features"]["api_calls"].update(included=2000),
+            "plans.pro.features.api_calls.included: expected at most the limit (1000), got 2000",
+        ),
+        (
             lambda d: d["plans"]["pro"]["features"]["api_calls"]["pricing"].update(unit_price="abc"),
             "plans.pro.features.api_calls.pricing.unit_price: expected a price >= 0",
         ),
@@ -195,7 +203,7 @@ def test_the_cli_validates_a_file_and_names_the_path_of_an_error(tmp_path):
     document["plans"]["pro"]["features"]["api_calls"]["included"] = -5
     broken.write_text(yaml.safe_dump(document))
     failed = runner.invoke(catalog, ["validate", str(broken)])
-    assert failed.exit_code == 1
+    assert failed.exit_code == 2
     assert (
         f"{broken}: plans.pro.features.api_calls.included: expected an integer >= 0, got -5" in failed.output
     )

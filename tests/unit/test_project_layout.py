@@ -21,7 +21,11 @@ def test_every_python_package_is_listed_in_pyproject():
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     listed = set(pyproject["tool"]["setuptools"]["packages"])
     found = set()
-    for base, name in (("libs/metergate", "metergate"), ("services", "metergate_services")):
+    for base, name in (
+        ("libs/metergate", "metergate"),
+        ("services", "metergate_services"),
+        ("schemas", "metergate.schemas"),  # the Avro schemas, shipped as package data
+    ):
         for init in (ROOT / base).rglob("__init__.py"):
             relative = init.parent.relative_to(ROOT / base)
             found.add(".".join((name, *relative.parts)))

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 import yaml
 
+from metergate.cli.reporting import BadSetup
 from metergate.domain.catalog import Catalog, parse_catalog
 from metergate.domain.records import EntitlementSnapshot, MeterDefinition, now_utc
 from metergate.errors import CatalogError, DeliveryError
@@ -15,10 +16,38 @@ from metergate.settings import KafkaSettings
 from metergate.wire.codec import codec
 
 
+class _CatalogYaml(yaml.SafeLoader):
+    """YAML as the catalog wants it: dates stay text (the catalog reader parses them and names the
+    field when they are wrong, e.g. `anchor: 2024-13-01`), and a key given twice is an error."""
+
+    yaml_implicit_resolvers = {  # noqa: RUF012 - the attribute PyYAML reads, per loader class
+        first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:  # type: ignore[override]
+        seen: dict[object, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"duplicate key {key!r} (first at line {seen[key] + 1}): give each key once",
+                    key_node.start_mark,
+                )
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_catalog(path: Path) -> Catalog:
     """Read and validate a catalog file; CatalogError names the file and the path inside it."""
     try:
-        document = yaml.safe_load(path.read_text())
+        document = yaml.load(path.read_text(), Loader=_CatalogYaml)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
+        raise CatalogError(f"{path}: {where}: {exc.problem}", reason="invalid_yaml") from None
     except yaml.YAMLError as exc:
         raise CatalogError(f"{path}: not valid YAML: {exc}", reason="invalid_yaml") from None
     return parse_catalog(document, source=str(path))
@@ -69,7 +98,7 @@ def validate(file: Path) -> None:
     try:
         parsed = load_catalog(file)
     except CatalogError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise BadSetup(str(exc)) from None
     _summary(parsed)
 
 
@@ -80,7 +109,7 @@ def apply(file: Path) -> None:
     try:
         parsed = load_catalog(file)
     except CatalogError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise BadSetup(str(exc)) from None
     settings = KafkaSettings()
     version = publish_catalog(parsed, settings.client_config(), prefix=settings.topic_prefix)
     _summary(parsed)

@@ -8,6 +8,7 @@ from decimal import Decimal, InvalidOperation
 
 import click
 
+from metergate.cli.reporting import BadSetup
 from metergate.domain.ledger import Grant
 from metergate.errors import InvalidInput
 
@@ -68,10 +69,15 @@ class DecimalParam(click.ParamType):
         try:
             parsed = Decimal(str(value).strip())
         except InvalidOperation:
-            self.fail(f"expected a decimal amount such as 25.00, got {value!r}", param, ctx)
+            raise BadSetup(f"amount: expected a decimal amount such as 25.00, got {value!r}") from None
         if not parsed.is_finite():
-            self.fail(f"expected a finite amount, got {value!r}", param, ctx)
-        return parsed
+            raise BadSetup(f"amount: expected a finite amount such as 25.00, got {value!r}")
+        if parsed <= 0:
+            raise BadSetup(
+                f"amount: expected a positive amount such as 25.00, got {value} "
+                "(credit is taken back by expiry, not by a negative grant)"
+            )
+        return Decimal(format(parsed, "f"))  # as people write it: 1e3 is 1000, not 1E+3
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -85,7 +91,7 @@ def credits() -> None:
     """Prepaid credit: grant it, expire it, see balances (the ledger is append-only)."""
 
 
-@credits.command("grant")
+@credits.command("grant", context_settings={"ignore_unknown_options": True})  # -5 is an amount
 @click.argument("customer_id")
 @click.argument("amount", type=DecimalParam())
 @click.option("--currency", default="USD", show_default=True, help="ISO 4217 code; pays charges in it only.")
@@ -130,7 +136,7 @@ def grant(
             description=description,
         )
     except InvalidInput as exc:
-        raise click.ClickException(str(exc)) from None
+        raise BadSetup(str(exc)) from None
     verb = "granted" if created else "already granted (nothing written)"
     expiry = recorded.expires_at.isoformat() if recorded.expires_at else "never"
     click.echo(

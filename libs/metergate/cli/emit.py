@@ -49,14 +49,15 @@ def _parse_properties(values: tuple[str, ...]) -> dict[str, str]:
     help="idempotency key; without it a random UUID is generated and printed, so running the "
     "command again counts the usage again (pass the same --event-id to retry safely)",
 )
-@click.option("--timestamp", help="event time, ISO 8601 with offset (default: now)")
+@click.option("--timestamp", help="event time, ISO 8601 with offset (default: now, as for JSONL lines)")
 @click.option("--subject", "subject_id", help="team or user inside the account")
 @click.option("--property", "properties", multiple=True, help="NAME=VALUE dimension, repeatable")
 @click.option(
     "--file",
     "file",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="JSONL file, one event per line",
+    help="JSONL file, one event per line: customer_id, meter, quantity, optional event_id, "
+    "timestamp (default now), subject_id, properties, source",
 )
 @click.option("--bootstrap", help="Kafka bootstrap servers (default: METERGATE_KAFKA_BOOTSTRAP)")
 @click.option("--source", default="metergate-emit", show_default=True)
@@ -123,6 +124,7 @@ def emit(
 def _emit_file(path: Path, bootstrap: str | None, source: str, no_progress: bool) -> None:
     from tqdm import tqdm
 
+    from metergate.domain.records import now_utc
     from metergate.sdk.producer import parse_event
 
     sent = 0
@@ -144,6 +146,8 @@ def _emit_file(path: Path, bootstrap: str | None, source: str, no_progress: bool
                 )
                 continue
             data.setdefault("source", source)
+            if data.get("timestamp") is None:  # one rule with `--timestamp`: no event time means now
+                data["timestamp"] = now_utc().isoformat()
             try:
                 usage.send(parse_event(data))
             except InvalidEvent as error:

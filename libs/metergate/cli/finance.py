@@ -17,6 +17,8 @@ from typing import IO, Any
 
 import click
 
+from metergate.cli.reporting import BadSetup
+
 #: The export's columns, in order (finance_line_items view). Add at the end only.
 EXPORT_COLUMNS: tuple[str, ...] = (
     "period_start",
@@ -54,8 +56,10 @@ def month_bounds(period: str) -> tuple[datetime, datetime]:
     """[first instant of the month, first instant of the next month), UTC, for 'YYYY-MM'."""
     match = _PERIOD.match(period)
     if not match:
-        raise click.BadParameter(f"expected YYYY-MM, e.g. 2026-03, got {period!r}", param_hint="--period")
+        raise BadSetup(f"--period: expected YYYY-MM, e.g. 2026-03, got {period!r}")
     year, month = int(match.group(1)), int(match.group(2))
+    if not (1, 1) <= (year, month) <= (9999, 11):  # the month must start and end inside years 1-9999
+        raise BadSetup(f"--period: expected a month between 0001-01 and 9999-11, got {period!r}")
     start = datetime(year, month, 1, tzinfo=UTC)
     end = datetime(year + (month == 12), 1 if month == 12 else month + 1, 1, tzinfo=UTC)
     return start, end

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import click
 
 from metergate.kafka.topics import TOPIC_SPECS
@@ -19,7 +21,9 @@ def create() -> None:
     from metergate.kafka.admin import ensure_topics
 
     kafka = KafkaSettings()
-    created = ensure_topics(kafka.client_config(), kafka.topics, kafka.partitions, kafka.replication)
+    # librdkafka's own log lines go to logging (shown with -v), not straight to stderr
+    config = {**kafka.client_config(), "logger": logging.getLogger("metergate.kafka.client")}
+    created = ensure_topics(config, kafka.topics, kafka.partitions, kafka.replication, timeout_s=10.0)
     click.echo(f"created {len(created)} topic(s): {', '.join(created) or '-'}")
 
 

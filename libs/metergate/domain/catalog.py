@@ -480,7 +480,16 @@ def _entitlement(
             values = [
                 reader.integer(item, f"{path}.thresholds.{i}", low=1, high=1000) for i, item in enumerate(raw)
             ]
-            fields["thresholds"] = None if None in values else tuple(sorted(set(values)))  # type: ignore[type-var]
+            if None in values:
+                fields["thresholds"] = None
+            elif values != sorted(set(values)):  # type: ignore[type-var]
+                reader.fail(
+                    f"{path}.thresholds",
+                    f"expected increasing percentages, each once, such as [80, 90], got {raw}",
+                )
+                fields["thresholds"] = None
+            else:
+                fields["thresholds"] = tuple(values)
     if "pricing" in body:
         fields["pricing"] = _pricing(reader, body["pricing"], f"{path}.pricing")
     if any(item is None for key, item in fields.items() if key != "limit"):
@@ -488,6 +497,12 @@ def _entitlement(
     merged = current.model_copy(update=fields)
     if merged.enforcement is Enforcement.HARD and merged.limit is None:
         reader.fail(f"{path}.enforcement", "hard enforcement needs a limit")
+        return None
+    if merged.limit is not None and merged.included > merged.limit:
+        reader.fail(
+            f"{path}.included",
+            f"expected at most the limit ({_shown(merged.limit)}), got {_shown(merged.included)}",
+        )
         return None
     if merged.thresholds and merged.limit is None:
         reader.fail(f"{path}.thresholds", "thresholds are percentages of a limit; set a limit")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -18,7 +19,7 @@ def topic_config(compacted: bool) -> dict[str, str]:
 
 
 def ensure_topics(
-    client_config: Mapping[str, str],
+    client_config: Mapping[str, Any],
     topics: Topics,
     partitions: int,
     replication: int = 1,

@@ -20,6 +20,7 @@ import json
 import os
 from dataclasses import dataclass
 from functools import cache
+from importlib import resources
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -48,11 +49,12 @@ MODELS: dict[str, type[BaseModel]] = {
 
 
 def schemas_dir() -> Path:
-    """`schemas/` of the source tree, or the directory named by METERGATE_SCHEMAS_DIR."""
+    """The package `metergate.schemas` (`schemas/` of the source tree, mapped in pyproject; package
+    data of an installed wheel), or the directory named by METERGATE_SCHEMAS_DIR."""
     configured = os.environ.get("METERGATE_SCHEMAS_DIR")
     if configured:
         return Path(configured)
-    return Path(__file__).resolve().parents[3] / "schemas"
+    return Path(str(resources.files("metergate.schemas")))
 
 
 @dataclass(frozen=True)
