@@ -90,13 +90,11 @@ def test_librdkafka_clients_get_the_same_settings():
     assert KafkaSettings(**SASL).client_config() == {"bootstrap.servers": "k1:9093,k2:9093", **LIBRDKAFKA}
 
 
-def test_enforcement_consumer_config_carries_the_security_settings():
-    from metergate_services.enforcement.main import EnforcementService, EnforcementSettings
+def test_the_entitlement_state_follows_and_reports_with_the_security_settings(tmp_path):
+    from metergate.entitlements.service import Entitlements
+    from metergate.entitlements.settings import EntitlementsSettings
 
-    service = EnforcementService(KafkaSettings(**SASL), EnforcementSettings())
-    assert service.consumer_config() == {
-        "bootstrap.servers": "k1:9093,k2:9093",
-        **LIBRDKAFKA,
-        "group.id": "metergate-enforcement",
-        "enable.auto.commit": False,
-    }
+    settings = EntitlementsSettings(kafka=KafkaSettings(**SASL), checkpoint_path=None)
+    service = Entitlements(settings, start=False)
+    expected = {"bootstrap.servers": "k1:9093,k2:9093", **LIBRDKAFKA}
+    assert service._client_config == expected  # the follower's and the producer's configuration

@@ -6,12 +6,12 @@ import importlib
 
 import click
 
-SERVICES = ("metering", "rating", "enforcement", "entitlements")
+SERVICES = ("metering", "rating", "entitlements")
 
 
 @click.command("run")
 @click.argument("service", type=click.Choice(SERVICES))
 def run(service: str) -> None:
-    """Run a metergate service: metering (Faust worker), rating (consumer) or enforcement (example)."""
+    """Run a metergate service: metering (Faust worker), rating (consumer) or entitlements (sidecar HTTP)."""
     module = importlib.import_module(f"metergate_services.{service}.main")
     module.run()
