@@ -113,6 +113,13 @@ EXAMPLES: dict[str, r.Record] = {
         service="metering",
         rejected_at=WHEN,
     ),
+    "CreditBalance": r.CreditBalance(
+        customer_id="acme",
+        currency="credits",
+        balance=Decimal("-0.000000000001"),
+        ledger_position=9007199254740993,
+        as_of=WHEN,
+    ),
 }
 
 

@@ -350,5 +350,35 @@ class DeadLetter(Record):
     rejected_at: datetime
 
 
+class CreditBalance(Record):
+    """A customer's credit balance as committed in the ledger: `credits.balances` (compacted, key customer_id).
+
+    `ledger_position` is the highest ledger entry id the balance includes; a reader keeps, per key, the
+    record with the highest position (a relay that repeats an older one never rolls a balance back).
+    """
+
+    customer_id: Identifier
+    currency: Identifier
+    balance: Decimal
+    ledger_position: int = Field(ge=0)
+    as_of: datetime
+
+    @field_validator("balance", mode="before")
+    @classmethod
+    def _balance(cls, value: Any) -> Decimal:
+        return check_decimal(
+            to_decimal(value, name="balance"),
+            name="balance",
+            scale=PRICE_SCALE,
+            precision=PRICE_PRECISION,
+            allow_negative=True,
+        )
+
+    @field_validator("as_of")
+    @classmethod
+    def _as_of(cls, value: datetime) -> datetime:
+        return utc_millis(value)
+
+
 def now_utc() -> datetime:
     return utc_millis(datetime.now(UTC))

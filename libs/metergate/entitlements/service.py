@@ -45,7 +45,13 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from metergate.domain.entitlements import Decision, Source, requested
 from metergate.domain.periods import Period, calendar_month, period_for
-from metergate.domain.records import EntitlementSnapshot, LimitEvent, UsageAggregate, UsageEvent
+from metergate.domain.records import (
+    CreditBalance,
+    EntitlementSnapshot,
+    LimitEvent,
+    UsageAggregate,
+    UsageEvent,
+)
 from metergate.entitlements import checkpoint
 from metergate.entitlements import metrics as m
 from metergate.entitlements.settings import EntitlementsSettings
@@ -110,14 +116,16 @@ class Entitlements:
             self.topics.snapshots: self._apply_snapshot,
             self.topics.aggregates: self._apply_aggregate,
             self.topics.limits: self._apply_limit,
+            self.topics.balances: self._apply_balance,
         }
         self._snapshot_codec = codec(EntitlementSnapshot)
         self._aggregate_codec = codec(UsageAggregate)
         self._limit_codec = codec(LimitEvent)
+        self._balance_codec = codec(CreditBalance)
         self._event_codec = codec(UsageEvent)
         self.follower = TopicFollower(
             self._client_config,
-            [self.topics.snapshots, self.topics.aggregates, self.topics.limits],
+            [self.topics.snapshots, self.topics.aggregates, self.topics.limits, self.topics.balances],
             self._on_records,
             name="entitlements",
         )
@@ -424,6 +432,13 @@ class Entitlements:
             return
         self.state.apply_limit(self._limit_codec.decode(value))
         m.APPLIED.labels("limit").inc()
+
+    def _apply_balance(self, message: Message) -> None:
+        value = message.value()
+        if value is None:
+            return
+        self.state.apply_balance(self._balance_codec.decode(value))
+        m.APPLIED.labels("balance").inc()
 
     # -- checkpoint --------------------------------------------------------------------------------
     def write_checkpoint(self) -> bool:

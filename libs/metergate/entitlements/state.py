@@ -36,7 +36,13 @@ from decimal import Decimal
 from metergate.domain import entitlements as rules
 from metergate.domain.entitlements import Decision, Source
 from metergate.domain.periods import Period, period_for
-from metergate.domain.records import EntitlementSnapshot, FeatureKind, LimitEvent, UsageAggregate
+from metergate.domain.records import (
+    CreditBalance,
+    EntitlementSnapshot,
+    FeatureKind,
+    LimitEvent,
+    UsageAggregate,
+)
 
 _ZERO = Decimal(0)
 
@@ -68,6 +74,7 @@ class EntitlementState:
         self.snapshot_bytes: dict[str, bytes] = {}  # the record as received (for the checkpoint)
         self.aggregates: dict[UsageKey, tuple[int, Decimal]] = {}
         self.limit_usage: dict[tuple[str, str, datetime], Decimal] = {}
+        self.balances: dict[str, CreditBalance] = {}  # customer -> highest ledger position seen
         self.pending: dict[UsageKey, tuple[PendingUsage, ...]] = {}
         self.pending_totals: dict[UsageKey, Decimal] = {}
         self.reported: OrderedDict[str, None] = OrderedDict()
@@ -124,6 +131,20 @@ class EntitlementState:
             return True
 
     # -- usage reported here -----------------------------------------------------------------------
+    def apply_balance(self, balance: CreditBalance) -> bool:
+        """Keep, per customer, the balance with the highest ledger position (an older one never wins)."""
+        with self._lock:
+            current = self.balances.get(balance.customer_id)
+            if current is not None and balance.ledger_position <= current.ledger_position:
+                return False
+            self.balances[balance.customer_id] = balance
+            self.changes += 1
+            return True
+
+    def credit_balance(self, customer_id: str) -> Decimal | None:
+        known = self.balances.get(customer_id)
+        return None if known is None else known.balance
+
     def was_reported(self, event_id: str) -> bool:
         return event_id in self.reported
 
@@ -244,6 +265,7 @@ class EntitlementState:
             used,
             requested_units,
             period,
+            credit_balance=self.credit_balance(customer_id),
             as_of=freshness.as_of,
             stale=freshness.stale,
             source=freshness.source,

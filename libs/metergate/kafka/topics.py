@@ -27,6 +27,12 @@ TOPIC_SPECS: tuple[TopicSpec, ...] = (
     TopicSpec("usage.dlq", False, False, "DeadLetter: rejected records with reason and original bytes"),
     TopicSpec("entitlements.snapshots", True, True, "EntitlementSnapshot, key customer_id"),
     TopicSpec("catalog.meters", True, False, "MeterDefinition, key meter"),
+    TopicSpec(
+        "credits.balances",
+        True,
+        True,
+        "CreditBalance, key customer_id: balance per committed ledger position",
+    ),
 )
 
 
@@ -64,6 +70,10 @@ class Topics:
     @property
     def meters(self) -> str:
         return self.name("catalog.meters")
+
+    @property
+    def balances(self) -> str:
+        return self.name("credits.balances")
 
     def all(self) -> list[str]:
         return [self.name(spec.name) for spec in TOPIC_SPECS]

@@ -45,6 +45,7 @@ MODELS: dict[str, type[BaseModel]] = {
     "LimitEvent": records.LimitEvent,
     "DuplicateReceipt": records.DuplicateReceipt,
     "DeadLetter": records.DeadLetter,
+    "CreditBalance": records.CreditBalance,
 }
 
 
