@@ -26,6 +26,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from metergate.errors import ConfigurationError
 from metergate.kafka.topics import Topics
 
 
@@ -48,7 +49,9 @@ class KafkaSettings(BaseSettings):
     def client_config(self) -> dict[str, str]:
         """librdkafka (confluent-kafka) connection properties."""
         if not self.bootstrap:
-            raise ValueError("METERGATE_KAFKA_BOOTSTRAP is not set and no embedded broker was started")
+            raise ConfigurationError(
+                "METERGATE_KAFKA_BOOTSTRAP is not set and no embedded broker was started"
+            )
         return self.client_config_for(self.bootstrap)
 
     def client_config_for(self, bootstrap: str) -> dict[str, str]:
@@ -74,7 +77,9 @@ class DatabaseSettings(BaseSettings):
 
     def sqlalchemy_url(self) -> str:
         if self.url is None:
-            raise ValueError("METERGATE_DATABASE_URL is not set and no embedded PostgreSQL was started")
+            raise ConfigurationError(
+                "METERGATE_DATABASE_URL is not set and no embedded PostgreSQL was started"
+            )
         url = self.url.get_secret_value()
         if url.startswith("postgresql://") or url.startswith("postgres://"):
             url = "postgresql+psycopg://" + url.split("://", 1)[1]
