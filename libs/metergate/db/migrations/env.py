@@ -15,9 +15,7 @@ config = context.config
 schema = config.attributes.get("schema", "metergate")
 configured_url = config.get_main_option("sqlalchemy.url")
 if configured_url is None:
-    raise SystemExit(
-        "metergate migrations need sqlalchemy.url (run them through metergate.db.migrate.upgrade)"
-    )
+    raise SystemExit("metergate migrations need sqlalchemy.url (run them through metergate.db.migrate.upgrade)")
 url: str = configured_url
 
 
