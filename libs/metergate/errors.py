@@ -4,14 +4,25 @@
     ├── InvalidInput                  bad input: somebody else's fault; reported, never fatal to a worker
     │   ├── InvalidEvent              a usage event fails validation (field + reason); goes to the DLQ
     │   ├── DecodeError               bytes that are not a record we know (reason code + message)
-    │   └── CatalogError              a catalog file is wrong (path inside the file + reason)
+    │   ├── CatalogError              a catalog file is wrong (path inside the file + reason)
+    │   ├── GrantError                a credit grant that cannot be applied (domain/ledger.py)
+    │   ├── PricingError              a price that cannot be applied to a total (domain/pricing.py)
+    │   └── Problem                   a request the entitlements sidecar refuses (HTTP status + reason)
+    ├── StaleAssignment               stored offsets moved under a rating consumer: another one owns them
+    │                                 now (db/rating_store.py); the consumer stops and rejoins
+    ├── IntegrityFault                the database disagrees with the fold computed from it: ours, fatal
+    │                                 (db/rating_store.py)
     ├── DeliveryError                 Kafka did not accept a record we produced
     ├── StackError                    the embedded stack could not start or stop
-    └── ConfigurationError            settings that cannot work together
+    ├── ConfigurationError            settings missing or that cannot work together (settings.py)
+    │   └── NotConfigured             a service the process needs is not named and no dev stack runs
+    └── BadSetup                      (cli/reporting.py, also a click error) one line, exit code 2
 
 Bad input carries a machine-readable `reason` code (it becomes the DLQ reason) and a human message
-that names what was wrong, where, and what would be right. Anything not in this tree is a fault of
-ours and should stop the process loudly.
+that names what was wrong, where, and what would be right. Everything outside `InvalidInput` is an
+operational condition or a fault of ours and stops the process loudly. The one deliberate exception
+not in the tree is `metergate.wire.fastwire._NotFast`, private control flow (the fast reader hands the
+record to the codec) that never leaves its module; `tests/unit/test_error_tree.py` enforces the rest.
 """
 
 from __future__ import annotations
@@ -60,5 +71,5 @@ class StackError(MetergateError):
     """The embedded stack could not start or stop cleanly."""
 
 
-class ConfigurationError(MetergateError):
-    """Settings that cannot work together."""
+class ConfigurationError(MetergateError, ValueError):
+    """Settings that are missing or cannot work together (a ValueError too, for callers that catch one)."""

@@ -25,6 +25,7 @@ from starlette.routing import Route
 
 from metergate.entitlements import Entitlements
 from metergate.entitlements.keys import ApiKey, KeyStore
+from metergate.errors import InvalidInput
 from metergate_services.entitlements.api import (
     MAX_BATCH_EVENTS,
     BatchCheckRequest,
@@ -50,7 +51,9 @@ CLOUD_FIELDS = {
 }
 
 
-class Problem(Exception):
+class Problem(InvalidInput):
+    """A request the sidecar refuses: HTTP status, reason code, message, the field at fault."""
+
     def __init__(self, status: int, reason: str, message: str, field: str | None = None) -> None:
         super().__init__(message)
         self.status, self.reason, self.message, self.field = status, reason, message, field

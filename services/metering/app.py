@@ -35,7 +35,7 @@ from faust.types import TP
 from metergate.errors import ConfigurationError
 from metergate.kafka.faust_broker import faust_broker_kwargs
 from metergate.kafka.producer import make_producer
-from metergate_services.metering import metrics
+from metergate_services.metering import faust_adapter, metrics
 from metergate_services.metering.catalog_view import CatalogView
 from metergate_services.metering.processor import MeteringProcessor
 from metergate_services.metering.settings import MeteringSettings
@@ -268,7 +268,7 @@ def create_metering(settings: MeteringSettings) -> Metering:
                     offsets = {tp: o for tp, o in pending_offsets.items() if tp.partition in owned}
                     pending_offsets.clear()
                     if offsets:
-                        await app.consumer._commit(offsets)
+                        await faust_adapter.commit_offsets(app.consumer, offsets)
                     last_commit[0] = loop.time()
                 for partition, offset in outcome.committed.items():
                     if partition not in owned:

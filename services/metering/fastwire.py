@@ -110,7 +110,9 @@ def _decimal(out: bytearray, value: Decimal) -> None:
     unscaled = int(value.scaleb(QUANTITY_SCALE, _EXACT))
     if Decimal(unscaled).scaleb(-QUANTITY_SCALE, _EXACT) != value:
         raise ValueError(f"{value} has more than {QUANTITY_SCALE} digits after the point")
-    length = (unscaled + (unscaled < 0)).bit_length() // 8 + 1
+    # as fastavro sizes it (bit_length + 1 sign bit, rounded up to bytes): the same bytes as the
+    # codec, including the negatives whose minimal form would be one byte shorter (-128 -> ff 80)
+    length = unscaled.bit_length() // 8 + 1
     data = unscaled.to_bytes(length, "big", signed=True)
     _long(out, len(data))
     out += data

@@ -104,8 +104,8 @@ from metergate_services.metering.fastwire import read_event, write_aggregate
 from metergate_services.metering.store import (
     AGGREGATE,
     WATERMARK,
-    Aggregate,
     StateStore,
+    StoredTotal,
     Watermark,
     decode_dedup_group,
     decode_seen,
@@ -140,7 +140,7 @@ class _Pending:
     """One batch's effects, in memory until `_commit`."""
 
     now_ms: int
-    totals: dict[str, tuple[int, Aggregate]] = field(default_factory=dict)  # key -> (partition, aggregate)
+    totals: dict[str, tuple[int, StoredTotal]] = field(default_factory=dict)  # key -> (partition, aggregate)
     seen: dict[bytes, FirstSeen] = field(default_factory=dict)
     new_seen: dict[int, list[tuple[str, str, FirstSeen]]] = field(default_factory=lambda: defaultdict(list))
     input_offsets: dict[int, int] = field(default_factory=dict)
@@ -229,7 +229,7 @@ class MeteringProcessor:
         self._revoked: set[int] = set()
         #: committed totals kept between batches (they are mutated in place by a batch; a batch that
         #: fails clears the cache, see `process`)
-        self._cache: dict[str, Aggregate] = {}
+        self._cache: dict[str, StoredTotal] = {}
         self._period_cache: dict[tuple[str, int | None, str], tuple[Period, str, int, int]] = {}
         self._feature_cache: dict[tuple[str, int, str], tuple[FeatureEntitlement, ...]] = {}
         self._event_codec = codec(UsageEvent)
@@ -442,7 +442,7 @@ class MeteringProcessor:
         if entry is None:
             aggregate = self._cache.get(key) or self.store.aggregate(key)
             if aggregate is None:
-                aggregate = Aggregate(
+                aggregate = StoredTotal(
                     customer, meter.meter, start_ms, end_ms, None, None, None, RunningTotal(meter.aggregation)
                 )
             aggregate.total.emitted.update(self.watermarks[partition].marks.get(key, ()))
@@ -568,7 +568,7 @@ class MeteringProcessor:
         partition: int,
         record: KafkaRecord,
         datum: dict[str, Any],
-        aggregate: Aggregate,
+        aggregate: StoredTotal,
         feature: str,
         item: Any,
         pending: _Pending,
@@ -784,7 +784,7 @@ class MeteringProcessor:
         self._cache.clear()
         watermarks = {p: self.store.watermark(p) for p in partitions}
         local = WriteBatch(raw_mode=True)
-        totals: dict[str, Aggregate] = {}
+        totals: dict[str, StoredTotal] = {}
         # a partition's changelog records live in changelog partition p % N (N: the state's
         # partition count; partitions added to usage.events since keep only a watermark there,
         # under their own key): read each changelog partition once, from the lowest position needed
@@ -867,7 +867,7 @@ class MeteringProcessor:
         partition: int,
         records: Sequence[tuple[bytes | None, bytes | None, int]],
         watermarks: dict[int, Watermark],
-        totals: dict[str, Aggregate],
+        totals: dict[str, StoredTotal],
         local: WriteBatch,
     ) -> int:
         """Apply the changelog records of `partition` from its stored position (recovery step 1)."""
@@ -892,7 +892,7 @@ class MeteringProcessor:
                 continue  # another partition's watermark
             elif key.startswith(AGGREGATE):
                 name = key[len(AGGREGATE) :].decode()
-                incoming = Aggregate.decode(value)
+                incoming = StoredTotal.decode(value)
                 current = totals.get(name) or self.store.aggregate(name)
                 if current is None or incoming.total.applied_offset >= current.total.applied_offset:
                     totals[name] = incoming
@@ -995,7 +995,7 @@ def _guard(watermark: Watermark, guard: str) -> None:
         watermark.guards.append(guard)
 
 
-def _published(aggregate: Aggregate, now_ms: int) -> bytes:
+def _published(aggregate: StoredTotal, now_ms: int) -> bytes:
     total = aggregate.total
     return write_aggregate(
         customer_id=aggregate.customer_id,

@@ -89,7 +89,7 @@ class Watermark:
 
 
 @dataclass(slots=True)
-class Aggregate:
+class StoredTotal:
     """A running total with what identifies it on usage.aggregates."""
 
     customer_id: str
@@ -114,7 +114,7 @@ class Aggregate:
         return json.dumps(state, separators=(",", ":")).encode()
 
     @classmethod
-    def decode(cls, raw: bytes) -> Aggregate:
+    def decode(cls, raw: bytes) -> StoredTotal:
         state = json.loads(raw)
         return cls(
             customer_id=state["c"],
@@ -213,9 +213,9 @@ class StateStore:
         raw = self.db.get(WATERMARK + str(partition).encode())
         return Watermark() if raw is None else Watermark.decode(raw)
 
-    def aggregate(self, key: str) -> Aggregate | None:
+    def aggregate(self, key: str) -> StoredTotal | None:
         raw = self.db.get(AGGREGATE + key.encode())
-        return None if raw is None else Aggregate.decode(raw)
+        return None if raw is None else StoredTotal.decode(raw)
 
     def seen(self, customer_id: str, event_id: str) -> FirstSeen | None:
         raw = self.db.get(dedup_key(customer_id, event_id))

@@ -9,7 +9,7 @@ Everything else Faust does is kept: group membership and rebalancing, the fetche
 control, and every other topic is delivered record by record as usual.
 
 Values of a batched topic must be read with the `passthrough` codec (`PASSTHROUGH`), which hands
-the list to the agent untouched.
+the list to the agent untouched. Faust's private members are reached through `faust_adapter` only.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from faust.serializers import codecs
 from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.types import TP
 from faust.types.tuples import ConsumerMessage
+
+from metergate_services.metering import faust_adapter
 
 PASSTHROUGH = "metergate-passthrough"
 
@@ -48,7 +50,7 @@ class LowLatencyConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
 
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
-        consumer._fetch_max_wait_ms = self.fetch_max_wait_ms
+        faust_adapter.set_fetch_max_wait_ms(consumer, self.fetch_max_wait_ms)
         return consumer
 
 
@@ -60,7 +62,7 @@ class BatchingConsumer(aiokafka_driver.Consumer):
 
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, ConsumerMessage]]:  # type: ignore[override]
         # Same as faust.transport.consumer.Consumer.getmany, except for batched topics (see module doc).
-        records, active_partitions = await self._wait_next_records(timeout)
+        records, active_partitions = await faust_adapter.wait_next_records(self, timeout)
         generation_id = self.app.consumer_generation_id
         if records is None or self.should_stop:
             return
@@ -71,7 +73,7 @@ class BatchingConsumer(aiokafka_driver.Consumer):
                 self.log.warning(f"exception performing seek when flow not active {exc}")
             return
         batched = self.batched_topics
-        to_message = self._to_message
+        to_message = faust_adapter.message_builder(self)
         runs: dict[str, dict[int, list[Any]]] = {}
         first_tp: dict[str, TP] = {}
         for tp, tp_records in records.items():
@@ -79,7 +81,11 @@ class BatchingConsumer(aiokafka_driver.Consumer):
                 return
             if not tp_records:
                 continue
-            if active_partitions is None or tp in active_partitions or tp in self._buffered_partitions:
+            if (
+                active_partitions is None
+                or tp in active_partitions
+                or tp in faust_adapter.buffered_partitions(self)
+            ):
                 self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
                 if tp.topic in batched:
                     runs.setdefault(tp.topic, {})[tp.partition] = list(tp_records)

@@ -20,7 +20,7 @@ import gc
 import time
 
 
-class Collector:
+class GcPolicy:
     def __init__(self, full_interval_s: float = 300.0, young_threshold: int = 100_000) -> None:
         self.full_interval_s = full_interval_s
         self._thresholds = gc.get_threshold()

@@ -43,7 +43,7 @@ from metergate.kafka.producer import DeliveryTracker, make_producer, produce
 from metergate.wire.codec import codec
 from metergate.wire.fastwire import read_aggregate
 from metergate_services.rating import metrics
-from metergate_services.rating.collector import Collector
+from metergate_services.rating.collector import GcPolicy
 from metergate_services.rating.line_cache import LineCache
 from metergate_services.rating.settings import RatingSettings
 from metergate_services.rating.snapshots import SnapshotCache
@@ -130,10 +130,10 @@ class InFlight:
 
 class RatingConsumer:
     def __init__(
-        self, settings: RatingSettings, engine: Engine | None = None, collector: Collector | None = None
+        self, settings: RatingSettings, engine: Engine | None = None, gc_policy: GcPolicy | None = None
     ) -> None:
         self.settings = settings
-        self.collector = collector  # the process's garbage-collection policy (main.run() installs one)
+        self.gc_policy = gc_policy  # the process's garbage-collection policy (main.run() installs one)
         client = settings.kafka.client_config()
         self.topics = settings.kafka.topics
         self.topic = self.topics.aggregates
@@ -246,8 +246,8 @@ class RatingConsumer:
                     batch = None
                     if not self.stopping:
                         self._reseek()
-                if self.collector is not None and messages:
-                    self.collector.after_batch()
+                if self.gc_policy is not None and messages:
+                    self.gc_policy.after_batch()
                 self._housekeeping()  # nothing in flight: its locks cannot meet a batch's
                 if until is not None and until(self):
                     break
@@ -275,8 +275,8 @@ class RatingConsumer:
         finally:
             self._drop_publisher()
         self.snapshots.close()
-        if self.collector is not None:
-            self.collector.close()
+        if self.gc_policy is not None:
+            self.gc_policy.close()
         if self._own_engine:
             self.engine.dispose()
 

@@ -12,7 +12,7 @@ import signal
 from types import FrameType
 
 from metergate import metrics as metrics_endpoint
-from metergate_services.rating.collector import Collector
+from metergate_services.rating.collector import GcPolicy
 from metergate_services.rating.consumer import RatingConsumer
 from metergate_services.rating.settings import RatingSettings
 
@@ -22,7 +22,7 @@ log = logging.getLogger("metergate.rating")
 def run() -> None:
     settings = RatingSettings()
     metrics_endpoint.serve(settings.metrics.port)
-    consumer = RatingConsumer(settings, collector=Collector())
+    consumer = RatingConsumer(settings, gc_policy=GcPolicy())
 
     def stop(signum: int, _frame: FrameType | None) -> None:
         log.info("rating: %s received; finishing the current batch", signal.Signals(signum).name)

@@ -6,7 +6,7 @@ import gc
 
 import pytest
 
-from metergate_services.rating.collector import Collector
+from metergate_services.rating.collector import GcPolicy
 
 pytestmark = pytest.mark.unit
 
@@ -18,7 +18,7 @@ class Cycle:
 
 def test_survivors_are_frozen_and_frozen_cycles_are_reclaimed_by_the_next_full_collection() -> None:
     defaults = gc.get_threshold()
-    collector = Collector(full_interval_s=3600)
+    collector = GcPolicy(full_interval_s=3600)
     try:
         assert gc.get_threshold()[0] == 100_000
         collector.after_batch()  # the first batch: full collection, then freeze

@@ -121,12 +121,7 @@ def main(ctx: click.Context, verbose: int) -> None:
 
 
 for _module, _attribute in COMMANDS:
-    try:
-        _command = getattr(importlib.import_module(_module), _attribute)
-    except ModuleNotFoundError as exc:  # a command module not written yet
-        if exc.name != _module:
-            raise
-        continue
+    _command = getattr(importlib.import_module(_module), _attribute)  # a missing command fails loudly
     main.add_command(_command)
 
 

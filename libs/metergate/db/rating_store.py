@@ -29,6 +29,7 @@ from sqlalchemy.exc import DisconnectionError
 from metergate.domain.ledger import Depletion, Entry, EntryType, Grant, Wallet, grant_expiry_key
 from metergate.domain.pricing import ChargeStatus, ChargeType
 from metergate.domain.rating import Line
+from metergate.errors import MetergateError
 
 ZERO = Decimal(0)
 
@@ -52,11 +53,11 @@ def _texts(values: Iterable[Any]) -> list[str | None]:
     return [None if value is None else str(value) for value in values]
 
 
-class StaleAssignment(Exception):
+class StaleAssignment(MetergateError):
     """The stored offsets are not where this consumer left them: another consumer wrote them."""
 
 
-class IntegrityFault(Exception):
+class IntegrityFault(MetergateError):
     """The database disagrees with what the fold computed from it: a bug of ours; stop loudly."""
 
 

@@ -1,6 +1,6 @@
 """Billing periods: which period an event belongs to (pure).
 
-Rules (the domain README repeats them):
+Rules:
 
 - A customer with a subscription has periods that start at its billing anchor and repeat every
   reset period (daily, monthly, yearly), at the anchor's time of day, in UTC.

@@ -97,7 +97,7 @@ class AggregateUpdate(NamedTuple):
 
 
 #: what the fold rates: the model (tests, tools) or its tuple (the consumer's hot path)
-Aggregate = UsageAggregate | AggregateUpdate
+RatingInput = UsageAggregate | AggregateUpdate
 
 
 def _invalid(name: str, value: object, *, required: bool = True) -> None:
@@ -106,7 +106,7 @@ def _invalid(name: str, value: object, *, required: bool = True) -> None:
         raise InvalidInput(rejection.message, reason="invalid_field", field=name)
 
 
-def check_aggregate(aggregate: Aggregate) -> None:
+def check_aggregate(aggregate: RatingInput) -> None:
     """Raise InvalidInput (reason, field) for an aggregate rating must not price or store."""
     _invalid("customer_id", aggregate.customer_id)
     _invalid("meter", aggregate.meter)
@@ -215,7 +215,7 @@ class RatingFold:
     #: pair would recompute the same totals)
     invoices: set[tuple[str, datetime]] = field(default_factory=set)
     entries: list[Entry] = field(default_factory=list)
-    depletions: list[tuple[Depletion, Aggregate, Line]] = field(default_factory=list)
+    depletions: list[tuple[Depletion, RatingInput, Line]] = field(default_factory=list)
     updates: int = 0  # records rated (newer versions; an unpriced one may also be reported to the DLQ)
     stale: int = 0  # records older than or equal to the stored version, or superseded in their batch
     rejected: int = 0  # records that could not be rated at all (the caller counts them: DLQ only)
@@ -242,7 +242,7 @@ class RatingFold:
                 newest = line.aggregate_version
         return newest
 
-    def apply(self, aggregate: Aggregate, snapshot: EntitlementSnapshot | None) -> Applied:
+    def apply(self, aggregate: RatingInput, snapshot: EntitlementSnapshot | None) -> Applied:
         """Rate one aggregate version (raises InvalidInput when its value cannot be rated at all)."""
         key = aggregate.key
         current = self.version_of(key)
@@ -289,7 +289,7 @@ class RatingFold:
         self,
         lk: str,
         key: str,
-        aggregate: Aggregate,
+        aggregate: RatingInput,
         snapshot: EntitlementSnapshot | None,
         subscription: str,
         charge: Charge,
@@ -326,7 +326,7 @@ class RatingFold:
             aggregate.last_event_at,  # last_event_at
         )
 
-    def _move_credit(self, line: Line, old: Line | None, aggregate: Aggregate) -> Line:
+    def _move_credit(self, line: Line, old: Line | None, aggregate: RatingInput) -> Line:
         old_amount = old.amount if old else ZERO
         old_credits = self.credits.get(line.line_key, _NO_CREDITS)
         if not old_credits and (not self.wallets or (line.customer_id, line.currency) not in self.wallets):
@@ -363,7 +363,7 @@ class RatingFold:
         self._record(change, aggregate, line)
         return line
 
-    def _record(self, change: CreditChange, aggregate: Aggregate, line: Line) -> None:
+    def _record(self, change: CreditChange, aggregate: RatingInput, line: Line) -> None:
         self.entries.extend(change.entries)
         if change.credits_by_grant:
             self.credits[line.line_key] = change.credits_by_grant
@@ -373,7 +373,7 @@ class RatingFold:
             self.depletions.append((change.depletion, aggregate, line))
 
     def _base_fee(
-        self, aggregate: Aggregate, snapshot: EntitlementSnapshot, subscription: str, period: str
+        self, aggregate: RatingInput, snapshot: EntitlementSnapshot, subscription: str, period: str
     ) -> None:
         lk = line_key(aggregate.customer_id, subscription, BASE_FEE, period, ChargeType.BASE_FEE)
         if (

@@ -3,6 +3,8 @@
 Each model has an Avro schema of the same name in `schemas/` (the wire format); the codec in
 `metergate.wire.codec` converts between the two. Quantities and money are `Decimal`, never float;
 timestamps are timezone-aware UTC datetimes with millisecond precision (Avro timestamp-millis).
+Evolve a model only by adding a field with a default, mirrored in its `schemas/*.avsc`, so records
+already on the topics still decode.
 
 Validation of a usage event lives here, so the SDK, `metergate emit` and the metering worker apply
 the same rules and report the same field names.

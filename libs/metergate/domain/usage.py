@@ -1,8 +1,9 @@
 """Acceptance rules of a decoded usage event, as the metering worker applies them (pure).
 
-`check_event` is the fast path of `UsageEvent.parse` for a datum fresh from the Avro decoder (the
-schema already guarantees the types), plus the rules that need the catalog and a clock. Each
-rejection has a stable reason code (the DLQ `reason`) and a message naming the field:
+`check_shape` (ids via `check_ids`, quantity, properties) is the fast path of `UsageEvent.parse` for a
+datum fresh from the Avro decoder (the schema already guarantees the types); `check_time` holds the
+clock rules and `check_meter` the catalog rules. Each rejection has a stable reason code (the DLQ
+`reason`) and a message naming the field:
 
 | reason | when |
 | --- | --- |
