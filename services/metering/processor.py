@@ -921,16 +921,7 @@ def read_tails(
     }
     if not assignments:
         return found
-    consumer = Consumer(
-        {
-            **client_config,
-            "group.id": f"metering-recovery-{uuid.uuid4().hex}",
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            "enable.partition.eof": False,
-            "fetch.wait.max.ms": 50,
-        }
-    )
+    consumer = _reader(client_config, "recovery")
     try:
         ends: dict[tuple[str, int], int] = {}
         positions: dict[tuple[str, int], int] = {}
@@ -963,21 +954,26 @@ def read_tails(
         consumer.close()
 
 
-def first_offset_from(
-    client_config: Mapping[str, Any], topic: str, partition: int, offset: int, timeout_s: float = 10.0
-) -> int | None:
-    """The offset of the first record `topic`/`partition` holds at or after `offset` (None: none
-    arrived within `timeout_s`)."""
-    consumer = Consumer(
+def _reader(client_config: Mapping[str, Any], purpose: str) -> Consumer:
+    """A consumer outside the group, for reads by assignment (recovery, the position rule)."""
+    return Consumer(
         {
             **client_config,
-            "group.id": f"metering-position-{uuid.uuid4().hex}",
+            "group.id": f"metering-{purpose}-{uuid.uuid4().hex}",
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
             "enable.partition.eof": False,
             "fetch.wait.max.ms": 50,
         }
     )
+
+
+def first_offset_from(
+    client_config: Mapping[str, Any], topic: str, partition: int, offset: int, timeout_s: float = 10.0
+) -> int | None:
+    """The offset of the first record `topic`/`partition` holds at or after `offset` (None: none
+    arrived within `timeout_s`)."""
+    consumer = _reader(client_config, "position")
     try:
         consumer.assign([TopicPartition(topic, partition, offset)])
         deadline = time.monotonic() + timeout_s
