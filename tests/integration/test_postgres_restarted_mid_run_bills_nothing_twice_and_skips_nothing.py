@@ -4,7 +4,6 @@ resumes, and ends exactly where an undisturbed run over the same records ends.""
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 
@@ -70,7 +69,13 @@ def test_postgres_restarted_mid_run_bills_nothing_twice_and_skips_nothing(
             wait_until(lambda: committed() >= 200 or not worker.is_alive(), 90, "the first commits")
             assert committed() < total, "the run ended before PostgreSQL could be stopped"
             postgres.stop()  # fast shutdown: open transactions roll back, connections drop
-            time.sleep(2.0)
+            # the outage lasts until the consumer has met it (not a fixed time: under load a fixed
+            # pause could end before rating's next write, and the test would prove nothing)
+            wait_until(
+                lambda: consumer.database_failures > 0 or not worker.is_alive(),
+                90,
+                "rating to meet the outage",
+            )
             postgres.start()
             worker.join(120)
             assert not worker.is_alive(), "rating did not catch up after PostgreSQL came back"

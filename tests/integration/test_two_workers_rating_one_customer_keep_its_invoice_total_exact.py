@@ -52,7 +52,11 @@ def test_two_workers_rating_one_customer_keep_its_invoice_total_exact(database_u
 
         worker = threading.Thread(target=second_worker)
         worker.start()
-        time.sleep(1.0)  # B has written its line and is at its refresh
+        # until B has written its line and waits at its refresh for A's invoice lock
+        deadline = time.monotonic() + 30
+        while not _a_backend_waits_for_a_lock(engine):
+            assert worker.is_alive() and time.monotonic() < deadline, "B never reached its refresh"
+            time.sleep(0.02)
         transaction.commit()
         first.close()
         worker.join(30)
@@ -67,3 +71,11 @@ def test_two_workers_rating_one_customer_keep_its_invoice_total_exact(database_u
         ) == [(D(42), D(42), 2)]
     finally:
         engine.dispose()
+
+
+def _a_backend_waits_for_a_lock(engine) -> bool:
+    with engine.connect() as conn:
+        waiting = conn.exec_driver_sql(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        ).scalar()
+    return bool(waiting)
