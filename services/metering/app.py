@@ -6,7 +6,7 @@
   takes everything queued (adaptive batching, up to `max_batch` records) as runs in fetch order and
   hands them to `MeteringProcessor.process` in a single worker thread (so the Faust loop keeps
   serving the consumer, timers and rebalances), then commits the consumer-group offsets (step 4 of
-  the commit order in processor.py).
+  the commit order, commit.py).
 - Ownership: `owned` is the set of usage.events partitions this worker may process, kept from the
   rebalance callbacks (emptied of revoked partitions before the group moves on, filled from the
   new assignment), not from `consumer.assignment()`, which still lists revoked partitions until the
@@ -37,6 +37,7 @@ from metergate.kafka.faust_broker import faust_broker_kwargs
 from metergate.kafka.producer import make_producer
 from metergate_services.metering import faust_adapter, metrics
 from metergate_services.metering.catalog_view import CatalogView
+from metergate_services.metering.commit import GroupOffsets
 from metergate_services.metering.processor import MeteringProcessor
 from metergate_services.metering.settings import MeteringSettings
 from metergate_services.metering.store import StateStore
@@ -195,8 +196,7 @@ def create_metering(settings: MeteringSettings) -> Metering:
         async for event in stream.events():
             await queue.put(event.value)
 
-    pending_offsets: dict[TP, int] = {}
-    last_commit = [0.0]
+    offsets = GroupOffsets(topics.events)
     #: usage.events partitions this worker may process (see the module docstring)
     owned: set[int] = set()
 
@@ -251,25 +251,16 @@ def create_metering(settings: MeteringSettings) -> Metering:
                             # nothing is lost: the next run that does not start at the position
                             # asks for the seek again, and a new owner starts from the group offset
                             log.warning("partition %d: seek to %d failed (%s)", partition, offset, exc)
-                if outcome.committed:
-                    # step 4 of the commit order: the group offset follows the durable input watermark.
-                    # Awaited, but only when the queue is empty or every 0.5 s: a broker round trip per
-                    # batch would add to every event's latency while the worker is catching up, and a
-                    # lagging group offset only means re-reading records the stored watermark skips.
-                    # (A commit left running in a task of its own stalled for good in tests.)
-                    pending_offsets.update(
-                        {
-                            TP(topics.events, p): offset + 1
-                            for p, offset in outcome.committed.items()
-                            if p in owned
-                        }
-                    )
-                if pending_offsets and (queue.empty() or loop.time() - last_commit[0] >= 0.5):
-                    offsets = {tp: o for tp, o in pending_offsets.items() if tp.partition in owned}
-                    pending_offsets.clear()
-                    if offsets:
-                        await faust_adapter.commit_offsets(app.consumer, offsets)
-                    last_commit[0] = loop.time()
+                # step 4 of the commit order (commit.py): the group offset follows the durable watermark
+                offsets.durable(outcome.committed, owned)
+                await offsets.commit(
+                    lambda due: faust_adapter.commit_offsets(
+                        app.consumer, {TP(topics.events, p): o for p, o in due.items()}
+                    ),
+                    owned,
+                    idle=queue.empty(),
+                    now=loop.time(),
+                )
                 for partition, offset in outcome.committed.items():
                     if partition not in owned:
                         continue
@@ -289,8 +280,7 @@ def create_metering(settings: MeteringSettings) -> Metering:
         partitions = {tp.partition for tp in revoked if tp.topic == topics.events}
         owned.difference_update(partitions)
         drop_queued(partitions)
-        for tp in [tp for tp in pending_offsets if tp.partition in partitions]:
-            del pending_offsets[tp]
+        offsets.forget(partitions)
         async with busy:
             processor.revoke(partitions)
 

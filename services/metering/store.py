@@ -41,7 +41,7 @@ from typing import IO
 
 from rocksdict import Options, Rdict, WriteBatch
 
-from metergate.domain.aggregation import RunningTotal
+from metergate.domain.aggregation import PeriodTotal, RunningTotal
 from metergate.domain.dedup import FirstSeen
 from metergate.errors import ConfigurationError
 
@@ -88,44 +88,32 @@ class Watermark:
         return cls(**json.loads(raw))
 
 
-@dataclass(slots=True)
-class StoredTotal:
-    """A running total with what identifies it on usage.aggregates."""
+def encode_total(found: PeriodTotal) -> bytes:
+    """A total as stored locally and in the changelog (JSON; Decimal as a string)."""
+    state = found.total.to_state()
+    state["c"] = found.customer_id
+    state["m"] = found.meter
+    state["ps"] = found.period_start_ms
+    state["pe"] = found.period_end_ms
+    if found.subscription_id is not None:
+        state["s"] = found.subscription_id
+        state["pk"] = found.plan_key
+        state["pv"] = found.plan_version
+    return json.dumps(state, separators=(",", ":")).encode()
 
-    customer_id: str
-    meter: str
-    period_start_ms: int
-    period_end_ms: int
-    subscription_id: str | None
-    plan_key: str | None
-    plan_version: int | None
-    total: RunningTotal
 
-    def encode(self) -> bytes:
-        state = self.total.to_state()
-        state["c"] = self.customer_id
-        state["m"] = self.meter
-        state["ps"] = self.period_start_ms
-        state["pe"] = self.period_end_ms
-        if self.subscription_id is not None:
-            state["s"] = self.subscription_id
-            state["pk"] = self.plan_key
-            state["pv"] = self.plan_version
-        return json.dumps(state, separators=(",", ":")).encode()
-
-    @classmethod
-    def decode(cls, raw: bytes) -> StoredTotal:
-        state = json.loads(raw)
-        return cls(
-            customer_id=state["c"],
-            meter=state["m"],
-            period_start_ms=state["ps"],
-            period_end_ms=state["pe"],
-            subscription_id=state.get("s"),
-            plan_key=state.get("pk"),
-            plan_version=state.get("pv"),
-            total=RunningTotal.from_state(state),
-        )
+def decode_total(raw: bytes) -> PeriodTotal:
+    state = json.loads(raw)
+    return PeriodTotal(
+        customer_id=state["c"],
+        meter=state["m"],
+        period_start_ms=state["ps"],
+        period_end_ms=state["pe"],
+        subscription_id=state.get("s"),
+        plan_key=state.get("pk"),
+        plan_version=state.get("pv"),
+        total=RunningTotal.from_state(state),
+    )
 
 
 def dedup_key(customer_id: str, event_id: str) -> bytes:
@@ -213,9 +201,9 @@ class StateStore:
         raw = self.db.get(WATERMARK + str(partition).encode())
         return Watermark() if raw is None else Watermark.decode(raw)
 
-    def aggregate(self, key: str) -> StoredTotal | None:
+    def aggregate(self, key: str) -> PeriodTotal | None:
         raw = self.db.get(AGGREGATE + key.encode())
-        return None if raw is None else StoredTotal.decode(raw)
+        return None if raw is None else decode_total(raw)
 
     def seen(self, customer_id: str, event_id: str) -> FirstSeen | None:
         raw = self.db.get(dedup_key(customer_id, event_id))

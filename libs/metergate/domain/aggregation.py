@@ -118,3 +118,18 @@ class RunningTotal:
             uniques=set(self.uniques),
             emitted=set(self.emitted),
         )
+
+
+@dataclass(slots=True)
+class PeriodTotal:
+    """A running total with what identifies it on usage.aggregates: the customer, the meter, the
+    period (milliseconds since the epoch, UTC) and the subscription terms it was counted under."""
+
+    customer_id: str
+    meter: str
+    period_start_ms: int
+    period_end_ms: int
+    subscription_id: str | None
+    plan_key: str | None
+    plan_version: int | None
+    total: RunningTotal

@@ -1,0 +1,251 @@
+"""Recovery: bring a partition's local state up to date before metering it (see commit.py for
+what each crash leaves behind), and the broker reads it and the position rule need.
+
+1. Apply the changelog from the position stored locally (0 with an empty data dir) to its true
+   end: totals with a higher applied_offset replace the local ones, dedup groups add their
+   entries, the last watermark record wins.
+2. Read usage.limits, usage.duplicates (the partition's own) and usage.dlq (filtered on this
+   partition) from the positions in that watermark: whatever an interrupted batch already sent is
+   remembered (limit marks per total, receipt and DLQ ids) and not sent again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from confluent_kafka import Consumer, TopicPartition
+from rocksdict import WriteBatch
+
+from metergate.domain.aggregation import PeriodTotal
+from metergate.domain.limits import mark
+from metergate.domain.records import DeadLetter, DuplicateReceipt, LimitEvent, aggregate_key
+from metergate.kafka.topics import Topics
+from metergate.wire.codec import codec
+from metergate_services.metering.commit import CHANGELOG_DEDUP_PREFIX, CHANGELOG_WATERMARK_KEY, Layout
+from metergate_services.metering.store import (
+    AGGREGATE,
+    WATERMARK,
+    StateStore,
+    Watermark,
+    decode_dedup_group,
+    decode_total,
+    dedup_key,
+    encode_seen,
+)
+
+log = logging.getLogger(__name__)
+
+Tail = list[tuple[bytes | None, bytes | None, int]]
+
+
+def recover(
+    partitions: Sequence[int],
+    *,
+    store: StateStore,
+    layout: Layout,
+    topics: Topics,
+    changelog_topic: str,
+    client_config: Mapping[str, Any],
+    idle_s: float,
+) -> dict[int, Watermark]:
+    """Recover `partitions` (steps 1 and 2 above); returns their watermarks, also written locally."""
+    started = time.monotonic()
+    watermarks = {p: store.watermark(p) for p in partitions}
+    local = WriteBatch(raw_mode=True)
+    totals: dict[str, PeriodTotal] = {}
+    # a partition's changelog records live in changelog partition p % N (Layout): read each
+    # changelog partition once, from the lowest position needed
+    starts: dict[int, int] = {}
+    for p in partitions:
+        home = layout.changelog_partition(p)
+        starts[home] = min(starts.get(home, watermarks[p].changelog), watermarks[p].changelog)
+    changelog = read_tails(
+        client_config,
+        [(changelog_topic, home, start) for home, start in sorted(starts.items())],
+        idle_s=idle_s,
+    )
+    applied = 0
+    for (_topic, home), home_records in changelog.items():
+        for partition in [p for p in partitions if layout.changelog_partition(p) == home]:
+            applied += _apply_changelog(partition, home_records, watermarks, totals, local, store, layout)
+    own = [p for p in partitions if p < layout.partitions]
+    outputs = read_tails(
+        client_config,
+        [(topics.limits, p, watermarks[p].limits) for p in own]
+        + [(topics.duplicates, p, watermarks[p].duplicates) for p in own]
+        + ([(topics.dlq, 0, min(watermarks[p].dlq for p in partitions))] if partitions else []),
+        idle_s=idle_s,
+    )
+    limit_codec, receipt_codec, dead_codec = codec(LimitEvent), codec(DuplicateReceipt), codec(DeadLetter)
+    resent = 0
+    for (topic, partition), records in outputs.items():
+        for _key, value, offset in records:
+            if value is None:
+                continue
+            if topic == topics.limits:
+                event = limit_codec.decode(value)
+                if event.meter is None:
+                    continue
+                name = aggregate_key(event.customer_id, event.meter, event.period_start)
+                marks = watermarks[partition].marks.setdefault(name, [])
+                found = mark(event.feature, event.kind, event.threshold)
+                if found not in marks:
+                    marks.append(found)
+                watermarks[partition].limits = offset + 1
+                resent += 1
+            elif topic == topics.duplicates:
+                source = receipt_codec.decode(value).duplicate
+                _guard(watermarks[partition], f"dup:{source.partition}:{source.offset}")
+                watermarks[partition].duplicates = offset + 1
+            else:
+                source = dead_codec.decode(value).source
+                if source.topic == topics.events and source.partition in watermarks:
+                    _guard(watermarks[source.partition], f"dlq:{source.partition}:{source.offset}")
+                    if offset + 1 > watermarks[source.partition].dlq:
+                        watermarks[source.partition].dlq = offset + 1
+    for partition, watermark in watermarks.items():
+        local.put(WATERMARK + str(partition).encode(), watermark.encode())
+    store.write(local)
+    log.info(
+        "recovered partitions %s in %.2fs: %d changelog records, %d limit events already sent",
+        list(partitions),
+        time.monotonic() - started,
+        applied,
+        resent,
+    )
+    return watermarks
+
+
+def _apply_changelog(
+    partition: int,
+    records: Tail,
+    watermarks: dict[int, Watermark],
+    totals: dict[str, PeriodTotal],
+    local: WriteBatch,
+    store: StateStore,
+    layout: Layout,
+) -> int:
+    """Apply the changelog records of `partition` from its stored position (step 1)."""
+    watermark = watermarks[partition]
+    start = watermark.changelog
+    own_key = layout.watermark_key(partition)
+    holds_state = partition < layout.partitions
+    applied = 0
+    for key, value, offset in records:
+        if offset < start:
+            continue
+        applied += 1
+        watermark.changelog = offset + 1
+        if value is None or key is None:
+            continue
+        if key == own_key:
+            stored = Watermark.decode(value)
+            if stored.input >= watermark.input:
+                stored.changelog = watermark.changelog
+                watermark = watermarks[partition] = stored
+        elif not holds_state or key.startswith(CHANGELOG_WATERMARK_KEY):
+            continue  # another partition's watermark
+        elif key.startswith(AGGREGATE):
+            name = key[len(AGGREGATE) :].decode()
+            incoming = decode_total(value)
+            current = totals.get(name) or store.aggregate(name)
+            if current is None or incoming.total.applied_offset >= current.total.applied_offset:
+                totals[name] = incoming
+                local.put(key, value)
+        elif key.startswith(CHANGELOG_DEDUP_PREFIX):
+            for customer, event_id, seen in decode_dedup_group(value):
+                local.put(dedup_key(customer, event_id), encode_seen(seen))
+    return applied
+
+
+def read_tails(
+    client_config: Mapping[str, Any],
+    assignments: Sequence[tuple[str, int, int]],
+    *,
+    idle_s: float,
+    timeout_s: float = 120.0,
+) -> dict[tuple[str, int], Tail]:
+    """Read each (topic, partition) from an offset to its TRUE end.
+
+    The end is where the broker's reported end offset has been reached AND no record arrived for
+    `idle_s`: the embedded broker reports a short end (base offset of the newest batch + 1), so
+    trusting it alone would drop the tail of a changelog. On Apache Kafka this only adds `idle_s`.
+    """
+    found: dict[tuple[str, int], Tail] = {(topic, partition): [] for topic, partition, _ in assignments}
+    if not assignments:
+        return found
+    consumer = reader(client_config, "recovery")
+    try:
+        ends: dict[tuple[str, int], int] = {}
+        positions: dict[tuple[str, int], int] = {}
+        for topic, partition, start in assignments:
+            _, high = consumer.get_watermark_offsets(
+                TopicPartition(topic, partition), timeout=10, cached=False
+            )
+            ends[(topic, partition)] = high
+            positions[(topic, partition)] = start
+        consumer.assign([TopicPartition(topic, partition, start) for topic, partition, start in assignments])
+        deadline = time.monotonic() + timeout_s
+        last_seen = time.monotonic()
+        while time.monotonic() < deadline:
+            messages = consumer.consume(5000, timeout=0.05)
+            for message in messages:
+                if message.error():
+                    continue
+                tp = (str(message.topic()), int(message.partition() or 0))
+                offset = int(message.offset() or 0)
+                found[tp].append((message.key(), message.value(), offset))
+                positions[tp] = offset + 1
+            if messages:
+                last_seen = time.monotonic()
+                continue
+            caught_up = all(positions[tp] >= end for tp, end in ends.items())
+            if caught_up and time.monotonic() - last_seen >= idle_s:
+                return found
+        raise TimeoutError(f"could not read {sorted(ends)} to their end within {timeout_s}s")
+    finally:
+        consumer.close()
+
+
+def reader(client_config: Mapping[str, Any], purpose: str) -> Consumer:
+    """A consumer outside the group, for reads by assignment (recovery, the position rule)."""
+    return Consumer(
+        {
+            **client_config,
+            "group.id": f"metering-{purpose}-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "enable.partition.eof": False,
+            "fetch.wait.max.ms": 50,
+        }
+    )
+
+
+def first_offset_from(
+    client_config: Mapping[str, Any], topic: str, partition: int, offset: int, timeout_s: float = 10.0
+) -> int | None:
+    """The offset of the first record `topic`/`partition` holds at or after `offset` (None: none
+    arrived within `timeout_s`)."""
+    consumer = reader(client_config, "position")
+    try:
+        consumer.assign([TopicPartition(topic, partition, offset)])
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            message = consumer.poll(0.1)
+            if message is not None and not message.error():
+                return int(message.offset() or 0)
+        return None
+    finally:
+        consumer.close()
+
+
+def _guard(watermark: Watermark, guard: str) -> None:
+    if guard not in watermark.guards:
+        watermark.guards.append(guard)
+
+
+__all__ = ["first_offset_from", "read_tails", "reader", "recover"]
