@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from metergate.domain.limits import due, mark, watches
+from metergate.domain.limits import due, first_due, mark, watches
 from metergate.domain.records import (
     Enforcement,
     FeatureEntitlement,
@@ -88,3 +88,29 @@ def test_a_rising_usage_sends_each_event_once_as_if_evaluated_at_the_end(usages)
         sent.extend(item.mark for item in new)
     assert len(sent) == len(set(sent))
     assert sorted(sent) == sorted(item.mark for item in due(HARD, running, set()))
+
+
+LIMITED = st.builds(
+    lambda limit, included, hard, thresholds, priced: feature(
+        limit=limit,
+        included=included,
+        enforcement=Enforcement.HARD if hard else Enforcement.SOFT,
+        thresholds=tuple(thresholds),
+        pricing=Pricing(model=PricingModel.PER_UNIT, unit_price=Decimal(1)) if priced else Pricing(),
+    ),
+    st.one_of(st.none(), st.decimals(min_value=0, max_value=10_000, places=2)),
+    st.decimals(min_value=0, max_value=10_000, places=2),
+    st.booleans(),
+    st.lists(st.integers(min_value=1, max_value=150), max_size=4),
+    st.booleans(),
+)
+
+
+@given(LIMITED, st.decimals(min_value=0, max_value=20_000, places=3), st.integers(min_value=0, max_value=6))
+def test_nothing_is_due_below_first_due(item, usage, how_many_sent):
+    sent = {entry.mark for entry in due(item, Decimal(10**9), set())[:how_many_sent]}
+    floor = first_due(item, sent)
+    if floor is None or usage < floor:
+        assert due(item, usage, sent) == []
+    else:
+        assert due(item, floor, sent) != [] or due(item, floor + Decimal("0.001"), sent) != []

@@ -70,3 +70,32 @@ def due(feature: FeatureEntitlement, usage: Decimal, emitted: Collection[str]) -
         if feature.enforcement is Enforcement.HARD and usage > limit:
             found.append(DueLimit(name, LimitKind.HARD_LIMIT_EXCEEDED, None, limit))
     return [item for item in found if item.mark not in emitted]
+
+
+def first_due(feature: FeatureEntitlement, emitted: Collection[str]) -> Decimal | None:
+    """A usage figure below which `due(feature, usage, emitted)` is surely empty (None: nothing can
+    be due any more), so a caller checks one comparison per event instead of the whole rule."""
+    if not watches(feature):
+        return None
+    name = feature.feature
+    limit = feature.limit
+    found: list[Decimal] = []
+    if limit is not None and limit > 0:
+        for threshold in set(feature.thresholds):
+            if mark(name, LimitKind.THRESHOLD_CROSSED, threshold) not in emitted:
+                found.append(_EXACT.divide(_EXACT.multiply(limit, threshold), 100))
+    if (
+        feature.pricing.model is not PricingModel.NONE
+        and feature.included > 0
+        and mark(name, LimitKind.OVERAGE_STARTED, None) not in emitted
+    ):
+        found.append(feature.included)
+    if limit is not None and (
+        mark(name, LimitKind.LIMIT_REACHED, None) not in emitted
+        or (
+            feature.enforcement is Enforcement.HARD
+            and mark(name, LimitKind.HARD_LIMIT_EXCEEDED, None) not in emitted
+        )
+    ):
+        found.append(limit)
+    return min(found) if found else None

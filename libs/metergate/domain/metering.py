@@ -29,12 +29,13 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any, Protocol
 
 from metergate.domain.aggregation import PeriodTotal, RunningTotal
 from metergate.domain.dedup import FirstSeen, Verdict, classify
-from metergate.domain.limits import DueLimit, due, watches
-from metergate.domain.periods import Period, period_for
+from metergate.domain.limits import DueLimit, due, first_due, watches
+from metergate.domain.periods import period_for
 from metergate.domain.records import (
     DeadLetter,
     DuplicateReceipt,
@@ -138,16 +139,56 @@ class BatchEffects:
         return sum(counts[outcome] for counts in self.outcomes.values())
 
 
+class _Terms:
+    """A customer's snapshot as the rules use it, with what is derived from it once: the period
+    last used and its aggregate keys per meter, the features each meter's limits watch, and per
+    total the usage below which no limit event can be due."""
+
+    __slots__ = (
+        "anchor",
+        "floors",
+        "keys",
+        "period",
+        "plan_key",
+        "plan_version",
+        "reset",
+        "snapshot",
+        "subscription_id",
+        "watched",
+    )
+
+    def __init__(self, snapshot: EntitlementSnapshot | None) -> None:
+        self.snapshot = snapshot
+        subscribed = snapshot is not None and snapshot.subscription_id is not None
+        self.subscription_id = snapshot.subscription_id if subscribed and snapshot else None
+        self.plan_key = snapshot.plan_key if subscribed and snapshot else None
+        self.plan_version = snapshot.plan_version if subscribed and snapshot else None
+        if snapshot is None or not subscribed or snapshot.billing_anchor is None:
+            # no subscription: calendar month UTC
+            self.anchor: datetime | None = None
+            self.reset = ResetPeriod.MONTHLY
+        else:
+            self.anchor, self.reset = snapshot.billing_anchor, snapshot.reset_period
+        self.period: tuple[str, int, int] | None = None
+        self.keys: dict[str, str] = {}
+        self.watched: dict[str, tuple[FeatureEntitlement, ...]] = {}
+        self.floors: dict[str, tuple[int, Decimal | None]] = {}
+
+
+def _lowest(features: Sequence[FeatureEntitlement], emitted: set[str]) -> Decimal | None:
+    floors = [floor for floor in (first_due(feature, emitted) for feature in features) if floor is not None]
+    return min(floors) if floors else None
+
+
 class MeteringCore:
-    """The rules, with caches of what repeats across batches (canonical partitions, periods, the
-    features a meter's limits watch). Pure: everything it reads comes in as arguments."""
+    """The rules, with caches of what repeats across batches (canonical partitions, and per
+    customer `_Terms`). Pure: everything it reads comes in as arguments."""
 
     def __init__(self, rules: MeteringRules, catalog: Catalog) -> None:
         self.rules = rules
         self.catalog = catalog
         self._canonical: dict[str, int] = {}
-        self._periods: dict[tuple[str, int | None, str], tuple[Period, str, int, int]] = {}
-        self._watched: dict[tuple[str, int, str], tuple[FeatureEntitlement, ...]] = {}
+        self._terms: dict[str, _Terms] = {}
 
     def canonical_partition(self, customer_id: str) -> int:
         found = self._canonical.get(customer_id)
@@ -239,15 +280,20 @@ class MeteringCore:
     ) -> None:
         """Fold an accepted event into its total; `first`: its dedup id, when it is the first copy."""
         customer = datum["customer_id"]
-        snapshot = self.catalog.snapshot(customer)
-        _, start_iso, start_ms, end_ms = self._period(customer, snapshot, event_ms)
-        key = aggregate_key_from_iso(customer, meter.meter, start_iso)
+        terms = self._terms_of(customer)
+        period = terms.period
+        if period is None or not period[1] <= event_ms < period[2]:
+            period = self._period(terms, event_ms)
+        name = meter.meter
+        key = terms.keys.get(name)
+        if key is None:
+            key = terms.keys[name] = aggregate_key_from_iso(customer, name, period[0])
         entry = fx.totals.get(key)
         if entry is None:
             found = state.total(key)
             if found is None:
                 found = PeriodTotal(
-                    customer, meter.meter, start_ms, end_ms, None, None, None, RunningTotal(meter.aggregation)
+                    customer, name, period[1], period[2], None, None, None, RunningTotal(meter.aggregation)
                 )
             found.total.emitted.update(state.sent_marks(partition, key))
         else:
@@ -260,8 +306,8 @@ class MeteringCore:
                 record,
                 Rejection(
                     "total_overflow",
-                    f"quantity: adding {datum['quantity']} would take the {meter.meter} total of customer "
-                    f"{customer!r} for the period from {start_iso} past decimal(38, 9) (below 10^29); "
+                    f"quantity: adding {datum['quantity']} would take the {name} total of customer "
+                    f"{customer!r} for the period from {period[0]} past decimal(38, 9) (below 10^29); "
                     "not counted",
                 ),
                 fx,
@@ -281,49 +327,54 @@ class MeteringCore:
             unique = (datum.get("properties") or {}).get(meter.unique_property)
         total.fold(datum["quantity"], event_ms, datum["event_id"], unique)
         total.applied_offset = record.offset
-        if end_ms + self.rules.late_grace_ms < fx.now_ms:
+        if period[2] + self.rules.late_grace_ms < fx.now_ms:
             total.late = True
-        if snapshot is not None and snapshot.subscription_id is not None:
-            found.subscription_id = snapshot.subscription_id
-            found.plan_key = snapshot.plan_key
-            found.plan_version = snapshot.plan_version
-        fx.totals[key] = (partition, found)
-        if snapshot is not None:
-            for feature in self._features(snapshot, meter.meter):
-                for item in due(feature, total.value, total.emitted):
-                    total.emitted.add(item.mark)
-                    self._limit(partition, record, datum, found, item, fx)
+        if terms.subscription_id is not None:
+            found.subscription_id = terms.subscription_id
+            found.plan_key = terms.plan_key
+            found.plan_version = terms.plan_version
+        if entry is None:
+            fx.totals[key] = (partition, found)
+        watched = terms.watched.get(name)
+        if watched is None:
+            watched = terms.watched[name] = self._features(terms.snapshot, name)
+        if not watched:
+            return
+        # one comparison per event until a limit event can be due (limits.first_due)
+        floor = terms.floors.get(key)
+        if floor is None or floor[0] != len(total.emitted):
+            floor = terms.floors[key] = (len(total.emitted), _lowest(watched, total.emitted))
+        if floor[1] is None or total.value < floor[1]:
+            return
+        for feature in watched:
+            for item in due(feature, total.value, total.emitted):
+                total.emitted.add(item.mark)
+                self._limit(partition, record, datum, found, item, fx)
 
-    def _period(
-        self, customer: str, snapshot: EntitlementSnapshot | None, event_ms: int
-    ) -> tuple[Period, str, int, int]:
-        """The customer's period holding `event_ms`: (period, start ISO, start ms, end ms)."""
-        if snapshot is None or snapshot.subscription_id is None or snapshot.billing_anchor is None:
-            anchor, anchor_ms, reset = None, None, ResetPeriod.MONTHLY
-        else:
-            anchor, reset = snapshot.billing_anchor, snapshot.reset_period
-            anchor_ms = millis(anchor)
-        cache_key = (customer, anchor_ms, reset.value)
-        cached = self._periods.get(cache_key)
-        if cached is not None and cached[2] <= event_ms < cached[3]:
-            return cached
-        period = period_for(from_millis(event_ms), anchor, reset)
-        found = (period, period.start.isoformat(), millis(period.start), millis(period.end))
-        if len(self._periods) > 200_000:
-            self._periods.clear()
-        self._periods[cache_key] = found
+    def _terms_of(self, customer: str) -> _Terms:
+        """What the rules need of the customer's snapshot, derived once per snapshot."""
+        snapshot = self.catalog.snapshot(customer)
+        terms = self._terms.get(customer)
+        if terms is None or terms.snapshot is not snapshot:
+            if len(self._terms) > 200_000:
+                self._terms.clear()
+            terms = self._terms[customer] = _Terms(snapshot)
+        return terms
+
+    @staticmethod
+    def _period(terms: _Terms, event_ms: int) -> tuple[str, int, int]:
+        """The customer's period holding `event_ms` (start ISO, start ms, end ms), kept in `terms`."""
+        period = period_for(from_millis(event_ms), terms.anchor, terms.reset)
+        found = terms.period = (period.start.isoformat(), millis(period.start), millis(period.end))
+        terms.keys = {}
         return found
 
-    def _features(self, snapshot: EntitlementSnapshot, meter: str) -> tuple[FeatureEntitlement, ...]:
+    @staticmethod
+    def _features(snapshot: EntitlementSnapshot | None, meter: str) -> tuple[FeatureEntitlement, ...]:
         """The features of `snapshot` on `meter` that can call for a limit event."""
-        cache_key = (snapshot.customer_id, snapshot.version, meter)
-        found = self._watched.get(cache_key)
-        if found is None:
-            found = tuple(feature for feature in snapshot.metered(meter) if watches(feature))
-            if len(self._watched) > 200_000:
-                self._watched.clear()
-            self._watched[cache_key] = found
-        return found
+        if snapshot is None:
+            return ()
+        return tuple(feature for feature in snapshot.metered(meter) if watches(feature))
 
     # -- the records an outcome produces --------------------------------------------------------
     def _reject(self, partition: int, record: Consumed, rejection: Rejection, fx: BatchEffects) -> None:
