@@ -156,8 +156,7 @@ def create_metering(settings: MeteringSettings) -> Metering:
         future_skew_ms=int(settings.future_skew.total_seconds() * 1000),
         late_grace_ms=int(settings.late_grace.total_seconds() * 1000),
         recovery_idle_s=settings.recovery_idle_s,
-        crash_point=settings.crash_point,
-        crash_after_batches=settings.crash_after_batches,
+        fault=settings.fault_spec,
     )
     try:
         broker = faust_broker_kwargs(kafka)  # bootstrap + the shared security settings

@@ -30,16 +30,13 @@ COMMIT ORDER, and what a crash between two steps does
    what step 3 made durable, and only for partitions it still owns. Crash before 4: the group
    offset lags; records at or below the stored input watermark are skipped on re-read.
 
-Fault injection (tests of this order): `METERGATE_METERING_CRASH_POINT` names a step
-(`outputs_partial`, `outputs_sent`, `changelog_partial`, `changelog_sent`, `state_written`); the worker
-SIGKILLs itself there in batch `..._CRASH_AFTER_BATCHES`.
+Fault injection (tests of this order, metergate.faults): `METERGATE_METERING_FAULT=STEP@N`, STEP one
+of `CRASH_POINTS`: the worker SIGKILLs itself at that step of batch N.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Any
@@ -51,6 +48,7 @@ from metergate.domain.aggregation import PeriodTotal
 from metergate.domain.metering import ACCEPTED, DUPLICATE, FORWARDED, REJECTED, BatchEffects
 from metergate.domain.records import DeadLetter, DuplicateReceipt, LimitEvent
 from metergate.errors import DeliveryError
+from metergate.faults import Fault
 from metergate.kafka.topics import Topics
 from metergate.wire.codec import codec
 from metergate_services.metering.fastwire import write_aggregate
@@ -110,18 +108,14 @@ class BatchCommit:
         store: StateStore,
         producer: Producer,
         layout: Layout,
-        crash_point: str | None = None,
-        crash_after_batches: int = 1,
+        fault: str | None = None,
     ) -> None:
-        if crash_point is not None and crash_point not in CRASH_POINTS:
-            raise ValueError(f"crash point: expected one of {', '.join(CRASH_POINTS)}, got {crash_point!r}")
         self.topics = topics
         self.changelog_topic = changelog_topic
         self.store = store
         self.producer = producer
         self.layout = layout
-        self.crash_point = crash_point
-        self.crash_after_batches = crash_after_batches
+        self.fault = Fault("METERGATE_METERING_FAULT", CRASH_POINTS, fault)
         self.batches_done = 0
         self._limit_codec = codec(LimitEvent)
         self._receipt_codec = codec(DuplicateReceipt)
@@ -184,7 +178,7 @@ class BatchCommit:
                 remember,
             )
             limit_timestamps.append(event_ts)
-            if index == len(fx.limit_events) // 2 and self.crash_point == "outputs_partial":
+            if index == len(fx.limit_events) // 2 and self.fault.step == "outputs_partial":
                 self._flush(failures)
                 self._maybe_crash("outputs_partial")
         for key, (_partition, found) in fx.totals.items():
@@ -234,7 +228,7 @@ class BatchCommit:
             encoded = encode_total(found)
             send(self.changelog_topic, AGGREGATE + key.encode(), encoded, partition, logged)
             local.put(AGGREGATE + key.encode(), encoded)
-            if index == len(fx.totals) // 2 and self.crash_point == "changelog_partial":
+            if index == len(fx.totals) // 2 and self.fault.step == "changelog_partial":
                 self._flush(failures)
                 self._maybe_crash("changelog_partial")
         for partition, entries in fx.new_seen.items():
@@ -299,10 +293,7 @@ class BatchCommit:
                 producer.poll(0.01)
 
     def _maybe_crash(self, point: str) -> None:
-        """Fault injection for the tests of the commit order: SIGKILL ourselves at a named step."""
-        if self.crash_point == point and self.batches_done + 1 >= self.crash_after_batches:
-            log.warning("fault injection: SIGKILL at %s in batch %d", point, self.batches_done + 1)
-            os.kill(os.getpid(), signal.SIGKILL)
+        self.fault.at(point, self.batches_done + 1)
 
     def _flush(self, failures: list[str]) -> None:
         remaining = self.producer.flush(60)

@@ -128,8 +128,7 @@ class MeteringProcessor:
         late_grace_ms: int,
         recovery_idle_s: float = 0.3,
         clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
-        crash_point: str | None = None,
-        crash_after_batches: int = 1,
+        fault: str | None = None,
     ) -> None:
         self.topics = topics
         self.changelog_topic = changelog_topic
@@ -153,8 +152,7 @@ class MeteringProcessor:
             store=store,
             producer=producer,
             layout=self.layout,
-            crash_point=crash_point,
-            crash_after_batches=crash_after_batches,
+            fault=fault,
         )
         self.window_ms = dedup_window_ms
         self.grace_ms = late_grace_ms

@@ -13,7 +13,7 @@
 | METERGATE_METERING_HEARTBEAT_INTERVAL_S | 1 | consumer-group heartbeat interval |
 | METERGATE_METERING_REBALANCE_TIMEOUT_S | 10 | consumer-group rebalance timeout |
 | METERGATE_METERING_RECOVERY_IDLE_S | 0.3 | when reading a changelog/output tail, how long "no new record" means its end |
-| METERGATE_METERING_CRASH_POINT, ..._CRASH_AFTER_BATCHES | (none), 1 | tests only: SIGKILL at a step of the commit order |
+| METERGATE_METERING_FAULT | (none) | tests only: `STEP@N` SIGKILLs the worker at STEP of the commit order (commit.py) in batch N (`..._CRASH_POINT` + `..._CRASH_AFTER_BATCHES` still read) |
 | METERGATE_KAFKA_* / METERGATE_METRICS_PORT | | shared: bootstrap, topic prefix, ...; the Prometheus port |
 """
 
@@ -45,10 +45,18 @@ class MeteringSettings(BaseSettings):
     heartbeat_interval_s: float = Field(default=1.0, gt=0)
     rebalance_timeout_s: float = Field(default=10.0, gt=0)
     recovery_idle_s: float = Field(default=0.3, gt=0)
-    #: fault injection for tests: SIGKILL the worker at this step of the commit order
-    #: (outputs_partial, outputs_sent, changelog_partial, changelog_sent, state_written) of batch N
+    #: fault injection for tests (metergate.faults): STEP@N, STEP a step of the commit order
+    #: (outputs_partial, outputs_sent, changelog_partial, changelog_sent, state_written)
+    fault: str | None = None
+    #: the same, as two settings (older tests and scripts)
     crash_point: str | None = None
     crash_after_batches: int = Field(default=1, ge=1)
+
+    @property
+    def fault_spec(self) -> str | None:
+        if self.fault:
+            return self.fault
+        return f"{self.crash_point}@{self.crash_after_batches}" if self.crash_point else None
 
     @property
     def group_id(self) -> str:

@@ -10,8 +10,6 @@ on assignment (start, rebalance) the consumer seeks to it.
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import threading
 import time
 from collections import ChainMap, defaultdict
@@ -39,6 +37,7 @@ from metergate.domain.records import (
     now_utc,
 )
 from metergate.errors import DeliveryError, InvalidInput
+from metergate.faults import Fault
 from metergate.kafka.producer import DeliveryTracker, make_producer, produce
 from metergate.wire.codec import codec
 from metergate.wire.fastwire import read_aggregate
@@ -187,13 +186,7 @@ class RatingConsumer:
         #: base-fee lines this process committed (line_key -> snapshot version): not rewritten each batch
         self._base_fees: dict[str, int] = {}
         self._batches = 0
-        fault = os.environ.get(FAULT_ENV, "")
-        self._fault_at: tuple[str, int] | None = None
-        if fault:
-            step, _, number = fault.partition("@")
-            if step not in FAULT_STEPS or not number.isdigit():
-                raise ValueError(f"{FAULT_ENV}: expected STEP@N with STEP in {FAULT_STEPS}, got {fault!r}")
-            self._fault_at = (step, int(number))
+        self._fault_at = Fault.from_env(FAULT_ENV, FAULT_STEPS)
         self.database_failures = 0  # PostgreSQL errors waited out by this process
         self.committed_updates = 0  # newer versions rated and committed by this process
         self.committed_records = 0  # records consumed and committed (stale and rejected included)
@@ -744,9 +737,7 @@ class RatingConsumer:
             self.accounting[outcome] += count
 
     def _fault(self, step: str) -> None:
-        if self._fault_at is not None and self._fault_at[0] == step and self._batches >= self._fault_at[1]:
-            log.warning("rating: %s=%s@%d: killing myself", FAULT_ENV, step, self._batches)
-            os.kill(os.getpid(), signal.SIGKILL)
+        self._fault_at.at(step, self._batches)
 
     def _tick(self, step: str, since: float) -> float:
         now = time.perf_counter()
