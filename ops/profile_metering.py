@@ -37,8 +37,8 @@ from metergate.domain.metering import Decoded, MeteringCore, MeteringRules
 from metergate.domain.records import UsageEvent
 from metergate.kafka.partitioner import partition_for
 from metergate.wire.codec import codec
+from metergate.wire.fastwire import read_event
 from metergate_services.metering.commit import _published, encode_dedup_group
-from metergate_services.metering.fastwire import read_event
 from metergate_services.metering.store import (
     AGGREGATE,
     StateStore,
@@ -164,7 +164,9 @@ def profile(events: int, batch: int, customers: int = 10_000) -> dict[str, float
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--batch", type=int, default=20_000)
     args = parser.parse_args()

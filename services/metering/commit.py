@@ -51,7 +51,7 @@ from metergate.errors import DeliveryError
 from metergate.faults import Fault
 from metergate.kafka.topics import Topics
 from metergate.wire.codec import codec
-from metergate_services.metering.fastwire import write_aggregate
+from metergate.wire.fastwire import write_aggregate
 from metergate_services.metering.store import (
     AGGREGATE,
     WATERMARK,

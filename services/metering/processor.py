@@ -62,9 +62,9 @@ from metergate.domain.records import EntitlementSnapshot, MeterDefinition
 from metergate.domain.usage import Rejection
 from metergate.errors import DecodeError
 from metergate.kafka.topics import Topics
+from metergate.wire.fastwire import read_event
 from metergate_services.metering import metrics
 from metergate_services.metering.commit import BatchCommit, Layout
-from metergate_services.metering.fastwire import read_event
 from metergate_services.metering.recovery import first_offset_from, recover
 from metergate_services.metering.store import StateStore, Watermark, decode_seen, dedup_key
 

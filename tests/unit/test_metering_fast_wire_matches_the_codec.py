@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from metergate.domain.records import Aggregation, UsageAggregate, UsageEvent
 from metergate.errors import DecodeError
 from metergate.wire.codec import codec
-from metergate_services.metering.fastwire import read_event, write_aggregate
+from metergate.wire.fastwire import read_event, write_aggregate
 
 pytestmark = pytest.mark.unit
 

@@ -14,20 +14,38 @@ union branch indexes) in a few microseconds, with the same results:
   the codec's reason codes (`not_avro`, `unknown_schema`, `unexpected_schema`, `undecodable`,
   `invalid_record`) and messages.
 
-Unit tests compare it with the codec on random records and on corrupt bytes. The metering
-worker's hand-written UsageEvent reader and UsageAggregate writer (`services/metering/fastwire.py`)
-are the same mechanism for its own hot path and can move here, next to this reader.
+Unit tests compare it with the codec on random records and on corrupt bytes.
+
+The metering worker's two hot records are here too, byte for byte the codec's format (unit tests
+compare the bytes):
+- `read_event(value)`: a UsageEvent datum with `timestamp` as int milliseconds and `quantity` as a
+  Decimal (fastavro on the schema without logical types: ~10 µs per event less than converting
+  timestamps to datetimes and back); records of an older schema version go through the codec;
+- `write_aggregate(...)`: a UsageAggregate record from plain values (timestamps in milliseconds),
+  without fastavro's ~15 µs of generic set-up per record.
 """
 
 from __future__ import annotations
 
+import copy
+import io
 import re
 from datetime import UTC, datetime, timedelta
 from decimal import Context, Decimal
-from typing import NamedTuple
+from functools import lru_cache
+from typing import Any, NamedTuple
+
+import fastavro
 
 from metergate.domain.rating import AggregateUpdate
-from metergate.domain.records import QUANTITY_PRECISION, QUANTITY_SCALE, UsageAggregate, aggregate_key
+from metergate.domain.records import (
+    QUANTITY_PRECISION,
+    QUANTITY_SCALE,
+    UsageAggregate,
+    UsageEvent,
+    aggregate_key,
+)
+from metergate.errors import DecodeError
 from metergate.wire.codec import HEADER_SIZE, MAGIC, codec, registry
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -235,3 +253,140 @@ def _read(data: bytes) -> AggregateUpdate:
         plan_key,
         plan_version,
     )
+
+
+# -- the metering worker's hot records ------------------------------------------------------------
+_event_codec = codec(UsageEvent)
+_EVENT = registry().current["UsageEvent"]
+_AGGREGATION_INDEX = {
+    symbol: index
+    for field in _AGGREGATE.parsed["fields"]
+    if field["name"] == "aggregation"
+    for index, symbol in enumerate(field["type"]["symbols"])
+}
+
+
+def _plain(schema: Any) -> Any:
+    """The event schema with its logical types removed (same bytes, no conversions)."""
+    plain = copy.deepcopy(schema)
+    for field in plain["fields"]:
+        kind = field["type"]
+        if isinstance(kind, dict) and kind.get("logicalType") in ("timestamp-millis", "decimal"):
+            field["type"] = kind["type"]
+    return fastavro.parse_schema(plain)
+
+
+_PLAIN_EVENT = _plain(_EVENT.parsed)
+#: exact for every decimal(38, 9) (the default context keeps 28 digits and would round)
+_EXACT80 = Context(prec=80)
+
+
+def read_event(value: bytes | None) -> dict[str, Any]:
+    """Decode a usage.events value; DecodeError (with the codec's reason codes) when it is not one."""
+    if (
+        value is not None
+        and len(value) >= HEADER_SIZE
+        and value[:2] == MAGIC
+        and value[2:HEADER_SIZE] == _EVENT.fingerprint
+    ):
+        body = io.BytesIO(value[HEADER_SIZE:])
+        try:
+            datum = fastavro.schemaless_reader(body, _PLAIN_EVENT, None)
+        except Exception as exc:  # fastavro raises many types for a corrupt body
+            raise DecodeError(f"corrupt UsageEvent body: {exc}", reason="undecodable") from None
+        extra = len(value) - HEADER_SIZE - body.tell()
+        if extra:
+            raise DecodeError(
+                f"UsageEvent body followed by {extra} trailing byte(s): one record per message",
+                reason="undecodable",
+            )
+        assert isinstance(datum, dict)
+        unscaled = int.from_bytes(datum["quantity"], "big", signed=True)
+        datum["quantity"] = Decimal(unscaled).scaleb(-QUANTITY_SCALE, _EXACT80)
+        return datum
+    datum = _event_codec.decode_dict(value)  # other writer versions, or the codec's error
+    timestamp = datum["timestamp"]
+    datum["timestamp"] = int(timestamp.timestamp() * 1000) if hasattr(timestamp, "timestamp") else timestamp
+    return datum
+
+
+def _put_long(out: bytearray, value: int) -> None:
+    if 0 <= value < 64:
+        out.append(value << 1)  # zigzag of a small non-negative number: one byte
+    else:
+        out += _varint(value)
+
+
+@lru_cache(maxsize=65536)
+def _varint(value: int) -> bytes:
+    """Zigzag varint of an Avro long (cached: timestamps and period bounds repeat a lot)."""
+    value = (value << 1) ^ (value >> 63)
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _put_string(out: bytearray, value: str) -> None:
+    data = value.encode()
+    _put_long(out, len(data))
+    out += data
+
+
+def _put_decimal(out: bytearray, value: Decimal) -> None:
+    unscaled = int(value.scaleb(QUANTITY_SCALE, _EXACT80))
+    if Decimal(unscaled).scaleb(-QUANTITY_SCALE, _EXACT80) != value:
+        raise ValueError(f"{value} has more than {QUANTITY_SCALE} digits after the point")
+    # as fastavro sizes it (bit_length + 1 sign bit, rounded up to bytes): the same bytes as the
+    # codec, including the negatives whose minimal form would be one byte shorter (-128 -> ff 80)
+    length = unscaled.bit_length() // 8 + 1
+    data = unscaled.to_bytes(length, "big", signed=True)
+    _put_long(out, len(data))
+    out += data
+
+
+def write_aggregate(
+    *,
+    customer_id: str,
+    meter: str,
+    aggregation: str,
+    period_start_ms: int,
+    period_end_ms: int,
+    value: Decimal,
+    event_count: int,
+    version: int,
+    last_event_ms: int,
+    last_event_id: str,
+    late: bool,
+    subscription_id: str | None,
+    plan_key: str | None,
+    plan_version: int | None,
+    updated_at_ms: int,
+) -> bytes:
+    out = bytearray(_AGGREGATE_HEADER)
+    _put_string(out, customer_id)
+    _put_string(out, meter)
+    _put_long(out, _AGGREGATION_INDEX[aggregation])
+    _put_long(out, period_start_ms)
+    _put_long(out, period_end_ms)
+    _put_decimal(out, value)
+    _put_long(out, event_count)
+    _put_long(out, version)
+    _put_long(out, last_event_ms)
+    _put_string(out, last_event_id)
+    out.append(1 if late else 0)
+    for text in (subscription_id, plan_key):
+        if text is None:
+            out.append(0)
+        else:
+            out.append(2)  # union branch 1, zigzag-encoded
+            _put_string(out, text)
+    if plan_version is None:
+        out.append(0)
+    else:
+        out.append(2)
+        _put_long(out, plan_version)
+    _put_long(out, updated_at_ms)
+    return bytes(out)
