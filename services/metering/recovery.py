@@ -63,23 +63,34 @@ def recover(
     for p in partitions:
         home = layout.changelog_partition(p)
         starts[home] = min(starts.get(home, watermarks[p].changelog), watermarks[p].changelog)
-    changelog = read_tails(
-        client_config,
-        [(changelog_topic, home, start) for home, start in sorted(starts.items())],
-        idle_s=idle_s,
+    own = [p for p in partitions if p < layout.partitions]
+
+    def output_tails(marks: dict[int, Watermark]) -> list[tuple[str, int, int]]:
+        return (
+            [(topics.limits, p, marks[p].limits) for p in own]
+            + [(topics.duplicates, p, marks[p].duplicates) for p in own]
+            + ([(topics.dlq, 0, min(marks[p].dlq for p in partitions))] if partitions else [])
+        )
+
+    changelog_tails = [(changelog_topic, home, start) for home, start in sorted(starts.items())]
+    # With a local state, the output topics are read in the same pass as the changelog, from the
+    # local watermark's positions (at or before the changelog's newest: reading from there finds
+    # everything an interrupted batch sent, and what it finds in addition only repeats marks and
+    # ids already committed). With none (a new or wiped data dir), they are read from the
+    # positions the changelog gives, after it: reading them from 0 could be long.
+    together = all(watermarks[p].input >= 0 for p in partitions)
+    read = read_tails(
+        client_config, changelog_tails + (output_tails(watermarks) if together else []), idle_s=idle_s
     )
+    changelog = {tp: records for tp, records in read.items() if tp[0] == changelog_topic}
     applied = 0
     for (_topic, home), home_records in changelog.items():
         for partition in [p for p in partitions if layout.changelog_partition(p) == home]:
             applied += _apply_changelog(partition, home_records, watermarks, totals, local, store, layout)
-    own = [p for p in partitions if p < layout.partitions]
-    outputs = read_tails(
-        client_config,
-        [(topics.limits, p, watermarks[p].limits) for p in own]
-        + [(topics.duplicates, p, watermarks[p].duplicates) for p in own]
-        + ([(topics.dlq, 0, min(watermarks[p].dlq for p in partitions))] if partitions else []),
-        idle_s=idle_s,
-    )
+    if together:
+        outputs = {tp: records for tp, records in read.items() if tp[0] != changelog_topic}
+    else:
+        outputs = read_tails(client_config, output_tails(watermarks), idle_s=idle_s)
     limit_codec, receipt_codec, dead_codec = codec(LimitEvent), codec(DuplicateReceipt), codec(DeadLetter)
     resent = 0
     for (topic, partition), records in outputs.items():
