@@ -134,3 +134,59 @@ def test_a_usage_event_with_trailing_bytes_is_undecodable_in_both_readers():
         codec(UsageEvent).decode(value)
     assert fast.value.reason == generic.value.reason == "undecodable"
     assert "2 trailing byte" in str(fast.value)
+
+
+@given(
+    event_id=text,
+    customer=text,
+    subject=st.none() | text,
+    meter=text,
+    quantity=quantities,
+    ms=st.integers(min_value=-(2**40), max_value=2**45),
+    props=st.dictionaries(st.text(max_size=20), st.text(max_size=60), max_size=5),
+    source=st.none() | st.text(max_size=30),
+)
+def test_the_hand_reader_reads_every_event_as_fastavro_does(
+    event_id, customer, subject, meter, quantity, ms, props, source
+):
+    datum = {
+        "event_id": event_id,
+        "customer_id": customer,
+        "subject_id": subject,
+        "meter": meter,
+        "quantity": quantity,
+        "timestamp": moment(ms) if ms >= 0 else datetime(1970, 1, 1, tzinfo=UTC),
+        "properties": props,
+        "source": source,
+    }
+    value = codec(UsageEvent).encode_dict(datum)
+    fast = read_event(value)
+    reference = codec(UsageEvent).decode_dict(value)
+    reference["timestamp"] = int(reference["timestamp"].timestamp() * 1000)
+    assert fast == reference
+    assert fast["quantity"].as_tuple() == reference["quantity"].as_tuple()  # same scale too
+
+
+@given(st.binary(max_size=60))
+def test_garbage_after_the_header_is_undecodable_or_read_as_fastavro_reads_it(body):
+    value = (
+        codec(UsageEvent).encode_dict(
+            {
+                "event_id": "e",
+                "customer_id": "c",
+                "meter": "m",
+                "quantity": Decimal(1),
+                "timestamp": moment(0),
+            }
+        )[:10]
+        + body
+    )
+    try:
+        reference = codec(UsageEvent).decode_dict(value)
+    except DecodeError as exc:
+        with pytest.raises(DecodeError) as caught:
+            read_event(value)
+        assert caught.value.reason == exc.reason
+        return
+    reference["timestamp"] = int(reference["timestamp"].timestamp() * 1000)
+    assert read_event(value) == reference

@@ -14,7 +14,7 @@ its first copy left the window, since every later copy is then rejected by that 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
 class Verdict(enum.Enum):
@@ -23,8 +23,9 @@ class Verdict(enum.Enum):
     DUPLICATE = "duplicate"  # a later copy: receipt, not counted
 
 
-@dataclass(frozen=True, slots=True)
-class FirstSeen:
+class FirstSeen(NamedTuple):
+    """Where the first copy of an event was read (a tuple: one is made per counted event)."""
+
     partition: int
     offset: int
     event_ms: int  # event time of the first copy, for expiry

@@ -37,6 +37,7 @@ from metergate.domain.dedup import FirstSeen, Verdict, classify
 from metergate.domain.limits import DueLimit, due, first_due, watches
 from metergate.domain.periods import period_for
 from metergate.domain.records import (
+    Aggregation,
     DeadLetter,
     DuplicateReceipt,
     EntitlementSnapshot,
@@ -229,9 +230,11 @@ class MeteringCore:
             valid.append((record, datum))
         ids = [(datum["customer_id"], datum["event_id"]) for _, datum in valid]
         stored = state.first_seen_many(ids)
+        meters: dict[str, MeterDefinition | None] = {}  # the catalog's meters, looked up once a run
+        latencies = fx.latencies_from_ms
         for (record, datum), event, first_seen in zip(valid, ids, stored, strict=True):
-            fx.latencies_from_ms.append(record.timestamp or fx.now_ms)
-            self._event(partition, record, datum, event, fx.seen.get(event) or first_seen, state, fx)
+            latencies.append(record.timestamp or fx.now_ms)
+            self._event(partition, record, datum, event, fx.seen.get(event) or first_seen, meters, state, fx)
 
     def _event(
         self,
@@ -240,6 +243,7 @@ class MeteringCore:
         datum: dict[str, Any],
         event: tuple[str, str],
         seen: FirstSeen | None,
+        meters: dict[str, MeterDefinition | None],
         state: MeteringState,
         fx: BatchEffects,
     ) -> None:
@@ -250,18 +254,25 @@ class MeteringCore:
             self._receipt(partition, record, datum, seen, fx)
             return
         event_ms: int = datum["timestamp"]
-        if verdict is Verdict.FIRST:
+        now_ms = fx.now_ms
+        if verdict is Verdict.FIRST and not (
+            now_ms - rules.dedup_window_ms <= event_ms <= now_ms + rules.future_skew_ms
+        ):  # the common case decided here; check_time words the rejection
             rejection = check_time(
-                event_ms, fx.now_ms, future_skew_ms=rules.future_skew_ms, window_ms=rules.dedup_window_ms
+                event_ms, now_ms, future_skew_ms=rules.future_skew_ms, window_ms=rules.dedup_window_ms
             )
             if rejection is not None:
                 self._reject(partition, record, rejection, fx)
                 return
-        meter = self.catalog.meter(datum["meter"])
-        rejection = check_meter(datum, meter)
-        if rejection is not None:
-            self._reject(partition, record, rejection, fx)
-            return
+        name = datum["meter"]
+        meter = meters.get(name)
+        if meter is None:
+            meter = meters[name] = self.catalog.meter(name)
+        if meter is None or meter.aggregation is Aggregation.UNIQUE_COUNT:
+            rejection = check_meter(datum, meter)
+            if rejection is not None:
+                self._reject(partition, record, rejection, fx)
+                return
         assert meter is not None
         self._fold(
             partition, record, datum, meter, event_ms, state, fx, event if verdict is Verdict.FIRST else None

@@ -289,6 +289,10 @@ def read_event(value: bytes | None) -> dict[str, Any]:
         and value[:2] == MAGIC
         and value[2:HEADER_SIZE] == _EVENT.fingerprint
     ):
+        try:
+            return _event_by_hand(value)
+        except (_NotFast, IndexError, UnicodeDecodeError):
+            pass  # fastavro decides, and words the error
         body = io.BytesIO(value[HEADER_SIZE:])
         try:
             datum = fastavro.schemaless_reader(body, _PLAIN_EVENT, None)
@@ -390,3 +394,55 @@ def write_aggregate(
         _put_long(out, plan_version)
     _put_long(out, updated_at_ms)
     return bytes(out)
+
+
+_EVENT_FIELDS = [field["name"] for field in _EVENT.parsed["fields"]]
+if _EVENT_FIELDS != [
+    "event_id",
+    "customer_id",
+    "subject_id",
+    "meter",
+    "quantity",
+    "timestamp",
+    "properties",
+    "source",
+]:
+    raise RuntimeError(f"schemas/UsageEvent.avsc fields changed ({_EVENT_FIELDS}): update {__name__}")
+
+
+def _event_by_hand(data: bytes) -> dict[str, Any]:
+    """The current UsageEvent schema read field by field (about half of fastavro's per-call cost);
+    _NotFast / IndexError / UnicodeDecodeError: let fastavro decide."""
+    event_id, pos = _string(data, HEADER_SIZE)
+    customer_id, pos = _string(data, pos)
+    subject_id, pos = _optional_string(data, pos)
+    meter, pos = _string(data, pos)
+    size, pos = _long(data, pos)
+    end = pos + size
+    if size < 0 or end > len(data):
+        raise _NotFast("quantity past the end")
+    unscaled = int.from_bytes(data[pos:end], "big", signed=True)
+    timestamp, pos = _long(data, end)
+    properties: dict[str, str] = {}
+    count, pos = _long(data, pos)
+    while count:
+        if count < 0:  # a block with its size in bytes
+            count = -count
+            _, pos = _long(data, pos)
+        for _ in range(count):
+            key, pos = _string(data, pos)
+            properties[key], pos = _string(data, pos)
+        count, pos = _long(data, pos)
+    source, pos = _optional_string(data, pos)
+    if pos != len(data):
+        raise _NotFast("trailing bytes")  # fastavro's path words the error
+    return {
+        "event_id": event_id,
+        "customer_id": customer_id,
+        "subject_id": subject_id,
+        "meter": meter,
+        "quantity": Decimal(unscaled).scaleb(-QUANTITY_SCALE, _EXACT80),
+        "timestamp": timestamp,
+        "properties": properties,
+        "source": source,
+    }
