@@ -35,6 +35,7 @@ from metergate.domain.records import (
 )
 from metergate.embedded.services import ServiceProcess, metric_sum, wait_for
 from metergate.embedded.stack import EmbeddedStack, StackInfo
+from metergate.kafka.follow import read_topic
 from metergate.settings import DatabaseSettings, KafkaSettings
 
 CATALOG = Path(__file__).resolve().parent / "catalog.yaml"
@@ -228,7 +229,6 @@ class Demo:
 
     # -- reading results ---------------------------------------------------------------------------
     def final_aggregates(self) -> dict[str, UsageAggregate]:
-        from metergate.testing.topics import read_topic
         from metergate.wire.codec import codec
 
         latest: dict[str, UsageAggregate] = {}
@@ -271,7 +271,6 @@ class Demo:
     def limit_events(self) -> list[dict[str, Any]]:
         """Every limit event on usage.limits (what enforcement services and the sidecar read)."""
         from metergate.domain.records import LimitEvent
-        from metergate.testing.topics import read_topic
         from metergate.wire.codec import codec
 
         records = read_topic(self.kafka.client_config(), self.kafka.topics.limits, idle_s=1.0)
@@ -290,7 +289,6 @@ class Demo:
 
     # -- the report --------------------------------------------------------------------------------
     def report(self, scenario: Any, meters: Mapping[str, MeterDefinition]) -> DemoResult:
-        from metergate.testing.topics import read_topic
         from metergate.wire.codec import codec
 
         result = DemoResult()
