@@ -224,7 +224,7 @@ def wrk(
 def bench_sidecar(customers: int, duration_s: int) -> None:
     from metergate.embedded.broker import EmbeddedBroker
     from metergate.kafka.admin import ensure_topics
-    from metergate.kafka.producer import DeliveryTracker, make_producer, produce
+    from metergate.kafka.producer import DeliveryTracker, flush, make_producer, produce
     from metergate.kafka.topics import Topics
     from metergate.wire.codec import codec
 
@@ -244,8 +244,7 @@ def bench_sidecar(customers: int, duration_s: int) -> None:
         for i in range(customers):
             name = f"customer-{i:05d}"
             produce(producer, topics.snapshots, name.encode(), encode(snapshot(name, anchor)), tracker)
-        producer.flush(60)
-        tracker.raise_failures()
+        flush(producer, tracker, topic=topics.snapshots, timeout_s=60)
         keys = KeyStore(work / "keys.json")
         key = keys.create("bench", ["admin"])[1]
         port = 18182
@@ -333,7 +332,7 @@ def bench_sidecar(customers: int, duration_s: int) -> None:
                 agg_codec.encode(record),
                 tracker,
             )
-            producer.flush(10)
+            flush(producer, tracker, topic=topics.aggregates, timeout_s=10)
             while True:
                 body = http.post(
                     "/v1/entitlements/check",
@@ -387,7 +386,7 @@ def bench_metering_freshness(
 ) -> None:  # type: ignore[no-untyped-def]
     """A usage event produced straight to Kafka -> metering -> usage.aggregates -> a check reflects it."""
     from metergate.domain.records import Aggregation, MeterDefinition, UsageEvent, now_utc
-    from metergate.kafka.producer import produce
+    from metergate.kafka.producer import flush, produce
     from metergate.wire.codec import codec
 
     produce(
@@ -397,7 +396,7 @@ def bench_metering_freshness(
         codec(MeterDefinition).encode(MeterDefinition(meter="api_calls", aggregation=Aggregation.SUM)),
         tracker,
     )
-    producer.flush(10)
+    flush(producer, tracker, topic=topics.meters, timeout_s=10)
     env = {
         **os.environ,
         "METERGATE_KAFKA_BOOTSTRAP": bootstrap,
@@ -437,7 +436,7 @@ def bench_metering_freshness(
             )
             produced = time.perf_counter()
             produce(producer, topics.events, name.encode(), encode(event), tracker)
-            producer.flush(10)
+            flush(producer, tracker, topic=topics.events, timeout_s=10)
             deadline = produced + (120 if i == 0 else 10)
             while usage(name) != before + 2:
                 if time.perf_counter() > deadline:

@@ -138,7 +138,7 @@ def bench(
     from metergate.domain.ledger import Grant
     from metergate.domain.records import Aggregation, EntitlementSnapshot, UsageAggregate
     from metergate.kafka.admin import ensure_topics
-    from metergate.kafka.producer import DeliveryTracker, make_producer, produce
+    from metergate.kafka.producer import DeliveryTracker, flush, make_producer, produce
     from metergate.kafka.topics import Topics
     from metergate.settings import DatabaseSettings, KafkaSettings
     from metergate.wire.codec import codec
@@ -197,8 +197,7 @@ def bench(
         produce(producer, topics.aggregates, aggregate.key.encode(), encoder.encode(aggregate), tracker)
         if n % 50_000 == 0:
             producer.poll(0)
-    producer.flush(120)
-    tracker.raise_failures()
+    flush(producer, tracker, topic=[topics.snapshots, topics.aggregates], timeout_s=120)
     produce_s = time.perf_counter() - started
 
     if workers > 1:

@@ -18,7 +18,7 @@ from confluent_kafka import Message
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from metergate.kafka.follow import TopicFollower
-from metergate.kafka.producer import DeliveryTracker, make_producer, produce
+from metergate.kafka.producer import DeliveryTracker, flush, make_producer, produce
 
 
 @dataclass(frozen=True)
@@ -42,9 +42,8 @@ def produce_all(config: dict[str, Any], topic: str, records: Sequence[tuple[byte
     started = time.perf_counter()
     for key, value in records:
         produce(producer, topic, key, value, tracker)
-    producer.flush(120)
+    flush(producer, tracker, topic=topic, timeout_s=120)
     elapsed = time.perf_counter() - started
-    tracker.raise_failures()
     return len(records) / elapsed
 
 

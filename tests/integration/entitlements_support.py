@@ -24,7 +24,7 @@ from metergate.domain.records import (
     now_utc,
 )
 from metergate.entitlements.keys import KeyStore
-from metergate.kafka.producer import DeliveryTracker, make_producer, produce
+from metergate.kafka.producer import make_producer, send
 from metergate.kafka.topics import Topics
 from metergate.wire.codec import codec
 
@@ -52,11 +52,7 @@ def wait_for(condition: Callable[[], T], timeout_s: float = 30.0, what: str = "c
 def publish_records(
     kafka_config: Mapping[str, Any], topic: str, records: Iterable[tuple[bytes, bytes]]
 ) -> None:
-    producer, tracker = make_producer(kafka_config), DeliveryTracker()
-    for key, value in records:
-        produce(producer, topic, key, value, tracker)
-    assert producer.flush(30) == 0
-    tracker.raise_failures()
+    send(make_producer(kafka_config), topic, records)
 
 
 def publish_snapshots(

@@ -175,7 +175,7 @@ class Demo:
     def stream(self, scenario: Any) -> None:
         from tqdm import tqdm
 
-        from metergate.kafka.producer import DeliveryTracker, make_producer, produce
+        from metergate.kafka.producer import make_producer, send
         from metergate.sdk import UsageProducer
 
         topics = self.kafka.topics
@@ -192,12 +192,8 @@ class Demo:
                 if index % 500 == 499:
                     usage.flush()
                     time.sleep(0.05)  # a stream, not one burst: limit events show up as it goes
-            raw, tracker = make_producer(self.kafka.client_config()), DeliveryTracker()
-            for bad in scenario.malformed:
-                produce(raw, topics.events, bad.key, bad.value, tracker)
-                bar.update(1)
-            raw.flush(30)
-            tracker.raise_failures()
+            raw = make_producer(self.kafka.client_config())
+            bar.update(send(raw, topics.events, ((bad.key, bad.value) for bad in scenario.malformed)))
         self.say(
             f"sent {total} records: {len(scenario.distinct())} distinct events, "
             f"{scenario.duplicates} re-sent duplicates, {len(scenario.malformed)} malformed"
