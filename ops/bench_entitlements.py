@@ -24,7 +24,6 @@ import os
 import random
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -43,6 +42,7 @@ from metergate.domain.records import (
     FeatureKind,
     ResetPeriod,
 )
+from metergate.embedded.processes import ChildProcess
 from metergate.entitlements import Entitlements, EntitlementsSettings
 from metergate.entitlements.keys import KeyStore
 from metergate.settings import KafkaSettings
@@ -256,14 +256,14 @@ def bench_sidecar(customers: int, duration_s: int) -> None:
             "METERGATE_ENTITLEMENTS_KEYS_FILE": str(work / "keys.json"),
             "METERGATE_ENTITLEMENTS_CHECKPOINT_PATH": str(work / "checkpoint.json"),
         }
-        log = (work / "sidecar.log").open("wb")
-        sidecar = subprocess.Popen(
+        sidecar = ChildProcess(
+            "entitlements sidecar",
             [sys.executable, "-m", "metergate_services.entitlements.main"],
+            work / "sidecar.log",
             env=env,
             cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
         )
+        sidecar.start()
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -375,8 +375,7 @@ def bench_sidecar(customers: int, duration_s: int) -> None:
         http.close()
     finally:
         if sidecar is not None:
-            sidecar.send_signal(signal.SIGTERM)
-            sidecar.wait(30)
+            sidecar.stop(30)
         broker.stop()
         shutil.rmtree(work, ignore_errors=True)
 
@@ -404,14 +403,14 @@ def bench_metering_freshness(
         "METERGATE_METERING_DATA_DIR": str(work / "metering"),
         "METERGATE_LOG_LEVEL": "WARNING",
     }
-    log = (work / "metering.log").open("wb")
-    worker = subprocess.Popen(
+    worker = ChildProcess(
+        "metering worker",
         [sys.executable, "-m", "metergate_services.metering.main"],
+        work / "metering.log",
         env=env,
         cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
     )
+    worker.start()
     encode = codec(UsageEvent).encode
     delays = []
     try:
@@ -448,8 +447,7 @@ def bench_metering_freshness(
             f"freshness, usage event produced to Kafka -> metering -> check reflects it (60 samples, ms): {percentiles(delays)}"
         )
     finally:
-        worker.send_signal(signal.SIGTERM)
-        worker.wait(30)
+        worker.stop(30)
 
 
 def main() -> None:
