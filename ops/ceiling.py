@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import Message
-from confluent_kafka.admin import AdminClient, NewTopic
 
+from metergate.kafka.admin import create_topic
 from metergate.kafka.follow import TopicFollower
 from metergate.kafka.producer import DeliveryTracker, flush, make_producer, produce
 
@@ -26,14 +26,6 @@ class Ceiling:
     records: int
     produce_per_s: float
     consume_per_s: float
-
-
-def create_topic(config: dict[str, Any], name: str, partitions: int) -> None:
-    admin = AdminClient(config)
-    admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])[name].result()
-    deadline = time.monotonic() + 30
-    while name not in admin.list_topics(timeout=10).topics and time.monotonic() < deadline:
-        time.sleep(0.1)
 
 
 def produce_all(config: dict[str, Any], topic: str, records: Sequence[tuple[bytes, bytes]]) -> float:
