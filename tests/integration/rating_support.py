@@ -168,7 +168,7 @@ def settings(
         "retry_max_s": 1.0,
         "lag_interval_s": 0,
         "expiry_interval_s": 0,
-        "session_timeout_ms": 3000,
+        "session_timeout_s": 3.0,
     }
     values.update(overrides)
     return RatingSettings(
@@ -324,7 +324,8 @@ class RatingProcess:
         return None if self.child is None else self.child.process
 
     def start(self, **extra_env: str) -> RatingProcess:
-        env = {**self.env, **extra_env, "PYTHONUNBUFFERED": "1"}
+        # INFO: the tests read the accounting line each clean exit logs (rating_load.accounting)
+        env = {"METERGATE_LOG_LEVEL": "INFO", **self.env, **extra_env, "PYTHONUNBUFFERED": "1"}
         self.child = ChildProcess(
             "rating",
             [sys.executable, "-m", "metergate_services.rating.main"],
