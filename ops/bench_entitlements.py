@@ -24,7 +24,6 @@ import os
 import random
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -43,6 +42,7 @@ from metergate.domain.records import (
     FeatureKind,
     ResetPeriod,
 )
+from metergate.embedded.processes import ChildProcess
 from metergate.entitlements import Entitlements, EntitlementsSettings
 from metergate.entitlements.keys import KeyStore
 from metergate.settings import KafkaSettings
@@ -224,7 +224,7 @@ def wrk(
 def bench_sidecar(customers: int, duration_s: int) -> None:
     from metergate.embedded.broker import EmbeddedBroker
     from metergate.kafka.admin import ensure_topics
-    from metergate.kafka.producer import DeliveryTracker, make_producer, produce
+    from metergate.kafka.producer import DeliveryTracker, flush, make_producer, produce
     from metergate.kafka.topics import Topics
     from metergate.wire.codec import codec
 
@@ -244,8 +244,7 @@ def bench_sidecar(customers: int, duration_s: int) -> None:
         for i in range(customers):
             name = f"customer-{i:05d}"
             produce(producer, topics.snapshots, name.encode(), encode(snapshot(name, anchor)), tracker)
-        producer.flush(60)
-        tracker.raise_failures()
+        flush(producer, tracker, topic=topics.snapshots, timeout_s=60)
         keys = KeyStore(work / "keys.json")
         key = keys.create("bench", ["admin"])[1]
         port = 18182
@@ -257,14 +256,14 @@ def bench_sidecar(customers: int, duration_s: int) -> None:
             "METERGATE_ENTITLEMENTS_KEYS_FILE": str(work / "keys.json"),
             "METERGATE_ENTITLEMENTS_CHECKPOINT_PATH": str(work / "checkpoint.json"),
         }
-        log = (work / "sidecar.log").open("wb")
-        sidecar = subprocess.Popen(
+        sidecar = ChildProcess(
+            "entitlements sidecar",
             [sys.executable, "-m", "metergate_services.entitlements.main"],
+            work / "sidecar.log",
             env=env,
             cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
         )
+        sidecar.start()
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -333,7 +332,7 @@ def bench_sidecar(customers: int, duration_s: int) -> None:
                 agg_codec.encode(record),
                 tracker,
             )
-            producer.flush(10)
+            flush(producer, tracker, topic=topics.aggregates, timeout_s=10)
             while True:
                 body = http.post(
                     "/v1/entitlements/check",
@@ -376,8 +375,7 @@ def bench_sidecar(customers: int, duration_s: int) -> None:
         http.close()
     finally:
         if sidecar is not None:
-            sidecar.send_signal(signal.SIGTERM)
-            sidecar.wait(30)
+            sidecar.stop(30)
         broker.stop()
         shutil.rmtree(work, ignore_errors=True)
 
@@ -387,7 +385,7 @@ def bench_metering_freshness(
 ) -> None:  # type: ignore[no-untyped-def]
     """A usage event produced straight to Kafka -> metering -> usage.aggregates -> a check reflects it."""
     from metergate.domain.records import Aggregation, MeterDefinition, UsageEvent, now_utc
-    from metergate.kafka.producer import produce
+    from metergate.kafka.producer import flush, produce
     from metergate.wire.codec import codec
 
     produce(
@@ -397,7 +395,7 @@ def bench_metering_freshness(
         codec(MeterDefinition).encode(MeterDefinition(meter="api_calls", aggregation=Aggregation.SUM)),
         tracker,
     )
-    producer.flush(10)
+    flush(producer, tracker, topic=topics.meters, timeout_s=10)
     env = {
         **os.environ,
         "METERGATE_KAFKA_BOOTSTRAP": bootstrap,
@@ -405,14 +403,14 @@ def bench_metering_freshness(
         "METERGATE_METERING_DATA_DIR": str(work / "metering"),
         "METERGATE_LOG_LEVEL": "WARNING",
     }
-    log = (work / "metering.log").open("wb")
-    worker = subprocess.Popen(
+    worker = ChildProcess(
+        "metering worker",
         [sys.executable, "-m", "metergate_services.metering.main"],
+        work / "metering.log",
         env=env,
         cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
     )
+    worker.start()
     encode = codec(UsageEvent).encode
     delays = []
     try:
@@ -437,7 +435,7 @@ def bench_metering_freshness(
             )
             produced = time.perf_counter()
             produce(producer, topics.events, name.encode(), encode(event), tracker)
-            producer.flush(10)
+            flush(producer, tracker, topic=topics.events, timeout_s=10)
             deadline = produced + (120 if i == 0 else 10)
             while usage(name) != before + 2:
                 if time.perf_counter() > deadline:
@@ -449,8 +447,7 @@ def bench_metering_freshness(
             f"freshness, usage event produced to Kafka -> metering -> check reflects it (60 samples, ms): {percentiles(delays)}"
         )
     finally:
-        worker.send_signal(signal.SIGTERM)
-        worker.wait(30)
+        worker.stop(30)
 
 
 def main() -> None:

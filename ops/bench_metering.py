@@ -27,7 +27,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -47,7 +46,7 @@ from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
 from metergate.cli.catalog import publish_catalog
 from metergate.domain.catalog import parse_catalog
 from metergate.domain.records import LimitEvent, UsageEvent
-from metergate.embedded.processes import free_port
+from metergate.embedded.processes import ChildProcess, free_port
 from metergate.kafka.admin import ensure_topics
 from metergate.kafka.partitioner import LIBRDKAFKA_PARTITIONER
 from metergate.kafka.topics import Topics
@@ -215,17 +214,20 @@ class WorkerProcess:
         }
         self.port = metrics_port
         self.log = data_dir.parent / "worker.log"
-        self.process: subprocess.Popen[bytes] | None = None
+        self.child = ChildProcess(
+            "metering worker",
+            [sys.executable, "-m", "metergate_services.metering.main"],
+            self.log,
+            env=self.env,
+            cwd=ROOT,
+        )
+
+    @property
+    def process(self) -> subprocess.Popen[bytes] | None:
+        return self.child.process
 
     def start(self) -> None:
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "metergate_services.metering.main"],
-                env=self.env,
-                cwd=ROOT,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        self.child.start()
 
     def consumed(self) -> float | None:
         try:
@@ -239,17 +241,10 @@ class WorkerProcess:
         return None
 
     def kill(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(10)
+        self.child.kill()
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        self.child.stop(30)
 
 
 def committed(config: Mapping[str, Any], group: str, topic: str) -> int:

@@ -138,7 +138,7 @@ def bench(
     from metergate.domain.ledger import Grant
     from metergate.domain.records import Aggregation, EntitlementSnapshot, UsageAggregate
     from metergate.kafka.admin import ensure_topics
-    from metergate.kafka.producer import DeliveryTracker, make_producer, produce
+    from metergate.kafka.producer import DeliveryTracker, flush, make_producer, produce
     from metergate.kafka.topics import Topics
     from metergate.settings import DatabaseSettings, KafkaSettings
     from metergate.wire.codec import codec
@@ -197,8 +197,7 @@ def bench(
         produce(producer, topics.aggregates, aggregate.key.encode(), encoder.encode(aggregate), tracker)
         if n % 50_000 == 0:
             producer.poll(0)
-    producer.flush(120)
-    tracker.raise_failures()
+    flush(producer, tracker, topic=[topics.snapshots, topics.aggregates], timeout_s=120)
     produce_s = time.perf_counter() - started
 
     if workers > 1:
@@ -292,9 +291,9 @@ def _bench_processes(
     billable: bool,
 ) -> BenchResult:
     """`workers` rating processes in one consumer group; timed by the offsets they commit."""
-    import signal
-    import subprocess
     import sys
+
+    from metergate.embedded.processes import ChildProcess
 
     env = {
         **os.environ,
@@ -308,12 +307,18 @@ def _bench_processes(
         "METERGATE_RATING_EXPIRY_INTERVAL_S": "0",
     }
     began = time.perf_counter()
+    logs = Path(tempfile.mkdtemp(prefix="bench-rating-"))
     children = [
-        subprocess.Popen(
-            [sys.executable, "-m", "metergate_services.rating.main"], env=env, stderr=subprocess.DEVNULL
+        ChildProcess(
+            f"rating worker {n}",
+            [sys.executable, "-m", "metergate_services.rating.main"],
+            logs / f"rating-{n}.log",
+            env=env,
         )
-        for _ in range(workers)
+        for n in range(workers)
     ]
+    for child in children:
+        child.start()
     try:
         first_at: float | None = None
         first_done = 0
@@ -328,14 +333,15 @@ def _bench_processes(
                 first_at, first_done = now, done
             if done >= updates:
                 break
-            if any(child.poll() is not None for child in children):
-                raise RuntimeError("a rating worker exited")
+            if not all(child.running() for child in children):
+                raise RuntimeError(f"a rating worker exited; logs in {logs}")
             time.sleep(0.02)
     finally:
         for child in children:
-            child.send_signal(signal.SIGTERM)
+            child.signal(child.stop_signal)
         for child in children:
-            child.wait(60)
+            if not child.stop(60):  # SIGTERM already sent: this waits, and kills one that hangs
+                print(f"{child.name} did not stop on SIGTERM within 60 s")
     assert first_at is not None
     rating_s = now - first_at
     with engine.begin() as conn:

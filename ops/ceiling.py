@@ -1,22 +1,24 @@
 """The broker's raw produce and consume rate: the ceiling every metergate figure is compared with.
 
 Produces pre-encoded records with the same producer settings as the SDK (idempotent, acks=all),
-then reads them all back with a plain confluent-kafka consumer (no decoding, no state). Counts, not
-end offsets, decide "done" (the embedded broker's "latest" offset can be short).
+then reads them all back with the project's reader (`metergate.kafka.follow`; no decoding, no state)
+until every record is counted.
 """
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import Message
 
-from metergate.kafka.producer import DeliveryTracker, make_producer, produce
+from metergate.kafka.admin import create_topic
+from metergate.kafka.follow import TopicFollower
+from metergate.kafka.producer import DeliveryTracker, flush, make_producer, produce
 
 
 @dataclass(frozen=True)
@@ -26,23 +28,14 @@ class Ceiling:
     consume_per_s: float
 
 
-def create_topic(config: dict[str, Any], name: str, partitions: int) -> None:
-    admin = AdminClient(config)
-    admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])[name].result()
-    deadline = time.monotonic() + 30
-    while name not in admin.list_topics(timeout=10).topics and time.monotonic() < deadline:
-        time.sleep(0.1)
-
-
 def produce_all(config: dict[str, Any], topic: str, records: Sequence[tuple[bytes, bytes]]) -> float:
     """Send every (key, value); return records/s until the last one is acknowledged."""
     producer, tracker = make_producer(config), DeliveryTracker()
     started = time.perf_counter()
     for key, value in records:
         produce(producer, topic, key, value, tracker)
-    producer.flush(120)
+    flush(producer, tracker, topic=topic, timeout_s=120)
     elapsed = time.perf_counter() - started
-    tracker.raise_failures()
     return len(records) / elapsed
 
 
@@ -50,30 +43,30 @@ def consume_all(
     config: dict[str, Any], topic: str, partitions: int, expected: int, timeout_s: float = 300
 ) -> float:
     """Read `expected` records from the beginning; return records/s from the first to the last."""
-    consumer = Consumer(
-        {
-            **config,
-            "group.id": f"ceiling-{uuid.uuid4().hex}",
-            "enable.auto.commit": False,
-            "fetch.max.bytes": 52428800,
-            "max.partition.fetch.bytes": 10485760,
-        }
+    seen, first, last = 0, 0.0, 0.0
+
+    def count(messages: list[Message]) -> None:  # no decoding, no state: the raw rate
+        nonlocal seen, first, last
+        if not seen:
+            first = time.perf_counter()
+        seen += len(messages)
+        last = time.perf_counter()
+
+    follower = TopicFollower(
+        config,
+        [topic],
+        count,
+        name="ceiling",
+        idle_s=0.0,
+        probe_interval_s=math.inf,
+        consumer_overrides={"fetch.max.bytes": 52428800, "max.partition.fetch.bytes": 10485760},
     )
-    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
-    seen, first = 0, None
-    deadline = time.monotonic() + timeout_s
     try:
-        while seen < expected and time.monotonic() < deadline:
-            batch = consumer.consume(10000, timeout=0.5)
-            if batch and first is None:
-                first = time.perf_counter()
-            seen += sum(1 for message in batch if not message.error())
-        if seen < expected:
+        if not follower.catch_up(timeout_s, idle_s=0.0, min_records=expected):
             raise TimeoutError(f"read {seen} of {expected} records in {timeout_s} s")
-        assert first is not None
-        return seen / (time.perf_counter() - first)
     finally:
-        consumer.close()
+        follower.close()
+    return seen / (last - first)
 
 
 def measure_ceiling(

@@ -64,7 +64,13 @@ class CatalogError(InvalidInput):
 
 
 class DeliveryError(MetergateError):
-    """Kafka did not accept a record (after the producer's own retries)."""
+    """Kafka did not accept a record (after the producer's own retries), or did not acknowledge it in
+    time. `topic` names where it was going, `reason` the broker's reason (or "timeout")."""
+
+    def __init__(self, message: str, *, topic: str | None = None, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.topic = topic
+        self.reason = reason
 
 
 class StackError(MetergateError):

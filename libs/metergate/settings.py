@@ -17,13 +17,25 @@ overrides by environment.
 | METERGATE_KAFKA_SECURITY_PROTOCOL | (PLAINTEXT) | PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL, for every Kafka client |
 | METERGATE_KAFKA_SASL_MECHANISM / _USERNAME / _PASSWORD | | SASL credentials, for every Kafka client (Faust: `metergate.kafka.faust_broker`) |
 | METERGATE_DATA_DIR | .metergate | where the embedded stack and local state live |
+| METERGATE_LOG_LEVEL | WARNING | log level of every service (DEBUG, INFO, WARNING, ERROR) |
+
+The pattern every service follows: one settings class with the prefix `METERGATE_<SERVICE>_`,
+composed of the shared pieces here (`kafka`, `database`, `metrics`, `log`); a duration's name ends
+in its unit, and that unit is seconds (`_S`), everywhere; a consumer group id is built by
+`consumer_group()` (the topic prefix, then the service's name), so topic prefixes isolate groups as
+they isolate topics. A setting that was renamed keeps working for a while: `renamed()` reads the
+old name and logs one line saying what to set instead.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from metergate.errors import ConfigurationError
@@ -106,3 +118,59 @@ class StackSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="METERGATE_", frozen=True, extra="ignore")
 
     data_dir: Path = Path(".metergate")
+
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class LogSettings(BaseSettings):
+    """`METERGATE_LOG_LEVEL`, one setting for every service."""
+
+    model_config = SettingsConfigDict(env_prefix="METERGATE_", frozen=True, extra="ignore")
+
+    log_level: str = "WARNING"
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.strip().upper()
+        if level not in LOG_LEVELS:
+            raise ValueError(f"METERGATE_LOG_LEVEL: expected one of {', '.join(LOG_LEVELS)}, got {value!r}")
+        return level
+
+    def configure(self) -> None:
+        """Log to stderr at this level (a service calls it once, at start-up)."""
+        logging.basicConfig(level=self.log_level, format=LOG_FORMAT)
+
+
+def consumer_group(kafka: KafkaSettings, name: str) -> str:
+    """The one rule for a consumer group id: the topic prefix, then the service's name."""
+    return f"{kafka.topic_prefix}{name}"
+
+
+#: old field name -> (new field name, how an old value becomes a new one)
+Renames = Mapping[str, tuple[str, Callable[[Any], Any]]]
+_log = logging.getLogger("metergate.settings")
+
+
+def renamed(data: Any, env_prefix: str, renames: Renames) -> Any:
+    """For a settings class's `model_validator(mode="before")`: read each old name (a keyword
+    argument, or the environment variable `env_prefix + OLD`) into its new field, with one warning
+    line; the new name wins when both are given."""
+    if not isinstance(data, dict):
+        return data
+    for old, (new, convert) in renames.items():
+        variable = f"{env_prefix}{old}".upper()
+        value = data.pop(old, None)
+        if value is None:
+            value = os.environ.get(variable)
+        if value is None:
+            continue
+        new_variable = f"{env_prefix}{new}".upper()
+        if new in data or new_variable in os.environ:
+            _log.warning("%s is deprecated and ignored: %s is set", variable, new_variable)
+            continue
+        data[new] = convert(value)
+        _log.warning("%s is deprecated: set %s=%s instead", variable, new_variable, data[new])
+    return data

@@ -26,8 +26,8 @@ log = logging.getLogger(__name__)
 def run() -> None:
     settings = MeteringSettings()
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 <pid>`: dump every thread's stack
-    level = os.environ.get("METERGATE_LOG_LEVEL", "WARNING").upper()
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings.log.configure()
+    level = settings.log.log_level
     # aiokafka and Faust build many DEBUG/INFO records on the hot path; keep them quiet by default
     noisy_level = level if os.environ.get("METERGATE_METERING_FAUST_LOGS") else "WARNING"
     for noisy in ("aiokafka", "faust", "mode"):

@@ -2,11 +2,11 @@
 
 | variable | default | meaning |
 | --- | --- | --- |
-| METERGATE_METERING_APP_ID | metergate-metering | Faust app id = consumer group (the topic prefix is put in front) |
+| METERGATE_METERING_APP_ID | metergate-metering | Faust app id; the consumer group is the topic prefix + this (`consumer_group`) |
 | METERGATE_METERING_DATA_DIR | .metergate/metering | RocksDB state + Faust's data dir |
-| METERGATE_METERING_DEDUP_WINDOW | P35D (35 days) | dedup window in event time (seconds or ISO 8601 duration) |
-| METERGATE_METERING_FUTURE_SKEW | PT5M | how far ahead of the worker's clock an event may be |
-| METERGATE_METERING_LATE_GRACE | P1D | a period closed longer than this before an event arrives makes its aggregate `late` |
+| METERGATE_METERING_DEDUP_WINDOW_S | 3024000 (35 days) | dedup window in event time, seconds |
+| METERGATE_METERING_FUTURE_SKEW_S | 300 | how far ahead of the worker's clock an event may be, seconds |
+| METERGATE_METERING_LATE_GRACE_S | 86400 (1 day) | a period closed longer than this before an event arrives makes its aggregate `late`, seconds |
 | METERGATE_METERING_BATCH_SIZE | 5000 | most records per fetch |
 | METERGATE_METERING_MAX_BATCH | 50000 | most records processed and committed as one batch (queued fetches are merged when processing falls behind) |
 | METERGATE_METERING_SESSION_TIMEOUT_S | 3 | consumer-group session timeout: how long a killed worker's partitions wait (tansu also holds each JoinGroup about half of it) |
@@ -14,18 +14,34 @@
 | METERGATE_METERING_REBALANCE_TIMEOUT_S | 10 | consumer-group rebalance timeout |
 | METERGATE_METERING_RECOVERY_IDLE_S | 0.3 | when reading a changelog/output tail, how long "no new record" means its end |
 | METERGATE_METERING_FAULT | (none) | tests only: `STEP@N` SIGKILLs the worker at STEP of the commit order (commit.py) in batch N (`..._CRASH_POINT` + `..._CRASH_AFTER_BATCHES` still read) |
-| METERGATE_KAFKA_* / METERGATE_METRICS_PORT | | shared: bootstrap, topic prefix, ...; the Prometheus port |
+| METERGATE_KAFKA_* / METERGATE_METRICS_PORT / METERGATE_LOG_LEVEL | | shared: bootstrap, topic prefix, ...; the Prometheus port; the log level |
+
+Renamed (still read, with one warning line): `METERGATE_METERING_DEDUP_WINDOW`, `_FUTURE_SKEW` and
+`_LATE_GRACE` (seconds or an ISO 8601 duration such as `P35D`) are now the `_S` settings above.
 """
 
 from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field
+from pydantic import Field, TypeAdapter, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from metergate.settings import KafkaSettings, MetricsSettings
+from metergate.settings import KafkaSettings, LogSettings, MetricsSettings, consumer_group, renamed
+
+_DURATION = TypeAdapter(timedelta)
+
+
+def _seconds(value: Any) -> float:
+    """An old duration setting (seconds, an ISO 8601 duration, or a timedelta) in seconds."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass  # an ISO 8601 duration
+    return _DURATION.validate_python(value).total_seconds()
 
 
 class MeteringSettings(BaseSettings):
@@ -33,12 +49,13 @@ class MeteringSettings(BaseSettings):
 
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    log: LogSettings = Field(default_factory=LogSettings)
 
     app_id: str = "metergate-metering"
     data_dir: Path = Path(".metergate/metering")
-    dedup_window: timedelta = timedelta(days=35)
-    future_skew: timedelta = timedelta(minutes=5)
-    late_grace: timedelta = timedelta(days=1)
+    dedup_window_s: float = Field(default=35 * 86_400, gt=0)
+    future_skew_s: float = Field(default=300, ge=0)
+    late_grace_s: float = Field(default=86_400, ge=0)
     batch_size: int = Field(default=5000, ge=1)
     max_batch: int = Field(default=50_000, ge=1)
     session_timeout_s: float = Field(default=3.0, gt=0)
@@ -52,6 +69,31 @@ class MeteringSettings(BaseSettings):
     crash_point: str | None = None
     crash_after_batches: int = Field(default=1, ge=1)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        return renamed(
+            data,
+            "METERGATE_METERING_",
+            {
+                "dedup_window": ("dedup_window_s", _seconds),
+                "future_skew": ("future_skew_s", _seconds),
+                "late_grace": ("late_grace_s", _seconds),
+            },
+        )
+
+    @property
+    def dedup_window(self) -> timedelta:
+        return timedelta(seconds=self.dedup_window_s)
+
+    @property
+    def future_skew(self) -> timedelta:
+        return timedelta(seconds=self.future_skew_s)
+
+    @property
+    def late_grace(self) -> timedelta:
+        return timedelta(seconds=self.late_grace_s)
+
     @property
     def fault_spec(self) -> str | None:
         if self.fault:
@@ -60,9 +102,9 @@ class MeteringSettings(BaseSettings):
 
     @property
     def group_id(self) -> str:
-        return f"{self.kafka.topic_prefix}{self.app_id}"
+        return consumer_group(self.kafka, self.app_id)
 
     @property
     def changelog_topic(self) -> str:
         """The worker's own state changelog (see services/metering/README.md)."""
-        return f"{self.kafka.topic_prefix}{self.app_id}-state-changelog"
+        return f"{self.group_id}-state-changelog"

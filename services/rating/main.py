@@ -21,6 +21,7 @@ log = logging.getLogger("metergate.rating")
 
 def run() -> None:
     settings = RatingSettings()
+    settings.log.configure()
     metrics_endpoint.serve(settings.metrics.port)
     consumer = RatingConsumer(settings, gc_policy=GcPolicy())
 
@@ -52,5 +53,4 @@ def run() -> None:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     run()

@@ -2,7 +2,8 @@
 
 | variable | default | meaning |
 | --- | --- | --- |
-| METERGATE_RATING_GROUP_ID | metergate-rating | consumer group (offsets are stored in PostgreSQL under this name) |
+| METERGATE_RATING_APP_ID | metergate-rating | the service's name; the consumer group is the topic prefix + this (`consumer_group`) |
+| METERGATE_RATING_GROUP_ID | (topic prefix + APP_ID) | the whole consumer group id, verbatim, when set (offsets are stored in PostgreSQL under it) |
 | METERGATE_RATING_BATCH_SIZE | 5000 | most records rated in one transaction |
 | METERGATE_RATING_POLL_TIMEOUT_S | 0.5 | longest wait for a batch to fill |
 | METERGATE_RATING_SNAPSHOT_IDLE_S | 0.5 | snapshot catch-up: no new snapshot for this long = caught up |
@@ -11,20 +12,32 @@
 | METERGATE_RATING_RETRY_MAX_S | 5 | longest wait between retries |
 | METERGATE_RATING_EXPIRY_INTERVAL_S | 60 | how often expired credit grants are closed (0 = never) |
 | METERGATE_RATING_LAG_INTERVAL_S | 10 | how often consumer lag is measured (0 = never) |
-| METERGATE_RATING_SESSION_TIMEOUT_MS | 6000 | Kafka group session timeout (a killed worker's partitions move after it) |
+| METERGATE_RATING_SESSION_TIMEOUT_S | 6 | Kafka group session timeout, seconds (a killed worker's partitions move after it) |
 | METERGATE_RATING_LINE_CACHE_KEYS | 100000 | aggregate keys whose committed lines stay in memory (0 = always read PostgreSQL) |
 | METERGATE_RATING_FLUSH_TIMEOUT_S | 30 | longest wait for the broker's acks of a batch's DLQ records (then the batch is redone) and of limit events per round (they stay in flight, never re-sent) |
 
 Shared: METERGATE_KAFKA_* (bootstrap, topic prefix, security), METERGATE_DATABASE_URL and
-METERGATE_DATABASE_SCHEMA, METERGATE_METRICS_PORT (see `metergate.settings`).
+METERGATE_DATABASE_SCHEMA, METERGATE_METRICS_PORT, METERGATE_LOG_LEVEL (see `metergate.settings`).
+
+Renamed (still read, with one warning line): `METERGATE_RATING_SESSION_TIMEOUT_MS` (milliseconds)
+is now `METERGATE_RATING_SESSION_TIMEOUT_S`.
 """
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Any
+
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from metergate.settings import DatabaseSettings, KafkaSettings, MetricsSettings
+from metergate.settings import (
+    DatabaseSettings,
+    KafkaSettings,
+    LogSettings,
+    MetricsSettings,
+    consumer_group,
+    renamed,
+)
 
 
 class RatingSettings(BaseSettings):
@@ -33,8 +46,11 @@ class RatingSettings(BaseSettings):
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    log: LogSettings = Field(default_factory=LogSettings)
 
-    group_id: str = "metergate-rating"
+    app_id: str = "metergate-rating"
+    #: the consumer group; built from the prefix and app_id unless set (verbatim)
+    group_id: str = ""
     batch_size: int = Field(default=5000, ge=1, le=100_000)
     poll_timeout_s: float = Field(default=0.5, gt=0)
     snapshot_idle_s: float = Field(default=0.5, gt=0)
@@ -43,6 +59,26 @@ class RatingSettings(BaseSettings):
     retry_max_s: float = Field(default=5.0, gt=0)
     expiry_interval_s: float = Field(default=60.0, ge=0)
     lag_interval_s: float = Field(default=10.0, ge=0)
-    session_timeout_ms: int = Field(default=6000, ge=1000)
+    session_timeout_s: float = Field(default=6.0, ge=1.0)
     line_cache_keys: int = Field(default=100_000, ge=0)
     flush_timeout_s: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        return renamed(data, "METERGATE_RATING_", {"session_timeout_ms": ("session_timeout_s", _ms_to_s)})
+
+    @model_validator(mode="after")
+    def _group(self) -> RatingSettings:
+        if not self.group_id:
+            object.__setattr__(self, "group_id", consumer_group(self.kafka, self.app_id))  # frozen
+        return self
+
+    @property
+    def session_timeout_ms(self) -> int:
+        """The session timeout as librdkafka takes it."""
+        return round(self.session_timeout_s * 1000)
+
+
+def _ms_to_s(value: Any) -> float:
+    return int(value) / 1000

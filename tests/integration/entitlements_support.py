@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,19 +22,14 @@ from metergate.domain.records import (
     aggregate_key,
     now_utc,
 )
+from metergate.embedded.processes import ChildProcess, free_port
 from metergate.entitlements.keys import KeyStore
-from metergate.kafka.producer import DeliveryTracker, make_producer, produce
+from metergate.kafka.producer import make_producer, send
 from metergate.kafka.topics import Topics
 from metergate.wire.codec import codec
 
 ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_for(condition: Callable[[], T], timeout_s: float = 30.0, what: str = "condition") -> T:
@@ -52,11 +46,7 @@ def wait_for(condition: Callable[[], T], timeout_s: float = 30.0, what: str = "c
 def publish_records(
     kafka_config: Mapping[str, Any], topic: str, records: Iterable[tuple[bytes, bytes]]
 ) -> None:
-    producer, tracker = make_producer(kafka_config), DeliveryTracker()
-    for key, value in records:
-        produce(producer, topic, key, value, tracker)
-    assert producer.flush(30) == 0
-    tracker.raise_failures()
+    send(make_producer(kafka_config), topic, records)
 
 
 def publish_snapshots(
@@ -113,21 +103,25 @@ class Sidecar:
         }
         self.env.update({f"METERGATE_ENTITLEMENTS_{k.upper()}": str(v) for k, v in settings.items()})
         self.keys = KeyStore(self.keys_file)
-        self.process: subprocess.Popen[bytes] | None = None
+        self.child: ChildProcess | None = None
         self.url = f"http://127.0.0.1:{self.port}"
 
     def key(self, name: str, *scopes: str, customers: Iterable[str] = ()) -> str:
         return self.keys.create(name, scopes, customers)[1]
 
+    @property
+    def process(self) -> subprocess.Popen[bytes] | None:
+        return None if self.child is None else self.child.process
+
     def start(self) -> Sidecar:
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "metergate_services.entitlements.main"],
-                env=self.env,
-                cwd=ROOT,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        self.child = ChildProcess(
+            "entitlements sidecar",
+            [sys.executable, "-m", "metergate_services.entitlements.main"],
+            self.log,
+            env=self.env,
+            cwd=ROOT,
+        )
+        self.child.start()
         wait_for(self._listening, 30, f"sidecar listening on {self.port}\n{self.tail()}")
         return self
 
@@ -149,18 +143,12 @@ class Sidecar:
         return wait_for(ready, timeout_s, f"sidecar ready\n{self.tail()}")
 
     def stop(self) -> int:
-        if self.process is None:
+        child, self.child = self.child, None
+        if child is None:
             return 0
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(10)
-            raise AssertionError(f"sidecar did not stop on SIGTERM within 30 s:\n{self.tail()}") from None
-        finally:
-            self.process = None
+        if not child.stop(30):
+            raise AssertionError(f"sidecar did not stop on SIGTERM within 30 s:\n{self.tail()}")
+        return child.wait(0)
 
     def tail(self) -> str:
         return self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""

@@ -20,6 +20,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from metergate.cli.catalog import publish_catalog
 from metergate.domain.catalog import parse_catalog
 from metergate.domain.records import DeadLetter, DuplicateReceipt, LimitEvent, UsageAggregate, UsageEvent
+from metergate.embedded.processes import ChildProcess
 from metergate.kafka.partitioner import LIBRDKAFKA_PARTITIONER
 from metergate.kafka.topics import Topics
 from metergate.testing.topics import read_topic
@@ -98,7 +99,7 @@ class Worker:
         }
         self.env.update({f"METERGATE_METERING_{k.upper()}": str(v) for k, v in settings.items()})
         self.log = data_dir.parent / f"{data_dir.name}-worker.log"
-        self.process: subprocess.Popen[bytes] | None = None
+        self.child: ChildProcess | None = None
         self.group = f"{topics.prefix}metergate-metering"
         self.changelog = f"{self.group}-state-changelog"
 
@@ -111,41 +112,43 @@ class Worker:
         for key in [k for k in env if k.startswith("METERGATE_METERING_CRASH")]:
             del env[key]
         env.update({f"METERGATE_METERING_{k.upper()}": str(v) for k, v in settings.items()})
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "metergate_services.metering.main"],
-                env=env,
-                cwd=ROOT,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        self.child = ChildProcess(
+            "metering worker",
+            [sys.executable, "-m", "metergate_services.metering.main"],
+            self.log,
+            env=env,
+            cwd=ROOT,
+        )
+        self.child.start()
         return self
 
+    @property
+    def process(self) -> subprocess.Popen[bytes] | None:
+        return None if self.child is None else self.child.process
+
     def wait_exit(self, timeout_s: float = 60) -> int:
-        assert self.process is not None
+        assert self.child is not None
         try:
-            return self.process.wait(timeout_s)
+            return self.child.wait(timeout_s)
         except subprocess.TimeoutExpired:
             self.dump_stacks()
             raise AssertionError(f"worker still running after {timeout_s}s:\n{self.tail()}") from None
 
     def dump_stacks(self) -> None:
         """Ask a stuck worker for every thread's stack (faulthandler on SIGUSR1) into its log."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGUSR1)
-            time.sleep(1)
+        if self.child is not None and self.child.running():
+            self.child.signal(signal.SIGUSR1)
+            time.sleep(1)  # the worker writes the stacks; nothing to wait on but its log
 
     def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(10)
+        if self.child is not None:
+            self.child.kill()
 
     def stop(self) -> int:
-        assert self.process is not None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
+        assert self.child is not None
+        self.child.signal(signal.SIGTERM)
         try:
-            return self.process.wait(30)
+            return self.child.wait(30)
         except subprocess.TimeoutExpired:
             self.dump_stacks()
             self.kill()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -36,6 +35,7 @@ from metergate.domain.records import (
     PricingModel,
     UsageAggregate,
 )
+from metergate.embedded.processes import ChildProcess
 from metergate.kafka.topics import Topics
 from metergate.settings import DatabaseSettings, KafkaSettings
 from metergate.testing.topics import read_topic
@@ -168,7 +168,7 @@ def settings(
         "retry_max_s": 1.0,
         "lag_interval_s": 0,
         "expiry_interval_s": 0,
-        "session_timeout_ms": 3000,
+        "session_timeout_s": 3.0,
     }
     values.update(overrides)
     return RatingSettings(
@@ -316,37 +316,38 @@ class RatingProcess:
 
     env: dict[str, str]
     log_path: Path
-    process: subprocess.Popen[bytes] | None = None
+    child: ChildProcess | None = None
     extra: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def process(self) -> subprocess.Popen[bytes] | None:
+        return None if self.child is None else self.child.process
+
     def start(self, **extra_env: str) -> RatingProcess:
-        env = {**self.env, **extra_env, "PYTHONUNBUFFERED": "1"}
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(self.log_path, "ab")
-        self.process = subprocess.Popen(
+        # INFO: the tests read the accounting line each clean exit logs (rating_load.accounting)
+        env = {"METERGATE_LOG_LEVEL": "INFO", **self.env, **extra_env, "PYTHONUNBUFFERED": "1"}
+        self.child = ChildProcess(
+            "rating",
             [sys.executable, "-m", "metergate_services.rating.main"],
+            self.log_path,
             env=env,
             cwd=ROOT,
-            stdout=handle,
-            stderr=subprocess.STDOUT,
         )
-        handle.close()
+        self.child.start()
         return self
 
     def wait_exit(self, timeout_s: float = 60.0) -> int:
-        assert self.process is not None
-        return self.process.wait(timeout_s)
+        assert self.child is not None
+        return self.child.wait(timeout_s)
 
     def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGKILL)
-            self.process.wait(10)
+        if self.child is not None:
+            self.child.kill()
 
     def terminate(self, timeout_s: float = 30.0) -> int:
-        assert self.process is not None
-        if self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGTERM)
-        return self.process.wait(timeout_s)
+        assert self.child is not None
+        self.child.signal(signal.SIGTERM)
+        return self.child.wait(timeout_s)
 
     def tail(self, lines: int = 40) -> str:
         if not self.log_path.exists():

@@ -54,7 +54,7 @@ def rating_env(metergate_env: dict[str, str]) -> dict[str, str]:
         "METERGATE_RATING_BATCH_SIZE": "1000",
         "METERGATE_RATING_POLL_TIMEOUT_S": "0.2",
         "METERGATE_RATING_SNAPSHOT_IDLE_S": "0.3",
-        "METERGATE_RATING_SESSION_TIMEOUT_MS": "3000",
+        "METERGATE_RATING_SESSION_TIMEOUT_S": "3",
         "METERGATE_RATING_LAG_INTERVAL_S": "0",
         "METERGATE_RATING_EXPIRY_INTERVAL_S": "0",
     }

@@ -15,10 +15,9 @@ from decimal import Decimal
 
 import pytest
 from confluent_kafka import Producer
-from confluent_kafka.admin import AdminClient, NewTopic
 
 from metergate.domain.records import UsageEvent
-from metergate.kafka.admin import ensure_topics
+from metergate.kafka.admin import create_topic, ensure_topics
 from metergate.kafka.partitioner import partition_for
 from metergate.kafka.topics import Topics
 from metergate.wire.codec import codec
@@ -42,10 +41,7 @@ def test_partitions_added_to_usage_events_keep_totals_exact(kafka_bootstrap, kaf
     topics = Topics(prefix=f"grow{rng.randrange(10**9)}.")
     ensure_topics(kafka_config, topics, 7)
     changelog = f"{topics.prefix}metergate-metering-state-changelog"
-    admin = AdminClient(kafka_config)
-    admin.create_topics([NewTopic(changelog, 4, 1, config={"cleanup.policy": "compact,delete"})])[
-        changelog
-    ].result(30)
+    assert create_topic(kafka_config, changelog, 4, config={"cleanup.policy": "compact,delete"})
     publish(CATALOG, kafka_config, topics)
     now = datetime.now(UTC).replace(microsecond=0)
 

@@ -64,7 +64,7 @@ def test_rating_killed_at_any_step_ends_identical_to_an_uninterrupted_run(
         "METERGATE_RATING_BATCH_SIZE": "50",
         "METERGATE_RATING_POLL_TIMEOUT_S": "0.2",
         "METERGATE_RATING_SNAPSHOT_IDLE_S": "0.3",
-        "METERGATE_RATING_SESSION_TIMEOUT_MS": "3000",
+        "METERGATE_RATING_SESSION_TIMEOUT_S": "3",
         "METERGATE_RATING_LAG_INTERVAL_S": "0",
         "METERGATE_RATING_EXPIRY_INTERVAL_S": "0",
     }

@@ -58,7 +58,7 @@ def test_rating_survives_twenty_random_kills(
         "METERGATE_RATING_BATCH_SIZE": "500",
         "METERGATE_RATING_POLL_TIMEOUT_S": "0.2",
         "METERGATE_RATING_SNAPSHOT_IDLE_S": "0.2",
-        "METERGATE_RATING_SESSION_TIMEOUT_MS": "1000",  # a killed member's partitions move fast
+        "METERGATE_RATING_SESSION_TIMEOUT_S": "1",  # a killed member's partitions move fast
         "METERGATE_RATING_LAG_INTERVAL_S": "0",
         "METERGATE_RATING_EXPIRY_INTERVAL_S": "0",
     }

@@ -7,9 +7,9 @@ import uuid
 from datetime import UTC, datetime
 
 import pytest
-from confluent_kafka.admin import AdminClient, NewTopic
 
 from metergate.errors import InvalidEvent
+from metergate.kafka.admin import create_topic
 from metergate.sdk import UsageProducer
 from metergate.testing.topics import read_topic
 from tests.unit.test_usage_events_partitioner_is_javas_murmur2 import java_partition
@@ -22,9 +22,7 @@ CUSTOMERS = [f"customer-{i}" for i in range(150)] + ["日本-株式会社", "\U0
 
 def _topic(kafka_config, partitions: int) -> str:
     name = f"t{uuid.uuid4().hex[:10]}.usage.events"
-    admin = AdminClient(dict(kafka_config))
-    for future in admin.create_topics([NewTopic(name, num_partitions=partitions)]).values():
-        future.result()
+    assert create_topic(kafka_config, name, partitions)
     return name
 
 

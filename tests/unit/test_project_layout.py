@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import re
+import sys
 import tomllib
 from pathlib import Path
 
@@ -61,3 +63,72 @@ def test_prometheus_scrapes_every_service():
         for t in c["targets"]
     }
     assert targets == set(SERVICES)
+
+
+# -- which way the imports run ------------------------------------------------------------------------
+#: third-party packages the pure core may use: models and validation, no I/O
+PURE_THIRD_PARTY = {"pydantic"}
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module `path` imports, at module level or inside a function (lazy imports count)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module)
+    return found
+
+
+def _modules(base: Path, skip: Path | None = None) -> list[Path]:
+    return sorted(p for p in base.rglob("*.py") if skip is None or skip not in p.parents)
+
+
+def _under(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+def test_no_product_module_imports_test_support():
+    offenders = {
+        f"{path.relative_to(ROOT)} imports {module}"
+        for path in _modules(ROOT / "libs/metergate", skip=ROOT / "libs/metergate/testing")
+        + _modules(ROOT / "services")
+        for module in _imports(path)
+        if _under(module, "metergate.testing") or _under(module, "tests")
+    }
+    assert offenders == set(), "the product (libs/metergate outside testing/, services/) uses test support"
+
+
+def test_the_libraries_do_not_import_the_services():
+    offenders = {
+        f"{path.relative_to(ROOT)} imports {module}"
+        for path in _modules(ROOT / "libs/metergate")
+        for module in _imports(path)
+        if _under(module, "metergate_services")
+    }
+    assert offenders == set(), "libs/ is imported by services/, never the other way"
+
+
+def test_the_domain_imports_only_the_stdlib_itself_and_pure_packages():
+    offenders = {
+        f"{path.relative_to(ROOT)} imports {module}"
+        for path in _modules(ROOT / "libs/metergate/domain")
+        for module in _imports(path)
+        if not (
+            module.split(".")[0] in sys.stdlib_module_names
+            or module == "__future__"
+            or _under(module, "metergate.domain")
+            or module == "metergate.errors"
+            or module.split(".")[0] in PURE_THIRD_PARTY
+        )
+    }
+    assert offenders == set(), "the domain is pure: no Kafka, database, metrics or other adapter imports"
+
+
+def test_the_import_rules_see_a_forbidden_import(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text(
+        "def f():\n    from confluent_kafka import Producer\n    import metergate.testing.topics\n"
+    )
+    assert _imports(bad) == {"confluent_kafka", "metergate.testing.topics"}

@@ -11,7 +11,7 @@ import yaml
 from metergate.cli.reporting import BadSetup
 from metergate.domain.catalog import Catalog, parse_catalog
 from metergate.domain.records import EntitlementSnapshot, MeterDefinition, now_utc
-from metergate.errors import CatalogError, DeliveryError
+from metergate.errors import CatalogError
 from metergate.settings import KafkaSettings
 from metergate.wire.codec import codec
 
@@ -61,28 +61,27 @@ def publish_catalog(
     The snapshot version defaults to the current time in milliseconds, so every apply publishes a
     higher version than the one before it (consumers keep the highest version per customer).
     """
-    from metergate.kafka.producer import DeliveryTracker, make_producer, produce
+    from metergate.kafka.producer import make_producer, send
     from metergate.kafka.topics import Topics
 
     topics = Topics(prefix)
     version = version if version is not None else time.time_ns() // 1_000_000
-    producer, tracker = make_producer(client_config), DeliveryTracker()
+    producer = make_producer(client_config)
     meter_codec = codec(MeterDefinition)
-    for meter in catalog.meters.values():
-        produce(producer, topics.meters, meter.meter.encode(), meter_codec.encode(meter), tracker)
+    send(
+        producer,
+        topics.meters,
+        ((meter.meter.encode(), meter_codec.encode(meter)) for meter in catalog.meters.values()),
+    )
     snapshot_codec = codec(EntitlementSnapshot)
-    for snapshot in catalog.snapshots(version=version, updated_at=now_utc()):
-        produce(
-            producer,
-            topics.snapshots,
-            snapshot.customer_id.encode(),
-            snapshot_codec.encode(snapshot),
-            tracker,
-        )
-    remaining = producer.flush(30)
-    tracker.raise_failures()
-    if remaining:
-        raise DeliveryError(f"catalog not fully published: {remaining} record(s) unacknowledged after 30 s")
+    send(
+        producer,
+        topics.snapshots,
+        (
+            (snapshot.customer_id.encode(), snapshot_codec.encode(snapshot))
+            for snapshot in catalog.snapshots(version=version, updated_at=now_utc())
+        ),
+    )
     return version
 
 

@@ -35,6 +35,7 @@ from metergate.domain.records import (
 )
 from metergate.embedded.services import ServiceProcess, metric_sum, wait_for
 from metergate.embedded.stack import EmbeddedStack, StackInfo
+from metergate.kafka.follow import read_topic
 from metergate.settings import DatabaseSettings, KafkaSettings
 
 CATALOG = Path(__file__).resolve().parent / "catalog.yaml"
@@ -174,7 +175,7 @@ class Demo:
     def stream(self, scenario: Any) -> None:
         from tqdm import tqdm
 
-        from metergate.kafka.producer import DeliveryTracker, make_producer, produce
+        from metergate.kafka.producer import make_producer, send
         from metergate.sdk import UsageProducer
 
         topics = self.kafka.topics
@@ -191,12 +192,8 @@ class Demo:
                 if index % 500 == 499:
                     usage.flush()
                     time.sleep(0.05)  # a stream, not one burst: limit events show up as it goes
-            raw, tracker = make_producer(self.kafka.client_config()), DeliveryTracker()
-            for bad in scenario.malformed:
-                produce(raw, topics.events, bad.key, bad.value, tracker)
-                bar.update(1)
-            raw.flush(30)
-            tracker.raise_failures()
+            raw = make_producer(self.kafka.client_config())
+            bar.update(send(raw, topics.events, ((bad.key, bad.value) for bad in scenario.malformed)))
         self.say(
             f"sent {total} records: {len(scenario.distinct())} distinct events, "
             f"{scenario.duplicates} re-sent duplicates, {len(scenario.malformed)} malformed"
@@ -228,7 +225,6 @@ class Demo:
 
     # -- reading results ---------------------------------------------------------------------------
     def final_aggregates(self) -> dict[str, UsageAggregate]:
-        from metergate.testing.topics import read_topic
         from metergate.wire.codec import codec
 
         latest: dict[str, UsageAggregate] = {}
@@ -271,7 +267,6 @@ class Demo:
     def limit_events(self) -> list[dict[str, Any]]:
         """Every limit event on usage.limits (what enforcement services and the sidecar read)."""
         from metergate.domain.records import LimitEvent
-        from metergate.testing.topics import read_topic
         from metergate.wire.codec import codec
 
         records = read_topic(self.kafka.client_config(), self.kafka.topics.limits, idle_s=1.0)
@@ -290,7 +285,6 @@ class Demo:
 
     # -- the report --------------------------------------------------------------------------------
     def report(self, scenario: Any, meters: Mapping[str, MeterDefinition]) -> DemoResult:
-        from metergate.testing.topics import read_topic
         from metergate.wire.codec import codec
 
         result = DemoResult()

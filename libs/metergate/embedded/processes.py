@@ -1,7 +1,12 @@
-"""Child processes of the embedded stack: started with a parent-death signal, stopped by their PID.
+"""Child processes: the one runner of the embedded stack, the services the demo, the benchmarks and
+the tests start, started with a parent-death signal and stopped by their PID.
 
-Each child gets PR_SET_PDEATHSIG, so even a SIGKILLed parent leaves no orphan behind; a clean stop
-sends the child's own graceful signal, waits, and kills it only if it does not go.
+Each child gets PR_SET_PDEATHSIG, so even a SIGKILLed parent leaves no orphan behind (the signal
+fires when the *thread* that started the child ends: start children from a thread that outlives
+them, e.g. the main thread); it runs in a process group of its own, so a Ctrl-C in the terminal
+reaches the parent only. Output (stdout and stderr) goes to its log file. A clean stop sends the
+child's own graceful signal, waits, and kills it only if it does not go; `kill()` is the SIGKILL a
+crash test wants.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,7 +58,8 @@ class ChildProcess:
     log_path: Path
     stop_signal: int = signal.SIGTERM
     user: str | None = None
-    env: dict[str, str] | None = None
+    env: Mapping[str, str] | None = None
+    cwd: Path | None = None
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     @property
@@ -71,7 +77,8 @@ class ChildProcess:
                 stderr=subprocess.STDOUT,
                 preexec_fn=_die_with_parent(self.stop_signal),
                 user=self.user,
-                env=self.env,
+                env=None if self.env is None else dict(self.env),
+                cwd=self.cwd,
                 close_fds=True,
             )
         except OSError as exc:
@@ -81,6 +88,32 @@ class ChildProcess:
 
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit code once the child has ended (negative: the signal that ended it)."""
+        return None if self.process is None else self.process.poll()
+
+    def signal(self, sig: int) -> None:
+        """Send `sig` to the child while it runs (SIGSTOP/SIGCONT to pause it, SIGUSR1, ...)."""
+        if self.running():
+            assert self.process is not None
+            with contextlib.suppress(ProcessLookupError):
+                self.process.send_signal(sig)
+
+    def wait(self, timeout_s: float) -> int:
+        """The exit code; raises subprocess.TimeoutExpired if it still runs after `timeout_s`."""
+        if self.process is None:
+            raise StackError(f"{self.name} was never started")
+        return self.process.wait(timeout=timeout_s)
+
+    def kill(self, timeout_s: float = 10.0) -> None:
+        """SIGKILL, and wait until it is gone."""
+        if self.running():
+            assert self.process is not None
+            with contextlib.suppress(ProcessLookupError):
+                self.process.kill()
+            self.process.wait(timeout=timeout_s)
 
     def wait_until(self, ready: Callable[[], bool], timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -92,17 +125,21 @@ class ChildProcess:
             time.sleep(0.05)
         raise StackError(f"{self.name} not ready after {timeout_s:.0f} s; last log lines:\n{self.tail()}")
 
-    def stop(self, timeout_s: float = 10.0) -> None:
+    def stop(self, timeout_s: float = 10.0) -> bool:
+        """The graceful signal, then SIGKILL after `timeout_s`; True if it went on the graceful one
+        (or had already ended)."""
         if self.process is None or self.process.poll() is not None:
-            return
+            return True
         with contextlib.suppress(ProcessLookupError):
             self.process.send_signal(self.stop_signal)
         try:
             self.process.wait(timeout=timeout_s)
+            return True
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
                 self.process.kill()
             self.process.wait(timeout=5)
+            return False
 
     def tail(self, lines: int = 20) -> str:
         try:

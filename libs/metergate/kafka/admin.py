@@ -1,4 +1,10 @@
-"""Topic administration over confluent-kafka: create every metergate topic with its policy."""
+"""Topic administration over confluent-kafka: the one way metergate creates topics.
+
+`ensure_topics` creates every metergate topic with its policy (`metergate topics create`, the dev
+stack, the tests' `topics` fixture, the benchmarks); `create_topic` creates one other topic (a
+benchmark's, a test's, a service's own). Both accept a topic that already exists and return once
+the metadata shows what was asked for.
+"""
 
 from __future__ import annotations
 
@@ -38,6 +44,29 @@ def ensure_topics(
         for spec in TOPIC_SPECS
         if topics.name(spec.name) not in existing
     ]
+    return _create(admin, wanted, timeout_s)
+
+
+def create_topic(
+    client_config: Mapping[str, Any],
+    name: str,
+    partitions: int,
+    *,
+    replication: int = 1,
+    config: Mapping[str, str] | None = None,
+    timeout_s: float = 30.0,
+) -> bool:
+    """Create one topic (a benchmark's, a test's, a service's own state topic) unless it exists;
+    True if this call created it. Returns once the topic is visible in the metadata."""
+    admin = AdminClient(dict(client_config))
+    topic = NewTopic(
+        name, num_partitions=partitions, replication_factor=replication, config=dict(config or {})
+    )
+    return name in _create(admin, [topic], timeout_s)
+
+
+def _create(admin: AdminClient, wanted: list[NewTopic], timeout_s: float) -> list[str]:
+    """The one creation path: create, accept "already exists", wait until the metadata shows them."""
     if not wanted:
         return []
     created = []
@@ -48,7 +77,7 @@ def ensure_topics(
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise
-    _wait_for_metadata(admin, created, timeout_s)
+    _wait_for_metadata(admin, [topic.topic for topic in wanted], timeout_s)
     return created
 
 

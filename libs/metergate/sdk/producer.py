@@ -27,7 +27,7 @@ from metergate.domain.records import UsageEvent, now_utc
 from metergate.domain.usage import check_ids
 from metergate.errors import InvalidEvent
 from metergate.kafka.partitioner import LIBRDKAFKA_PARTITIONER
-from metergate.kafka.producer import DeliveryTracker, make_producer, produce
+from metergate.kafka.producer import DeliveryTracker, flush, make_producer, produce
 from metergate.settings import KafkaSettings
 from metergate.wire.codec import codec
 
@@ -198,13 +198,7 @@ class UsageProducer:
 
     def flush(self, timeout_s: float = 60.0) -> None:
         """Wait until every sent event is acknowledged; raise DeliveryError for any that failed."""
-        producer = self._open()
-        remaining = producer.flush(timeout_s)
-        self._tracker.raise_failures()
-        if remaining:
-            from metergate.errors import DeliveryError
-
-            raise DeliveryError(f"{remaining} event(s) still unacknowledged after {timeout_s} s")
+        flush(self._open(), self._tracker, topic=self.topic, timeout_s=timeout_s)
 
     def close(self, timeout_s: float = 60.0) -> None:
         if self._producer is None:
