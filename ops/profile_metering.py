@@ -34,8 +34,8 @@ from rocksdict import WriteBatch
 
 from metergate.domain.catalog import parse_catalog
 from metergate.domain.metering import Decoded, MeteringCore, MeteringRules
+from metergate.domain.partitioning import partition_for
 from metergate.domain.records import UsageEvent
-from metergate.kafka.partitioner import partition_for
 from metergate.wire.codec import codec
 from metergate.wire.fastwire import read_event
 from metergate_services.metering.commit import _published, encode_dedup_group

@@ -12,8 +12,8 @@ from decimal import Decimal
 import pytest
 from confluent_kafka import Producer
 
+from metergate.domain.partitioning import partition_for
 from metergate.domain.records import UsageEvent
-from metergate.kafka.partitioner import partition_for
 from metergate.wire.codec import codec
 from tests.integration.metering_support import (
     AggregateWatcher,

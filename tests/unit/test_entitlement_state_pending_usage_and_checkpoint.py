@@ -9,13 +9,13 @@ from decimal import Decimal
 import pytest
 
 from metergate.domain.entitlements import Reason, Source
+from metergate.domain.partitioning import partition_for
 from metergate.domain.periods import Period
 from metergate.domain.records import Aggregation, LimitEvent, LimitKind, UsageAggregate
 from metergate.entitlements import checkpoint
 from metergate.entitlements.keys import KeyStore
 from metergate.entitlements.service import canonical_partition
 from metergate.entitlements.state import EntitlementState, Freshness, PendingUsage
-from metergate.kafka.partitioner import partition_for
 from metergate.wire.codec import codec
 from tests.unit.test_entitlement_decisions import END, NOW, START, snapshot
 

@@ -21,6 +21,7 @@ from metergate.domain.metering import (
     MeteringRules,
     millis,
 )
+from metergate.domain.partitioning import partition_for
 from metergate.domain.records import (
     Aggregation,
     Enforcement,
@@ -32,7 +33,6 @@ from metergate.domain.records import (
     ResetPeriod,
 )
 from metergate.domain.usage import Rejection
-from metergate.kafka.partitioner import partition_for
 
 pytestmark = pytest.mark.unit
 

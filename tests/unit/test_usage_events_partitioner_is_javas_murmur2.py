@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from metergate.kafka.partitioner import murmur2, partition_for
+from metergate.domain.partitioning import murmur2, partition_for
 
 #: org.apache.kafka.common.utils.UtilsTest#testMurmur2 (signed Java ints)
 JAVA_VECTORS = {

@@ -35,6 +35,7 @@ from typing import Any, Protocol
 from metergate.domain.aggregation import PeriodTotal, RunningTotal
 from metergate.domain.dedup import FirstSeen, Verdict, classify
 from metergate.domain.limits import DueLimit, due, first_due, watches
+from metergate.domain.partitioning import partition_for
 from metergate.domain.periods import period_for
 from metergate.domain.records import (
     Aggregation,
@@ -50,7 +51,6 @@ from metergate.domain.records import (
     limit_event_id,
 )
 from metergate.domain.usage import Rejection, check_meter, check_shape, check_time
-from metergate.kafka.partitioner import partition_for
 
 SERVICE = "metering"
 #: outcomes of an input record, in the order of the counters kept per partition

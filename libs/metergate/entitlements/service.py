@@ -44,6 +44,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from metergate.domain.entitlements import Decision, Source, requested
+from metergate.domain.partitioning import partition_for
 from metergate.domain.periods import Period, calendar_month, period_for
 from metergate.domain.records import (
     CreditBalance,
@@ -58,7 +59,6 @@ from metergate.entitlements.settings import EntitlementsSettings
 from metergate.entitlements.state import EntitlementState, Freshness, PendingUsage, wall
 from metergate.errors import InvalidEvent, InvalidInput
 from metergate.kafka.follow import TopicFollower
-from metergate.kafka.partitioner import partition_for
 from metergate.kafka.producer import make_producer
 from metergate.wire.codec import codec
 

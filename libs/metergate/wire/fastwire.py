@@ -49,6 +49,7 @@ from metergate.errors import DecodeError
 from metergate.wire.codec import HEADER_SIZE, MAGIC, codec, registry
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_MS = timedelta(milliseconds=1)
 _aggregate_codec = codec(UsageAggregate)
 _AGGREGATE = registry().current["UsageAggregate"]
 _AGGREGATE_HEADER = MAGIC + _AGGREGATE.fingerprint
@@ -310,7 +311,8 @@ def read_event(value: bytes | None) -> dict[str, Any]:
         return datum
     datum = _event_codec.decode_dict(value)  # other writer versions, or the codec's error
     timestamp = datum["timestamp"]
-    datum["timestamp"] = int(timestamp.timestamp() * 1000) if hasattr(timestamp, "timestamp") else timestamp
+    # exact: float seconds * 1000 would turn 1.001 s into 1000 ms
+    datum["timestamp"] = (timestamp - _EPOCH) // _ONE_MS if isinstance(timestamp, datetime) else timestamp
     return datum
 
 
