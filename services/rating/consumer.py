@@ -57,9 +57,10 @@ SERVICE = "rating"
 #: Tests only: "STEP@N" makes the process SIGKILL itself the first time it reaches STEP in its Nth
 #: batch or later, to prove that a crash between any two steps of the commit order loses and
 #: duplicates nothing. Steps, in order: locked, folded, dlq_sent, written (all before COMMIT),
-#: committed, published (limit events sent, not yet marked published).
+#: committed, published (limit events sent, not yet marked published), balance_published (credit
+#: balances sent, not yet marked published).
 FAULT_ENV = "METERGATE_RATING_FAULT"
-FAULT_STEPS = ("locked", "folded", "dlq_sent", "written", "committed", "published")
+FAULT_STEPS = ("locked", "folded", "dlq_sent", "written", "committed", "published", "balance_published")
 
 
 def is_data_error(exc: BaseException) -> bool:
@@ -874,10 +875,10 @@ class RatingConsumer:
         limit_event_id, so consumers deduplicate; the same balance and ledger position, which
         readers keep once.
 
-        Balances: of the rows held for a customer only the newest is sent, never while another of
-        the customer's is in flight (the broker keeps one producer's order per partition, but a
-        definitive failure would let an older one be produced again after a newer one), nor while
-        another relay holds an older one; held rows a newer one supersedes are deleted unsent.
+        Balances: of the rows held for a customer only the newest is sent, and not while another
+        relay holds an older one (it might land after); held rows a newer one supersedes are
+        deleted unsent. At most one balance per customer is in flight: balances recorded while
+        the broker is slow collapse into the newest, sent once the previous one is acknowledged.
         Balance rows come from rating's own batches, from expiry and from `metergate credits
         grant|expire` (any process writing ledger entries): the relay looks for them after every
         batch that wrote entries and every `OUTBOX_INTERVAL_S`.
@@ -941,9 +942,11 @@ class RatingConsumer:
         conn, transaction = self._publisher
         delivered = sorted(self._limits_delivered)
         balances = sorted(self._balances_delivered)
-        if delivered or balances:
+        if delivered:
             self._fault("published")
             rating_store.mark_published(conn, delivered)
+        if balances:
+            self._fault("balance_published")
             rating_store.mark_balances_published(conn, balances)
         waiting = len(self._limits_in_flight - self._limits_delivered)
         waiting += len(self._balances_in_flight - self._balances_delivered)
