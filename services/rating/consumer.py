@@ -603,9 +603,10 @@ class RatingConsumer:
         3. send this batch's DLQ records and wait for the broker's acks (failure: roll back;
            the whole batch is redone, so a DLQ record may be sent twice: DLQ consumers
            deduplicate by `source` position);
-        4. write line items, ledger entries (+ grants' running figures), depletion counters and
-           their LimitEvents into `limit_outbox`, refreshed `invoice_sync` rows, and the offsets
-           after the batch, all in this one transaction;
+        4. write line items, ledger entries (+ grants' running figures, + the customers' balances
+           into `balance_outbox`), depletion counters and their LimitEvents into `limit_outbox`,
+           refreshed `invoice_sync` rows, and the offsets after the batch, all in this one
+           transaction;
         5. COMMIT. A crash before it leaves nothing: the restart seeks to the stored offsets and
            redoes the batch, and idempotency keys + version guards make the redo exact;
         6. after COMMIT, publish `limit_outbox` rows to usage.limits and mark them published (a
