@@ -228,7 +228,10 @@ class RatingConsumer:
         (PostgreSQL works, this thread would only wait), this thread consumes and decodes batch
         N+1. Batch N+1's transaction starts only after N committed (`_settle`), so the commit order
         of every batch, and what each step replays, are those of `_rate`; if N does not commit,
-        N+1 is dropped and consumption restarts at the stored offsets.
+        N+1 is dropped and consumption restarts at the stored offsets. Step 6 of N (relaying the
+        outbox rows it committed) runs once N+1 is on the writer, so its wait for the broker's
+        acks overlaps N+1's writes; the publisher transaction locks only committed outbox rows,
+        and N+1 only inserts new ones.
         """
         try:
             self.snapshots.catch_up(self.settings.snapshot_idle_s, self.settings.snapshot_timeout_s)
@@ -261,10 +264,16 @@ class RatingConsumer:
                     break
                 if batch is not None:
                     self._start(batch, ahead)
+                if self._outbox_pending:  # step 6 of what committed, while the writer writes the next batch
+                    mark = time.perf_counter()
+                    self._publish_outbox()
+                    self._tick("publish outbox", mark)
         finally:
             try:
                 if self._inflight is not None:
                     self._settle()
+                if self._outbox_pending:
+                    self._publish_outbox()
             finally:
                 self.close()
 
@@ -731,9 +740,8 @@ class RatingConsumer:
         self.committed_updates += fold.updates
         self.committed_records += len(batch.messages)
         self.last_commit_at = committed_at
-        if fold.depletions or fold.entries:  # a limit event, or a balance to publish
+        if fold.depletions or fold.entries:  # a limit event, or a balance: step 6 follows in run()
             self._outbox_pending = True
-            self._publish_outbox()  # 6
 
     def _account(self, batch: Batch, fold: RatingFold) -> None:
         """Count a committed batch's records by outcome (`metrics.RECORDS`); a sum that does not
@@ -975,7 +983,7 @@ class RatingConsumer:
 
     def _housekeeping(self) -> None:
         now = time.monotonic()
-        if self._outbox_pending or now >= self._next_outbox:
+        if now >= self._next_outbox:  # what other processes recorded (and leftovers of a crash)
             self._next_outbox = now + self.settings.outbox_interval_s
             self._publish_outbox()
         interval = self.settings.expiry_interval_s
