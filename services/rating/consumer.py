@@ -994,6 +994,7 @@ class RatingConsumer:
                     entries = credit_store.expire_due(conn, datetime.now(UTC))
                 for entry in entries:
                     metrics.LEDGER_WRITES.labels(entry.entry_type.value).inc()
+                self._outbox_pending = self._outbox_pending or bool(entries)  # the customers' new balances
             except (OperationalError, InterfaceError) as exc:
                 log.warning("rating: credit expiry skipped (%s)", _first_line(exc))
         interval = self.settings.lag_interval_s
