@@ -27,9 +27,10 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from metergate.db import credit_store, rating_store
 from metergate.db.engine import make_engine
-from metergate.domain.ledger import depletion_event_id
+from metergate.domain.ledger import BalanceRow, balances_to_publish, depletion_event_id
 from metergate.domain.rating import AggregateUpdate, Line, RatingFold, check_aggregate
 from metergate.domain.records import (
+    CreditBalance,
     DeadLetter,
     KafkaPosition,
     LimitEvent,
@@ -55,9 +56,10 @@ SERVICE = "rating"
 #: Tests only: "STEP@N" makes the process SIGKILL itself the first time it reaches STEP in its Nth
 #: batch or later, to prove that a crash between any two steps of the commit order loses and
 #: duplicates nothing. Steps, in order: locked, folded, dlq_sent, written (all before COMMIT),
-#: committed, published (limit events sent, not yet marked published).
+#: committed, published (limit events sent, not yet marked published), balance_published (credit
+#: balances sent, not yet marked published).
 FAULT_ENV = "METERGATE_RATING_FAULT"
-FAULT_STEPS = ("locked", "folded", "dlq_sent", "written", "committed", "published")
+FAULT_STEPS = ("locked", "folded", "dlq_sent", "written", "committed", "published", "balance_published")
 
 
 def is_data_error(exc: BaseException) -> bool:
@@ -177,7 +179,13 @@ class RatingConsumer:
         self._limits_in_flight: set[str] = set()
         #: limit_outbox ids delivered, not yet marked published
         self._limits_delivered: set[str] = set()
-        #: the publisher transaction holding the claimed limit_outbox rows while some are in flight
+        self._balances = codec(CreditBalance)
+        #: balance_outbox rows (customer, ledger position) produced, delivery report outstanding
+        self._balances_in_flight: set[tuple[str, int]] = set()
+        #: balance_outbox rows delivered, not yet marked published
+        self._balances_delivered: set[tuple[str, int]] = set()
+        self._next_outbox = 0.0
+        #: the publisher transaction holding the claimed outbox rows while some are in flight
         self._publisher: tuple[Connection, RootTransaction] | None = None
         self._snapshot_rejects: list[DeadLetter] = []
         self._next_expiry = 0.0
@@ -213,7 +221,10 @@ class RatingConsumer:
         (PostgreSQL works, this thread would only wait), this thread consumes and decodes batch
         N+1. Batch N+1's transaction starts only after N committed (`_settle`), so the commit order
         of every batch, and what each step replays, are those of `_rate`; if N does not commit,
-        N+1 is dropped and consumption restarts at the stored offsets.
+        N+1 is dropped and consumption restarts at the stored offsets. Step 6 of N (relaying the
+        outbox rows it committed) runs once N+1 is on the writer, so its wait for the broker's
+        acks overlaps N+1's writes; the publisher transaction locks only committed outbox rows,
+        and N+1 only inserts new ones.
         """
         try:
             self.snapshots.catch_up(self.settings.snapshot_idle_s, self.settings.snapshot_timeout_s)
@@ -246,10 +257,16 @@ class RatingConsumer:
                     break
                 if batch is not None:
                     self._start(batch, ahead)
+                if self._outbox_pending:  # step 6 of what committed, while the writer writes the next batch
+                    mark = time.perf_counter()
+                    self._publish_outbox()
+                    self._tick("publish outbox", mark)
         finally:
             try:
                 if self._inflight is not None:
                     self._settle()
+                if self._outbox_pending:
+                    self._publish_outbox()
             finally:
                 self.close()
 
@@ -264,7 +281,7 @@ class RatingConsumer:
             if self._publisher is not None:
                 self._mark_published()  # delivered while closing: not re-published at the next start
         except (OperationalError, InterfaceError) as exc:
-            log.warning("rating: delivered limit events left unmarked (%s)", _first_line(exc))
+            log.warning("rating: delivered outbox records left unmarked (%s)", _first_line(exc))
         finally:
             self._drop_publisher()
         self.snapshots.close()
@@ -588,16 +605,19 @@ class RatingConsumer:
         3. send this batch's DLQ records and wait for the broker's acks (failure: roll back;
            the whole batch is redone, so a DLQ record may be sent twice: DLQ consumers
            deduplicate by `source` position);
-        4. write line items, ledger entries (+ grants' running figures), depletion counters and
-           their LimitEvents into `limit_outbox`, refreshed `invoice_sync` rows, and the offsets
-           after the batch, all in this one transaction;
+        4. write line items, ledger entries (+ grants' running figures, + the customers' balances
+           into `balance_outbox`), depletion counters and their LimitEvents into `limit_outbox`,
+           refreshed `invoice_sync` rows, and the offsets after the batch, all in this one
+           transaction;
         5. COMMIT. A crash before it leaves nothing: the restart seeks to the stored offsets and
            redoes the batch, and idempotency keys + version guards make the redo exact;
         6. after COMMIT, publish `limit_outbox` rows to usage.limits and mark them published (a
            crash in between re-publishes them at start: the same limit_event_id, so consumers
            deduplicate; the depletion itself is recorded exactly once, in step 4). Each row is
            produced once and stays in flight until its delivery report, however long the broker
-           stalls: never re-produced because a flush timed out (`_publish_limits`).
+           stalls: never re-produced because a flush timed out (`_publish_outbox`). The balance
+           outbox rows step 4 wrote (with the ledger entries) are relayed here too: each
+           customer's newest balance, never an older one after a newer one.
 
         A batch PostgreSQL refuses as data (SQLSTATE class 22) is redone one record at a time,
         the refused record going to the DLQ as `unwritable` (`_isolate`); the rule that no record
@@ -713,9 +733,8 @@ class RatingConsumer:
         self.committed_updates += fold.updates
         self.committed_records += len(batch.messages)
         self.last_commit_at = committed_at
-        if fold.depletions:
+        if fold.depletions or fold.entries:  # a limit event, or a balance: step 6 follows in run()
             self._outbox_pending = True
-            self._publish_limits()  # 6
 
     def _account(self, batch: Batch, fold: RatingFold) -> None:
         """Count a committed batch's records by outcome (`metrics.RECORDS`); a sum that does not
@@ -823,8 +842,27 @@ class RatingConsumer:
 
         return report
 
-    def _publish_limits(self) -> None:
-        """Publish unpublished limit_outbox rows (step 6 of the commit order), exactly once each.
+    def _balance_delivered(self, row: tuple[str, int]) -> Callable[[KafkaError | None, Message], None]:
+        def report(error: KafkaError | None, _message: Message) -> None:
+            if error is None:
+                self._balances_delivered.add(row)
+            else:  # librdkafka gave up on it: the customer's newest balance is sent at the next round
+                log.warning("rating: credit balance %s@%d not delivered (%s); will retry", *row, error.str())
+                self._balances_in_flight.discard(row)
+
+        return report
+
+    def _produce(self, topic: str, key: str, value: bytes, report: Callable[..., None]) -> None:
+        while True:
+            try:
+                self.producer.produce(topic, value=value, key=key.encode(), on_delivery=report)
+                return
+            except BufferError:
+                self.producer.poll(0.05)
+
+    def _publish_outbox(self) -> None:
+        """Relay the outboxes (step 6 of the commit order): `limit_outbox` rows exactly once each,
+        and each customer's newest `balance_outbox` row (rule 9 of `metergate.domain.ledger`).
 
         The rows are claimed in one publisher transaction (`FOR UPDATE SKIP LOCKED`: another
         consumer publishing at the same time takes other rows), held while any of them is in
@@ -834,59 +872,97 @@ class RatingConsumer:
         published; only a definitive delivery failure lets it be produced anew. (Before: a 30 s
         flush gave up while the first copy was still queued, and the retry sent a second one.) A
         crash after delivery, before the mark commits, re-publishes it at start: the same
-        limit_event_id, so consumers deduplicate.
+        limit_event_id, so consumers deduplicate; the same balance and ledger position, which
+        readers keep once.
+
+        Balances: of the rows held for a customer only the newest is sent, and not while another
+        relay holds an older one (it might land after); held rows a newer one supersedes are
+        deleted unsent. At most one balance per customer is in flight: balances recorded while
+        the broker is slow collapse into the newest, sent once the previous one is acknowledged.
+        Balance rows come from rating's own batches, from expiry and from `metergate credits
+        grant|expire` (any process writing ledger entries): the relay looks for them after every
+        batch that wrote entries and every `OUTBOX_INTERVAL_S`.
         """
         try:
             if self._publisher is None:
                 conn = self.engine.connect()
                 self._publisher = (conn, conn.begin())
             conn, _ = self._publisher
-            rows = rating_store.claim_unpublished_limits(conn)
-            for event_id, customer_id, payload in rows:
+            for event_id, customer_id, payload in rating_store.claim_unpublished_limits(conn):
                 if event_id in self._limits_in_flight:
                     continue
                 self._limits_in_flight.add(event_id)
-                while True:
-                    try:
-                        self.producer.produce(
-                            self.topics.limits,
-                            value=payload,
-                            key=customer_id.encode(),
-                            on_delivery=self._limit_delivered(event_id),
-                        )
-                        break
-                    except BufferError:
-                        self.producer.poll(0.05)
-            if self._limits_in_flight:
+                self._produce(self.topics.limits, customer_id, payload, self._limit_delivered(event_id))
+            self._relay_balances(conn)
+            if self._limits_in_flight or self._balances_in_flight:
                 self.producer.flush(self.settings.flush_timeout_s)  # what is still queued stays in flight
             self._mark_published()
         except (OperationalError, InterfaceError) as exc:
             self._drop_publisher()
-            log.warning("rating: limit events not published yet (%s); will retry", _first_line(exc))
+            log.warning("rating: outbox not published yet (%s); will retry", _first_line(exc))
+
+    def _relay_balances(self, conn: Connection) -> None:
+        """Claim unpublished balances and produce what rule 9 lets this relay send now."""
+        claimed = rating_store.claim_unpublished_balances(conn)
+        if not claimed:
+            return
+        sent = self._balances_in_flight | self._balances_delivered
+        held = {(b.customer_id, b.ledger_position): b for b in claimed}
+        known = [
+            BalanceRow(
+                r.customer_id, r.ledger_position, r.published or (r.customer_id, r.ledger_position) in sent
+            )
+            for r in rating_store.recorded_balances(conn, {b.customer_id for b in claimed})
+        ]
+        waiting = {customer for customer, _ in self._balances_in_flight - self._balances_delivered}
+        relay = balances_to_publish((row for row in held if row not in sent), known, waiting)
+        rating_store.drop_balances(conn, relay.superseded)
+        for row in relay.send:
+            balance = held[row]
+            record = CreditBalance(
+                customer_id=balance.customer_id,
+                currency=balance.currency,
+                balance=balance.balance,
+                ledger_position=balance.ledger_position,
+                as_of=balance.as_of,
+            )
+            self._balances_in_flight.add(row)
+            self._produce(
+                self.topics.balances,
+                balance.customer_id,
+                self._balances.encode(record),
+                self._balance_delivered(row),
+            )
 
     def _mark_published(self) -> None:
-        """Step 6's second half: mark the delivered limit events published; COMMIT the publisher
+        """Step 6's second half: mark the delivered outbox rows published; COMMIT the publisher
         transaction once none is in flight any more."""
         if self._publisher is None:
             return
         conn, transaction = self._publisher
         delivered = sorted(self._limits_delivered)
+        balances = sorted(self._balances_delivered)
         if delivered:
             self._fault("published")
             rating_store.mark_published(conn, delivered)
-        if not self._limits_in_flight - self._limits_delivered:
+        if balances:
+            self._fault("balance_published")
+            rating_store.mark_balances_published(conn, balances)
+        waiting = len(self._limits_in_flight - self._limits_delivered)
+        waiting += len(self._balances_in_flight - self._balances_delivered)
+        if not waiting:
             transaction.commit()
             self._drop_publisher()
             self._limits_in_flight.difference_update(delivered)
             self._limits_delivered.difference_update(delivered)
+            self._balances_in_flight.difference_update(balances)
+            self._balances_delivered.difference_update(balances)
             metrics.LIMITS_PUBLISHED.inc(len(delivered))
+            metrics.BALANCES_PUBLISHED.inc(len(balances))
             self._outbox_pending = False
         else:
             self._outbox_pending = True
-            log.info(
-                "rating: %d limit event(s) awaiting the broker's ack",
-                len(self._limits_in_flight - self._limits_delivered),
-            )
+            log.info("rating: %d outbox record(s) awaiting the broker's ack", waiting)
 
     def _drop_publisher(self) -> None:
         if self._publisher is not None:
@@ -898,8 +974,9 @@ class RatingConsumer:
 
     def _housekeeping(self) -> None:
         now = time.monotonic()
-        if self._outbox_pending:
-            self._publish_limits()
+        if now >= self._next_outbox:  # what other processes recorded (and leftovers of a crash)
+            self._next_outbox = now + self.settings.outbox_interval_s
+            self._publish_outbox()
         interval = self.settings.expiry_interval_s
         if interval and now >= self._next_expiry:
             self._next_expiry = now + interval
@@ -908,6 +985,7 @@ class RatingConsumer:
                     entries = credit_store.expire_due(conn, datetime.now(UTC))
                 for entry in entries:
                     metrics.LEDGER_WRITES.labels(entry.entry_type.value).inc()
+                self._outbox_pending = self._outbox_pending or bool(entries)  # the customers' new balances
             except (OperationalError, InterfaceError) as exc:
                 log.warning("rating: credit expiry skipped (%s)", _first_line(exc))
         interval = self.settings.lag_interval_s

@@ -17,6 +17,9 @@ REJECTED = Counter("metergate_rating_rejected", "Records sent to the DLQ by rati
 LAG = Gauge("metergate_consumer_lag", "Records of usage.aggregates not yet rated", ["partition"])
 DB_RETRIES = Counter("metergate_rating_db_retries", "PostgreSQL failures the consumer waited out")
 LIMITS_PUBLISHED = Counter("metergate_rating_limit_events_published", "credits_depleted events published")
+BALANCES_PUBLISHED = Counter(
+    "metergate_rating_balances_published", "Credit balances published to credits.balances (delivered)"
+)
 
 #: The accounting invariant, per process: every record of usage.aggregates whose batch committed is
 #: counted once in CONSUMED and once in RECORDS under exactly one outcome, so

@@ -14,6 +14,7 @@
 | METERGATE_RATING_LAG_INTERVAL_S | 10 | how often consumer lag is measured (0 = never) |
 | METERGATE_RATING_SESSION_TIMEOUT_S | 6 | Kafka group session timeout, seconds (a killed worker's partitions move after it) |
 | METERGATE_RATING_LINE_CACHE_KEYS | 100000 | aggregate keys whose committed lines stay in memory (0 = always read PostgreSQL) |
+| METERGATE_RATING_OUTBOX_INTERVAL_S | 1 | how often the outboxes are looked at besides after each batch that wrote ledger entries (what `metergate credits grant`/`expire` recorded is published within it) |
 | METERGATE_RATING_FLUSH_TIMEOUT_S | 30 | longest wait for the broker's acks of a batch's DLQ records (then the batch is redone) and of limit events per round (they stay in flight, never re-sent) |
 
 Shared: METERGATE_KAFKA_* (bootstrap, topic prefix, security), METERGATE_DATABASE_URL and
@@ -62,6 +63,7 @@ class RatingSettings(BaseSettings):
     session_timeout_s: float = Field(default=6.0, ge=1.0)
     line_cache_keys: int = Field(default=100_000, ge=0)
     flush_timeout_s: float = Field(default=30.0, gt=0)
+    outbox_interval_s: float = Field(default=1.0, gt=0)
 
     @model_validator(mode="before")
     @classmethod

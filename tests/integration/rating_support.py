@@ -297,6 +297,13 @@ def state(database_url: str, schema: str) -> dict[str, list[tuple[Any, ...]]]:
             schema,
             "SELECT limit_event_id, customer_id, kind, payload FROM limit_outbox ORDER BY 1",
         ),
+        # ledger positions are entry ids: a rolled-back transaction leaves a gap in the sequence
+        "balance_outbox": query(
+            database_url,
+            schema,
+            "SELECT customer_id, currency, balance, published_at IS NOT NULL FROM balance_outbox"
+            " ORDER BY customer_id, ledger_position",
+        ),
     }
 
 

@@ -1,7 +1,8 @@
 """A balance published to `credits.balances` reaches the in-process check: zero credit denies usage
 beyond the included units with `credits_exhausted`, a later ledger position with credit allows it again,
 and an older position relayed late never rolls it back. Real broker; the balance is produced directly
-(rating does not publish it yet). The clock is injected: the fixed NOW of the unit tests."""
+(rating publishing it: test_a_customer_whose_credits_run_out_is_denied_by_the_check.py). The clock
+is injected: the fixed NOW of the unit tests."""
 
 from __future__ import annotations
 

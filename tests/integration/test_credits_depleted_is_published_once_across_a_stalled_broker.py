@@ -49,7 +49,7 @@ class StallingConsumer(RatingConsumer):
     stalled_at: float | None = None
     publish_rounds = 0
 
-    def _publish_limits(self) -> None:
+    def _publish_outbox(self) -> None:
         with self.engine.connect() as conn:
             pending = conn.exec_driver_sql("SELECT count(*) FROM limit_outbox WHERE published_at IS NULL")
             has_rows = bool(pending.scalar())
@@ -59,7 +59,7 @@ class StallingConsumer(RatingConsumer):
             threading.Timer(STALL_S, os.kill, (self.broker_pid, signal.SIGCONT)).start()
         if has_rows:
             self.publish_rounds += 1
-        super()._publish_limits()
+        super()._publish_outbox()
 
 
 @pytest.fixture

@@ -63,3 +63,10 @@ def test_credits_grant_records_a_grant_once(database_url, db_schema):
     assert query(
         database_url, db_schema, "SELECT remaining, expired FROM credit_grants WHERE grant_id = 'q1'"
     ) == [(D("0.00"), True)]
+    # each grant and the expiry recorded the customer's balance for rating's relay (credits.balances):
+    # at its newest entry's currency, the sum of the entries in it
+    assert query(
+        database_url,
+        db_schema,
+        "SELECT currency, balance, published_at FROM balance_outbox ORDER BY ledger_position",
+    ) == [("USD", D("25.00"), None), ("JPY", D("500"), None), ("USD", D("0.00"), None)]

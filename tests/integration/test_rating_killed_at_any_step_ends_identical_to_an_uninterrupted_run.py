@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Mapping
+from decimal import Decimal as D
 
 import pytest
 
@@ -56,6 +57,8 @@ def test_rating_killed_at_any_step_ends_identical_to_an_uninterrupted_run(
     # each prepaid customer runs out, gets 4.00 back when its gauge falls, and runs out again
     assert len(expected["limit_outbox"]) == 4
     assert sum(1 for row in expected["credit_ledger"] if row[4] == "adjustment") == 2  # the falling gauge
+    # and ends with no credit: one balance per customer kept, published (older ones deleted)
+    assert expected["balance_outbox"] == [(c, "USD", D("0.00"), True) for c in CREDIT_CUSTOMERS]
 
     grant_mixed_credit(database_url, db_schema)
     env = {
@@ -72,7 +75,8 @@ def test_rating_killed_at_any_step_ends_identical_to_an_uninterrupted_run(
     topic = topics.aggregates
 
     # killed by itself at each step of the commit order, in its 2nd batch (published: at the first
-    # depletion it announces, between sending the event and marking it sent)
+    # depletion it announces, between sending the event and marking it sent; balance_published:
+    # between sending a credit balance and marking it sent)
     for step in FAULT_STEPS:
         before = committed(database_url, db_schema, topic)
         process.start(**{FAULT_ENV: f"{step}@{1 if step == 'published' else 2}"})

@@ -36,6 +36,9 @@ def grant_credits(
     """Record a grant (and its `credit_grant` ledger entry); returns (grant, created).
 
     Repeating a grant id with the same terms is a no-op (created False); with other terms it fails.
+    The customer's new balance is recorded in the same transaction; the running rating consumer
+    publishes it to `credits.balances` (within `METERGATE_RATING_OUTBOX_INTERVAL_S`), so the
+    entitlement check sees the credit without reading PostgreSQL.
     """
     from metergate.db.credit_store import grant_credit
     from metergate.db.engine import make_engine
@@ -120,7 +123,10 @@ def grant(
     grant_id: str | None,
     description: str | None,
 ) -> None:
-    """Grant CUSTOMER_ID prepaid credit of AMOUNT (drawn by usage charges, by priority then earliest expiry)."""
+    """Grant CUSTOMER_ID prepaid credit of AMOUNT (drawn by usage charges, by priority then earliest expiry).
+
+    The rating consumer publishes the new balance to credits.balances for the entitlement check.
+    """
     url, schema = _database()
     try:
         recorded, created = grant_credits(

@@ -2,6 +2,9 @@
 
 Every change to a customer's credit locks its `credit_accounts` row first, so grants, expiry and
 the rating consumer's debits for one customer never interleave, whichever process makes them.
+Every change also records the customer's new balance in `balance_outbox` in its transaction
+(`rating_store.write_entries`); the rating consumer's outbox relay publishes it to
+`credits.balances` (rule 9 of `metergate.domain.ledger`), so this module needs no Kafka.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ class GrantResult:
 
 
 def grant_credit(conn: Connection, grant: Grant) -> GrantResult:
-    """Record `grant` and its `credit_grant` entry; a repeated grant id is a no-op if identical."""
+    """Record `grant`, its `credit_grant` entry and the customer's new balance (for the relay); a
+    repeated grant id is a no-op if identical."""
     entry = grant_entry(grant)  # validates
     conn.execute(
         text(

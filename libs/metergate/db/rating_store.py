@@ -26,7 +26,15 @@ from psycopg.copy import Copy, FileWriter
 from sqlalchemy import Connection, Engine, event, text
 from sqlalchemy.exc import DisconnectionError
 
-from metergate.domain.ledger import Depletion, Entry, EntryType, Grant, Wallet, grant_expiry_key
+from metergate.domain.ledger import (
+    BalanceRow,
+    Depletion,
+    Entry,
+    EntryType,
+    Grant,
+    Wallet,
+    grant_expiry_key,
+)
 from metergate.domain.pricing import ChargeStatus, ChargeType
 from metergate.domain.rating import Line
 from metergate.errors import MetergateError
@@ -416,7 +424,7 @@ _INSERT_ENTRIES = f"""
     INSERT INTO credit_ledger ({", ".join(_ENTRY_NAMES)})
     SELECT * FROM unnest({_arrays(_ENTRY_COLUMNS)})
     ON CONFLICT (idempotency_key) DO NOTHING
-    RETURNING idempotency_key
+    RETURNING idempotency_key, entry_id, customer_id, currency
     """
 
 _MOVE_GRANTS = """
@@ -446,9 +454,9 @@ def write_entries(conn: Connection, entries: Sequence[Entry]) -> None:
             value = getattr(entry, name)
             columns[name].append(value.value if name == "entry_type" else value)
     columns["amount"] = _texts(columns["amount"])
-    inserted = [row[0] for row in conn.exec_driver_sql(_INSERT_ENTRIES, columns)]
+    inserted = conn.exec_driver_sql(_INSERT_ENTRIES, columns).all()
     if len(inserted) != len(entries):
-        missing = sorted({e.idempotency_key for e in entries} - set(inserted))[:3]
+        missing = sorted({e.idempotency_key for e in entries} - {row[0] for row in inserted})[:3]
         raise IntegrityFault(f"ledger entries already present (replayed from stale state?): {missing}")
     conn.exec_driver_sql(
         _MOVE_GRANTS,
@@ -460,6 +468,110 @@ def write_entries(conn: Connection, entries: Sequence[Entry]) -> None:
                 for e in entries
             ],
         },
+    )
+    newest: dict[str, tuple[int, str]] = {}  # customer -> (its newest entry id, that entry's currency)
+    for _, entry_id, customer_id, currency in inserted:
+        if customer_id not in newest or entry_id > newest[customer_id][0]:
+            newest[customer_id] = (entry_id, currency)
+    record_balances(conn, newest)
+
+
+# -- balance outbox (rule 9 of metergate.domain.ledger) ----------------------------------------
+
+_RECORD_BALANCES = """
+    INSERT INTO balance_outbox (customer_id, ledger_position, currency, balance, as_of)
+    SELECT u.customer_id, u.position, u.currency,
+           (SELECT coalesce(sum(g.remaining), 0) FROM credit_grants AS g
+            WHERE g.customer_id = u.customer_id AND g.currency = u.currency),
+           now()
+    FROM unnest(%(customer)b::text[], %(position)b::int8[], %(currency)b::text[]) AS u(customer_id, position, currency)
+    ORDER BY u.customer_id
+    ON CONFLICT (customer_id, ledger_position) DO NOTHING
+    """
+
+
+def record_balances(conn: Connection, newest: Mapping[str, tuple[int, str]]) -> None:
+    """Record each customer's balance at its newest entry (`customer -> (entry_id, currency)`) in the
+    balance outbox, in the caller's transaction, after its entries moved the grants' running
+    figures: the sum of `credit_grants.remaining`, which equals the sum of the entries (rule 1).
+    Called by `write_entries`, so no ledger change goes unpublished."""
+    if not newest:
+        return
+    customers = sorted(newest)
+    conn.exec_driver_sql(
+        _RECORD_BALANCES,
+        {
+            "customer": customers,
+            "position": [newest[c][0] for c in customers],
+            "currency": [newest[c][1] for c in customers],
+        },
+    )
+
+
+@dataclass(frozen=True)
+class RecordedBalance:
+    customer_id: str
+    ledger_position: int
+    currency: str
+    balance: Decimal
+    as_of: datetime
+
+
+def claim_unpublished_balances(conn: Connection, limit: int = 10000) -> list[RecordedBalance]:
+    """Lock and return unpublished balance_outbox rows no other transaction holds (SKIP LOCKED);
+    held until the caller's COMMIT. Which to send: `metergate.domain.ledger.balances_to_publish`."""
+    rows = conn.execute(
+        text(
+            "SELECT customer_id, ledger_position, currency, balance, as_of FROM balance_outbox "
+            "WHERE published_at IS NULL ORDER BY customer_id, ledger_position LIMIT :limit "
+            "FOR UPDATE SKIP LOCKED"
+        ),
+        {"limit": limit},
+    )
+    return [RecordedBalance(*row) for row in rows]
+
+
+def recorded_balances(conn: Connection, customers: Collection[str]) -> list[BalanceRow]:
+    """Every recorded balance of `customers`, published or not, whoever holds it (no lock)."""
+    if not customers:
+        return []
+    rows = conn.execute(
+        text(
+            "SELECT customer_id, ledger_position, published_at IS NOT NULL FROM balance_outbox "
+            "WHERE customer_id = ANY(:customers)"
+        ),
+        {"customers": sorted(customers)},
+    )
+    return [BalanceRow(c, int(p), bool(published)) for c, p, published in rows]
+
+
+def drop_balances(conn: Connection, rows: Sequence[tuple[str, int]]) -> None:
+    """Delete held balances that will never be sent (a newer one of the customer exists)."""
+    if rows:
+        conn.exec_driver_sql(
+            "DELETE FROM balance_outbox AS b USING unnest(%(customer)b::text[], %(position)b::int8[]) "
+            "AS u(customer_id, position) WHERE b.customer_id = u.customer_id AND b.ledger_position = u.position",
+            {"customer": [c for c, _ in rows], "position": [p for _, p in rows]},
+        )
+
+
+def mark_balances_published(conn: Connection, rows: Sequence[tuple[str, int]]) -> None:
+    """Mark delivered balances published and forget the customers' older published ones (the table
+    keeps each customer's newest published balance and anything newer)."""
+    if not rows:
+        return
+    params = {"customer": [c for c, _ in rows], "position": [p for _, p in rows]}
+    conn.exec_driver_sql(
+        "UPDATE balance_outbox AS b SET published_at = now() "
+        "FROM unnest(%(customer)b::text[], %(position)b::int8[]) AS u(customer_id, position) "
+        "WHERE b.customer_id = u.customer_id AND b.ledger_position = u.position",
+        params,
+    )
+    conn.exec_driver_sql(
+        "DELETE FROM balance_outbox AS b USING unnest(%(customer)b::text[], %(position)b::int8[]) "
+        "AS u(customer_id, position) WHERE b.customer_id = u.customer_id "
+        "AND b.ledger_position < u.position AND b.published_at IS NOT NULL",
+        params,
     )
 
 

@@ -46,12 +46,29 @@ Rules
    the same one and a later depletion (after a new grant) is a new one.
 8. **Currency.** A grant is in one currency and pays only charges in that currency. Amounts are
    exact in the currency's minor unit (grants are refused otherwise, charges are rounded once).
+9. **Published balance.** Every transaction that writes entries for a customer also records, in
+   that transaction, the customer's balance as a `CreditBalance` (topic `credits.balances`, key
+   customer_id), relayed after COMMIT:
+   - `balance` is the ledger balance of rule 1 in the currency of the customer's newest entry:
+     the sum of its entries = what its grants have left (never negative). A grant past
+     `expires_at` counts until its expiry entry is written (rule 6, within the expiry interval),
+     a grant whose `effective_at` is still ahead counts already: the figure moves with the
+     ledger only, never with the clock, so each figure belongs to one ledger position.
+   - `ledger_position` is the highest ledger entry id of the customer it includes. Entry ids come
+     from one sequence, and every change to a customer's credit holds its account lock until
+     COMMIT, so a customer's positions grow in commit order: a higher position is a newer balance.
+   - The relay never publishes a balance older than one already published for the customer
+     (`balances_to_publish`): of the unpublished balances it holds, it sends only the newest,
+     and only when no other relay holds an older unpublished one (which might reach the topic
+     after it) and it has none of the customer's in flight. Re-sending the same position after a
+     crash is harmless: readers keep the highest position per key, and the compacted topic's
+     last record per key is the newest.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -351,3 +368,57 @@ def grant_expiry_key(grant_id: str) -> str:
 def depletion_event_id(customer_id: str, currency: str, sequence: int) -> str:
     """Stable id of the `sequence`-th depletion of a customer's credit (see rule 7)."""
     return f"{key_part(customer_id)}|credits|{currency}|credits_depleted|{sequence}"
+
+
+@dataclass(frozen=True)
+class BalanceRow:
+    """A recorded balance of a customer, as the outbox holds it (rule 9)."""
+
+    customer_id: str
+    ledger_position: int
+    published: bool
+
+
+@dataclass(frozen=True)
+class BalanceRelay:
+    """What one relay round does with the balances it holds: send some, drop the superseded ones."""
+
+    send: tuple[tuple[str, int], ...]  # (customer_id, ledger_position), at most one per customer
+    superseded: tuple[tuple[str, int], ...]  # held rows never to be sent: a newer one exists
+
+
+def balances_to_publish(
+    held: Iterable[tuple[str, int]], known: Iterable[BalanceRow], in_flight: Collection[str] = ()
+) -> BalanceRelay:
+    """Rule 9: which of the unpublished balances this relay `held` (locked) to send now.
+
+    `known` is every recorded balance of those customers (this relay's and others', published or
+    not); `in_flight` the customers with a balance this relay sent whose delivery report has not
+    come. Per customer: nothing while one of its balances is in flight, or while an older
+    unpublished one is held by another relay (sending now might land before it); otherwise the
+    newest held one is sent, unless a newer one exists (published, or held by another relay), and
+    every other held one is superseded.
+    """
+    mine: dict[str, set[int]] = {}
+    for customer_id, position in held:
+        mine.setdefault(customer_id, set()).add(position)
+    rows: dict[str, list[BalanceRow]] = {}
+    for row in known:
+        if row.customer_id in mine:
+            rows.setdefault(row.customer_id, []).append(row)
+    send: list[tuple[str, int]] = []
+    superseded: list[tuple[str, int]] = []
+    for customer_id in sorted(mine):
+        if customer_id in in_flight:
+            continue
+        positions = mine[customer_id]
+        newest = max(positions)
+        others = [row for row in rows.get(customer_id, ()) if row.ledger_position not in positions]
+        if any(not row.published and row.ledger_position < newest for row in others):
+            continue  # another relay holds an older one: it goes first
+        if any(row.ledger_position > newest for row in others):
+            superseded.extend((customer_id, p) for p in sorted(positions))
+            continue
+        send.append((customer_id, newest))
+        superseded.extend((customer_id, p) for p in sorted(positions) if p != newest)
+    return BalanceRelay(tuple(send), tuple(superseded))
