@@ -28,11 +28,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import faust
-from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
 from faust.types import TP
 
 from metergate.errors import ConfigurationError
+from metergate.kafka.admin import create_topic
 from metergate.kafka.faust_broker import faust_broker_kwargs
 from metergate.kafka.producer import make_producer
 from metergate_services.metering import faust_adapter, metrics
@@ -113,21 +113,13 @@ def ensure_changelog(settings: MeteringSettings, client_config: dict[str, Any]) 
             )
     if settings.changelog_topic not in metadata:
         retention_ms = int((settings.dedup_window.total_seconds() + 2 * 86_400) * 1000)
-        future = admin.create_topics(
-            [
-                NewTopic(
-                    settings.changelog_topic,
-                    num_partitions=partitions,
-                    replication_factor=settings.kafka.replication,
-                    config={"cleanup.policy": "compact,delete", "retention.ms": str(retention_ms)},
-                )
-            ]
-        )[settings.changelog_topic]
-        try:
-            future.result()
-        except KafkaException as exc:
-            if "already exists" not in str(exc).lower() and "TOPIC_ALREADY_EXISTS" not in str(exc):
-                raise
+        create_topic(
+            client_config,
+            settings.changelog_topic,
+            partitions,
+            replication=settings.kafka.replication,
+            config={"cleanup.policy": "compact,delete", "retention.ms": str(retention_ms)},
+        )
     return state_partitions
 
 

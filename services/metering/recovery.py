@@ -1,5 +1,6 @@
 """Recovery: bring a partition's local state up to date before metering it (see commit.py for
-what each crash leaves behind), and the broker reads it and the position rule need.
+what each crash leaves behind). Topics are read to their true end by metergate.kafka.follow's
+`read_partitions`; `first_offset_from` is the broker read the position rule needs.
 
 1. Apply the changelog from the position stored locally (0 with an empty data dir) to its true
    end: totals with a higher applied_offset replace the local ones, dedup groups add their
@@ -23,6 +24,7 @@ from rocksdict import WriteBatch
 from metergate.domain.aggregation import PeriodTotal
 from metergate.domain.limits import mark
 from metergate.domain.records import DeadLetter, DuplicateReceipt, LimitEvent, aggregate_key
+from metergate.kafka.follow import Record, read_partitions
 from metergate.kafka.topics import Topics
 from metergate.wire.codec import codec
 from metergate_services.metering.commit import CHANGELOG_DEDUP_PREFIX, CHANGELOG_WATERMARK_KEY, Layout
@@ -39,7 +41,7 @@ from metergate_services.metering.store import (
 
 log = logging.getLogger(__name__)
 
-Tail = list[tuple[bytes | None, bytes | None, int]]
+Tail = list[Record]
 
 
 def recover(
@@ -79,8 +81,11 @@ def recover(
     # ids already committed). With none (a new or wiped data dir), they are read from the
     # positions the changelog gives, after it: reading them from 0 could be long.
     together = all(watermarks[p].input >= 0 for p in partitions)
-    read = read_tails(
-        client_config, changelog_tails + (output_tails(watermarks) if together else []), idle_s=idle_s
+    read = read_partitions(
+        client_config,
+        changelog_tails + (output_tails(watermarks) if together else []),
+        idle_s=idle_s,
+        name="metering-recovery",
     )
     changelog = {tp: records for tp, records in read.items() if tp[0] == changelog_topic}
     applied = 0
@@ -90,7 +95,9 @@ def recover(
     if together:
         outputs = {tp: records for tp, records in read.items() if tp[0] != changelog_topic}
     else:
-        outputs = read_tails(client_config, output_tails(watermarks), idle_s=idle_s)
+        outputs = read_partitions(
+            client_config, output_tails(watermarks), idle_s=idle_s, name="metering-recovery"
+        )
     limit_codec, receipt_codec, dead_codec = codec(LimitEvent), codec(DuplicateReceipt), codec(DeadLetter)
     resent = 0
     for (topic, partition), records in outputs.items():
@@ -173,55 +180,6 @@ def _apply_changelog(
     return applied
 
 
-def read_tails(
-    client_config: Mapping[str, Any],
-    assignments: Sequence[tuple[str, int, int]],
-    *,
-    idle_s: float,
-    timeout_s: float = 120.0,
-) -> dict[tuple[str, int], Tail]:
-    """Read each (topic, partition) from an offset to its TRUE end.
-
-    The end is where the broker's reported end offset has been reached AND no record arrived for
-    `idle_s`: the embedded broker reports a short end (base offset of the newest batch + 1), so
-    trusting it alone would drop the tail of a changelog. On Apache Kafka this only adds `idle_s`.
-    """
-    found: dict[tuple[str, int], Tail] = {(topic, partition): [] for topic, partition, _ in assignments}
-    if not assignments:
-        return found
-    consumer = reader(client_config, "recovery")
-    try:
-        ends: dict[tuple[str, int], int] = {}
-        positions: dict[tuple[str, int], int] = {}
-        for topic, partition, start in assignments:
-            _, high = consumer.get_watermark_offsets(
-                TopicPartition(topic, partition), timeout=10, cached=False
-            )
-            ends[(topic, partition)] = high
-            positions[(topic, partition)] = start
-        consumer.assign([TopicPartition(topic, partition, start) for topic, partition, start in assignments])
-        deadline = time.monotonic() + timeout_s
-        last_seen = time.monotonic()
-        while time.monotonic() < deadline:
-            messages = consumer.consume(5000, timeout=0.05)
-            for message in messages:
-                if message.error():
-                    continue
-                tp = (str(message.topic()), int(message.partition() or 0))
-                offset = int(message.offset() or 0)
-                found[tp].append((message.key(), message.value(), offset))
-                positions[tp] = offset + 1
-            if messages:
-                last_seen = time.monotonic()
-                continue
-            caught_up = all(positions[tp] >= end for tp, end in ends.items())
-            if caught_up and time.monotonic() - last_seen >= idle_s:
-                return found
-        raise TimeoutError(f"could not read {sorted(ends)} to their end within {timeout_s}s")
-    finally:
-        consumer.close()
-
-
 def reader(client_config: Mapping[str, Any], purpose: str) -> Consumer:
     """A consumer outside the group, for reads by assignment (recovery, the position rule)."""
     return Consumer(
@@ -259,4 +217,4 @@ def _guard(watermark: Watermark, guard: str) -> None:
         watermark.guards.append(guard)
 
 
-__all__ = ["first_offset_from", "read_tails", "reader", "recover"]
+__all__ = ["first_offset_from", "reader", "recover"]

@@ -252,10 +252,15 @@ class TopicFollower:
         deadline = started + timeout_s
         targets: dict[tuple[str, int], int] | None = None
         first = self.records
+        fresh = self._consumer is None  # assigned by this call: its watermarks are the targets
         while True:
             if self._consumer is not None and targets is None:
-                targets = self._watermarks(
-                    min(self._probe_timeout_s * 5, max(deadline - time.monotonic(), 0.1))
+                targets = (
+                    dict(self._targets)
+                    if fresh
+                    else self._watermarks(
+                        min(self._probe_timeout_s * 5, max(deadline - time.monotonic(), 0.1))
+                    )
                 )
             self.poll(max(min(self._poll_timeout_s, deadline - time.monotonic()), 0.0))
             now = time.monotonic()
@@ -302,6 +307,7 @@ class TopicFollower:
         self._positions = {(tp.topic, tp.partition): max(tp.offset, 0) for tp in partitions}
         self._targets = targets
         self._last_record = time.monotonic()
+        self._next_probe = self._last_record + self._probe_interval_s  # the watermarks were just read
         self.last_contact = self._clock()
         log.info("%s: following %d partitions of %s", self.name, len(partitions), ",".join(self.topics))
         return True
