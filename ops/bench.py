@@ -9,7 +9,7 @@ On one embedded stack (or METERGATE_KAFKA_BOOTSTRAP + METERGATE_DATABASE_URL), i
    3 meters, 2% duplicates), confluent-kafka, no decoding (ops/ceiling.py);
 2. metering (ops/bench_metering.py): raw consume rates of the same backlog (confluent-kafka, Faust),
    the metering worker's events/s on it, event-to-limit-event latency p50/p99 under a paced live load,
-   and recovery time after SIGKILL;
+   recovery time after SIGKILL, and two workers against one on the same backlog (scaling ratio);
 3. rating (ops/bench_rating.py): aggregate updates/s rated and committed to PostgreSQL.
 
 It prints the figures and their ratio to the ceiling. It is a benchmark, not a test: nothing

@@ -15,7 +15,10 @@ Phases, all on one topic set with a fresh prefix:
    are crossed often, and measure event-to-limit-event latency (produce time of the crossing event
    to receipt of its limit event) p50 / p99;
 5. recovery: SIGKILL the worker, restart it, and time restart -> a probe event committed; then the
-   same with its data directory deleted (state rebuilt from the changelog).
+   same with its data directory deleted (state rebuilt from the changelog);
+6. scaling: two workers of a new app (own group, own state) on the whole topic, events/s of the two
+   together and its ratio to the one worker of phase 3 (on one machine they share its cores with
+   the broker).
 
 Prints the figures; asserts nothing about time. `run_bench(...)` returns them as a dict.
 """
@@ -204,16 +207,19 @@ def _faust_consume(bootstrap: str, topic: str, count: int, batched: bool) -> Non
 
 
 class WorkerProcess:
-    def __init__(self, bootstrap: str, topics: Topics, data_dir: Path, metrics_port: int) -> None:
+    def __init__(
+        self, bootstrap: str, topics: Topics, data_dir: Path, metrics_port: int, app_id: str | None = None
+    ) -> None:
         self.env = {
             **os.environ,
             "METERGATE_KAFKA_BOOTSTRAP": bootstrap,
             "METERGATE_KAFKA_TOPIC_PREFIX": topics.prefix,
             "METERGATE_METERING_DATA_DIR": str(data_dir),
             "METERGATE_METRICS_PORT": str(metrics_port),
+            **({"METERGATE_METERING_APP_ID": app_id} if app_id else {}),
         }
         self.port = metrics_port
-        self.log = data_dir.parent / "worker.log"
+        self.log = data_dir.parent / f"{data_dir.name}.log"
         self.child = ChildProcess(
             "metering worker",
             [sys.executable, "-m", "metergate_services.metering.main"],
@@ -311,23 +317,7 @@ def run_bench(
         )
 
         worker.start()
-        first: tuple[float, float] | None = None
-        last: tuple[float, float] = (0.0, 0.0)
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            if worker.process is not None and worker.process.poll() is not None:
-                raise RuntimeError(f"the worker exited: {worker.log.read_text()[-3000:]}")
-            value = worker.consumed()
-            now = time.monotonic()
-            if value:
-                if first is None:
-                    first = (now, value)
-                last = (now, value)
-                if value >= events:
-                    break
-            time.sleep(0.05)
-        assert first is not None, worker.log.read_text()[-2000:]
-        rate = (last[1] - first[1]) / (last[0] - first[0]) if last[0] > first[0] else 0.0
+        rate = backlog_rate([worker], events)
         figures["metering_per_s"] = round(rate)
         figures["ratio_to_faust_per_record"] = round(rate / figures["raw_consume_faust_per_record_per_s"], 2)
         figures["ratio_to_faust_batched"] = round(rate / figures["raw_consume_faust_batched_per_s"], 2)
@@ -337,12 +327,56 @@ def run_bench(
 
         figures.update(live_latency(config, topics, live_events, live_rate, live_customers))
         figures.update(recovery_times(config, topics, worker, group))
+        worker.stop()
+        figures.update(two_workers(bootstrap, topics, workdir, total_records(config, topics.events), rate))
     finally:
         worker.stop()
         if broker is not None:
             broker.stop()
         shutil.rmtree(workdir, ignore_errors=True)
     return figures
+
+
+def backlog_rate(workers: list[WorkerProcess], events: int, timeout_s: float = 600) -> float:
+    """Events/s of `workers` together on the backlog: the sum of their consumed counters, from the
+    first record counted to the last."""
+    first: tuple[float, float] | None = None
+    last: tuple[float, float] = (0.0, 0.0)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for worker in workers:
+            if worker.process is not None and worker.process.poll() is not None:
+                raise RuntimeError(f"a worker exited: {worker.log.read_text()[-3000:]}")
+        value = sum(worker.consumed() or 0.0 for worker in workers)
+        now = time.monotonic()
+        if value:
+            if first is None:
+                first = (now, value)
+            last = (now, value)
+            if value >= events:
+                break
+        time.sleep(0.05)
+    assert first is not None, workers[0].log.read_text()[-2000:]
+    return (last[1] - first[1]) / (last[0] - first[0]) if last[0] > first[0] else 0.0
+
+
+def two_workers(bootstrap: str, topics: Topics, workdir: Path, events: int, one: float) -> dict[str, Any]:
+    """Two workers of a new app (its own group and state) on the same backlog, against one."""
+    pair = [
+        WorkerProcess(bootstrap, topics, workdir / f"pair{index}", free_port(), app_id="bench-pair")
+        for index in range(2)
+    ]
+    try:
+        for worker in pair:
+            worker.start()
+        rate = backlog_rate(pair, events)
+    finally:
+        for worker in pair:
+            worker.stop()
+    return {
+        "metering_two_workers_per_s": round(rate),
+        "scaling_two_to_one": round(rate / one, 2) if one else None,
+    }
 
 
 def live_latency(
