@@ -38,7 +38,7 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -89,36 +89,41 @@ def catalog(customers: int, live_customers: int) -> dict[str, Any]:
     }
 
 
-def produce_backlog(config: Mapping[str, Any], topic: str, count: int, customers: int) -> float:
+def backlog(count: int, customers: int, now: datetime) -> Iterator[tuple[bytes, bytes]]:
+    """The benchmark's usage events as (key, value): `customers` customers, 3 meters, 2% exact
+    duplicates of earlier events (the same every run)."""
     rng = random.Random(1)
     encode = codec(UsageEvent).encode_dict
-    producer = Producer(
-        {**config, "linger.ms": 20, "batch.num.messages": 10000, "enable.idempotence": True, **MURMUR2}
-    )
-    now = datetime.now(UTC)
     meters = ("api_calls", "tokens", "users")
-    started = time.monotonic()
     sent: list[tuple[bytes, bytes]] = []
     for index in range(count):
         if sent and rng.random() < 0.02:
-            key, value = sent[rng.randrange(len(sent))]  # an exact duplicate
-        else:
-            customer = f"c{rng.randrange(customers)}"
-            value = encode(
-                {
-                    "event_id": f"e{index}",
-                    "customer_id": customer,
-                    "subject_id": None,
-                    "meter": meters[index % 3],
-                    "quantity": Decimal(rng.randrange(1, 1000)) / 100,
-                    "timestamp": now,
-                    "properties": {"user_id": f"u{rng.randrange(50)}"},
-                    "source": None,
-                }
-            )
-            key = customer.encode()
-            if len(sent) < 50_000:
-                sent.append((key, value))
+            yield sent[rng.randrange(len(sent))]  # an exact duplicate
+            continue
+        customer = f"c{rng.randrange(customers)}"
+        value = encode(
+            {
+                "event_id": f"e{index}",
+                "customer_id": customer,
+                "subject_id": None,
+                "meter": meters[index % 3],
+                "quantity": Decimal(rng.randrange(1, 1000)) / 100,
+                "timestamp": now,
+                "properties": {"user_id": f"u{rng.randrange(50)}"},
+                "source": None,
+            }
+        )
+        if len(sent) < 50_000:
+            sent.append((customer.encode(), value))
+        yield customer.encode(), value
+
+
+def produce_backlog(config: Mapping[str, Any], topic: str, count: int, customers: int) -> float:
+    producer = Producer(
+        {**config, "linger.ms": 20, "batch.num.messages": 10000, "enable.idempotence": True, **MURMUR2}
+    )
+    started = time.monotonic()
+    for key, value in backlog(count, customers, datetime.now(UTC)):
         while True:
             try:
                 producer.produce(topic, value, key)

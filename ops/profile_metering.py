@@ -2,8 +2,8 @@
 
     .venv/bin/python -m ops.profile_metering [--events 200000] [--batch 20000]
 
-The backlog is the benchmark's (ops/bench_metering.py: 10k customers, 3 meters, 2% duplicates), all
-on one partition's worth of customers so nothing is forwarded. Each batch goes through the worker's
+The backlog is the benchmark's (ops/bench_metering.py: 10k customers, 3 meters, 2% duplicates), read
+as one partition that holds every customer (nothing is forwarded). Each batch goes through the worker's
 stages in the worker's order and each stage is timed on its own:
 
 - decode: `read_event` of every value (fastavro + the quantity's Decimal);
@@ -21,12 +21,10 @@ Prints microseconds per event per stage; asserts nothing.
 from __future__ import annotations
 
 import argparse
-import random
 import tempfile
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +32,6 @@ from rocksdict import WriteBatch
 
 from metergate.domain.catalog import parse_catalog
 from metergate.domain.metering import Decoded, MeteringCore, MeteringRules
-from metergate.domain.partitioning import partition_for
-from metergate.domain.records import UsageEvent
-from metergate.wire.codec import codec
 from metergate.wire.fastwire import read_event
 from metergate_services.metering.commit import _published, encode_dedup_group
 from metergate_services.metering.store import (
@@ -47,6 +42,7 @@ from metergate_services.metering.store import (
     encode_seen,
     encode_total,
 )
+from ops.bench_metering import backlog
 from ops.bench_metering import catalog as bench_catalog
 
 
@@ -88,52 +84,32 @@ class _State:
         return ()
 
 
-def backlog(count: int, customers: int) -> list[_Record]:
-    """The benchmark's events, restricted to customers of partition 0 (of 4)."""
-    rng = random.Random(1)
-    encode = codec(UsageEvent).encode_dict
-    mine = [f"c{i}" for i in range(customers) if partition_for(f"c{i}", 4) == 0]
+def records(count: int, customers: int) -> list[_Record]:
     now = datetime.now(UTC)
     now_ms = int(now.timestamp() * 1000)
-    meters = ("api_calls", "tokens", "users")
-    records: list[_Record] = []
-    for index in range(count):
-        if records and rng.random() < 0.02:
-            value = records[rng.randrange(len(records))].value
-        else:
-            value = encode(
-                {
-                    "event_id": f"e{index}",
-                    "customer_id": rng.choice(mine),
-                    "subject_id": None,
-                    "meter": meters[index % 3],
-                    "quantity": Decimal(rng.randrange(1, 1000)) / 100,
-                    "timestamp": now,
-                    "properties": {"user_id": f"u{rng.randrange(50)}"},
-                    "source": None,
-                }
-            )
-        records.append(_Record(index, value, b"k", now_ms))
-    return records
+    return [
+        _Record(offset, value, key, now_ms)
+        for offset, (key, value) in enumerate(backlog(count, customers, now))
+    ]
 
 
 def profile(events: int, batch: int, customers: int = 10_000) -> dict[str, float]:
-    records = backlog(events, customers)
+    consumed = records(events, customers)
     catalog = _Catalog(customers)
     spent = {"decode": 0.0, "rules": 0.0, "encode": 0.0, "rocksdb": 0.0}
     with tempfile.TemporaryDirectory() as directory:
         store = StateStore(Path(directory) / "state")
         state = _State(store)
         rules = MeteringRules(
-            partitions=4,
+            partitions=1,  # one partition holds every customer: nothing is forwarded
             dedup_window_ms=30 * 86_400_000,
             future_skew_ms=300_000,
             late_grace_ms=86_400_000,
             events_topic="usage.events",
         )
         core = MeteringCore(rules, catalog)
-        for start in range(0, len(records), batch):
-            chunk = records[start : start + batch]
+        for start in range(0, len(consumed), batch):
+            chunk = consumed[start : start + batch]
             t0 = time.process_time()
             decoded: list[Decoded] = [(record, read_event(record.value)) for record in chunk]
             t1 = time.process_time()
@@ -158,7 +134,7 @@ def profile(events: int, batch: int, customers: int = 10_000) -> dict[str, float
             spent["encode"] += t3 - t2
             spent["rocksdb"] += t4 - t3
         store.close()
-    per_event = {stage: seconds / len(records) * 1e6 for stage, seconds in spent.items()}
+    per_event = {stage: seconds / len(consumed) * 1e6 for stage, seconds in spent.items()}
     per_event["total"] = sum(per_event.values())
     return per_event
 
