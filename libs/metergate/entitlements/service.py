@@ -33,9 +33,10 @@ event, and what happens if a step fails:
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -54,6 +55,7 @@ from metergate.domain.records import (
 )
 from metergate.entitlements import checkpoint
 from metergate.entitlements import metrics as m
+from metergate.entitlements.metrics import CHECKS
 from metergate.entitlements.settings import EntitlementsSettings
 from metergate.entitlements.state import EntitlementState, Freshness, PendingUsage, wall
 from metergate.errors import InvalidEvent, InvalidInput
@@ -97,11 +99,13 @@ class Entitlements:
         *,
         client_config: Mapping[str, Any] | None = None,
         start: bool = True,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
+        self._clock = clock  # wall time, POSIX seconds: the moment a check is answered for
         self.topics = settings.kafka.topics
         self._client_config = dict(client_config or settings.kafka.client_config())
-        self.state = EntitlementState(fallback=settings.fallback)
+        self.state = EntitlementState(fallback=settings.fallback, clock=clock)
         self._cache_as_of: datetime | None = None
         if settings.checkpoint_path is not None:
             self._cache_as_of = checkpoint.load(settings.checkpoint_path, self.state)
@@ -136,8 +140,11 @@ class Entitlements:
         self._inflight_lock = threading.Lock()
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._freshness_key: tuple[Any, ...] = ()
         self._freshness = Freshness(None, True, Source.LIVE, False)
+        self._seen_caught_up: bool | None = None
+        self._seen_as_of: float | None = None
+        self._seen_contact: float | None = None
+        self._stale_at = -math.inf
         self._checkpointed = -1
         m.PENDING.set_function(lambda: sum(len(items) for items in self.state.pending.values()))
         if start:
@@ -195,21 +202,34 @@ class Entitlements:
         self.close()
 
     # -- checking ----------------------------------------------------------------------------------
-    def freshness(self) -> Freshness:
+    def freshness(self, now_ts: float | None = None) -> Freshness:
+        """Where answers come from now. Called by every check, so it compares what it saw last time
+        (caught up, the follower's as_of, when it turns stale) and builds a new value only on change."""
         follower = self.follower
+        if now_ts is None:
+            now_ts = self._clock()
         caught_up = follower.caught_up.is_set()
         contact = follower.last_contact
-        stale = contact is None or time.time() - contact > self.settings.stale_after_s
-        key = (caught_up, follower.as_of, stale)
-        if key != self._freshness_key:
-            if caught_up:
-                fresh = Freshness(wall(follower.as_of), stale, Source.LIVE, True)
-            elif self._cache_as_of is not None:
-                fresh = Freshness(self._cache_as_of, True, Source.CACHE, True)
-            else:
-                fresh = Freshness(None, True, Source.LIVE, False)
-            self._freshness, self._freshness_key = fresh, key
-        return self._freshness
+        as_of = follower.as_of
+        if (
+            caught_up is self._seen_caught_up
+            and as_of is self._seen_as_of
+            and contact is self._seen_contact
+            and now_ts < self._stale_at
+        ):
+            return self._freshness
+        stale = contact is None or now_ts - contact > self.settings.stale_after_s
+        if caught_up:
+            fresh = Freshness(wall(as_of), stale, Source.LIVE, True)
+        elif self._cache_as_of is not None:
+            fresh = Freshness(self._cache_as_of, True, Source.CACHE, True)
+        else:
+            fresh = Freshness(None, True, Source.LIVE, False)
+        self._freshness = fresh
+        self._seen_caught_up, self._seen_as_of, self._seen_contact = caught_up, as_of, contact
+        # until when this answer holds (no later than the moment the last contact turns stale)
+        self._stale_at = math.inf if stale or contact is None else contact + self.settings.stale_after_s
+        return fresh
 
     def check(
         self,
@@ -226,12 +246,19 @@ class Entitlements:
         snapshots carry limits per customer, so it does not change the decision yet.
         """
         units = requested(requested_units)
-        decision = self.state.check(customer_id, feature, units, now or datetime.now(UTC), self.freshness())
-        m.CHECKS[decision.reason] += 1
+        if now is None:
+            now_ts = self._clock()
+            fresh = self.freshness(now_ts)
+        else:  # a moment of the caller's: the period is its; staleness stays the wall clock's
+            now_ts = now.timestamp()
+            fresh = self.freshness()
+        decision = self.state.check_at(customer_id, feature, units, now_ts, fresh)
+        CHECKS[decision.reason] += 1
         return decision
 
     def customer(self, customer_id: str, *, now: datetime | None = None) -> list[Decision] | None:
-        return self.state.features(customer_id, now or datetime.now(UTC), self.freshness())
+        moment = now or datetime.fromtimestamp(self._clock(), UTC)
+        return self.state.features(customer_id, moment, self.freshness())
 
     def knows(self, customer_id: str) -> bool:
         return customer_id in self.state.snapshots
@@ -458,6 +485,6 @@ class Entitlements:
         while not self._stopping.wait(self.settings.checkpoint_interval_s):
             try:
                 self.write_checkpoint()
-                self.state.expire_pending(datetime.now(UTC))
+                self.state.expire_pending(datetime.fromtimestamp(self._clock(), UTC))
             except OSError as exc:
                 log.error("entitlements: checkpoint not written: %s", exc)
