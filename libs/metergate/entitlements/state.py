@@ -16,6 +16,13 @@ Fed from three compacted/partitioned topics and from the usage this process repo
   `offset < version`. Events are reported on that (canonical) partition, so the delivery report's
   position is the one metering counts. A pending event is counted in the period of its event time.
 
+  Metering gives every record of usage.events exactly one verdict: counted (an aggregate whose
+  version covers it), a duplicate (a receipt on `usage.duplicates` naming its position as
+  `duplicate`) or rejected (a dead letter on `usage.dlq` naming it as `source`). So a pending event
+  also leaves, exactly, when the receipt or the dead letter of its partition and offset arrives: it
+  will never be in an aggregate. A verdict that arrives before its delivery report is remembered
+  (the last `verdict_capacity` positions), and the event is then not added at all.
+
 Usage of a key = max(aggregate value + pending, highest limit-event usage). No double counting: a
 pending event leaves the moment the aggregate that includes it is applied (under one lock with the
 pending update, so no check sees both); no gap: it stays until then, and a delivery report that
@@ -125,6 +132,7 @@ class EntitlementState:
         *,
         fallback: Mapping[str, bool] | None = None,
         reported_capacity: int = 1_000_000,
+        verdict_capacity: int = 100_000,
         clock: Callable[[], float] = time.time,
     ):
         self._clock = clock  # wall time (POSIX seconds): a new snapshot's view starts in the period of now
@@ -136,6 +144,9 @@ class EntitlementState:
         self.balances: dict[str, CreditBalance] = {}  # customer -> highest ledger position seen
         self.pending: dict[UsageKey, tuple[PendingUsage, ...]] = {}
         self.pending_totals: dict[UsageKey, Decimal] = {}
+        self._pending_at: dict[tuple[int, int], UsageKey] = {}  # (partition, offset) -> its key
+        self._verdicts: OrderedDict[tuple[int, int], None] = OrderedDict()  # duplicates and rejections
+        self._verdict_capacity = verdict_capacity
         self.reported: OrderedDict[str, None] = OrderedDict()
         self.fallback = dict(fallback or {})
         self.changes = 0  # bumped at each change (the checkpoint writes only when it moved)
@@ -220,7 +231,25 @@ class EntitlementState:
             current = self.aggregates.get(key)
             if current is not None and covers(current[0], usage):
                 return False
+            if (usage.partition, usage.offset) in self._verdicts:
+                return False  # metering already found it a duplicate or rejected it
             self._set_pending(key, (*self.pending.get(key, ()), usage))
+            self.changes += 1
+            return True
+
+    def settle(self, partition: int, offset: int) -> bool:
+        """Metering will never count the usage.events record at (partition, offset): a duplicate
+        receipt or a dead letter names it. Drop it from the pending usage (True if it was there)."""
+        position = (partition, offset)
+        with self._lock:
+            self._verdicts[position] = None
+            if len(self._verdicts) > self._verdict_capacity:
+                self._verdicts.popitem(last=False)
+            key = self._pending_at.get(position)
+            if key is None:
+                return False
+            items = self.pending.get(key, ())
+            self._set_pending(key, tuple(p for p in items if (p.partition, p.offset) != position))
             self.changes += 1
             return True
 
@@ -229,6 +258,8 @@ class EntitlementState:
         with self._lock:
             current = self.aggregates.get(key)
             if current is not None and covers(current[0], usage):
+                return
+            if (usage.partition, usage.offset) in self._verdicts:
                 return
             self._set_pending(key, (*self.pending.get(key, ()), usage))
 
@@ -241,6 +272,13 @@ class EntitlementState:
             return len(gone)
 
     def _set_pending(self, key: UsageKey, items: tuple[PendingUsage, ...]) -> None:
+        """Replace the pending events of `key` (under the lock), keeping the position index true."""
+        positions = {(item.partition, item.offset) for item in items}
+        for gone in self.pending.get(key, ()):
+            if (gone.partition, gone.offset) not in positions:
+                self._pending_at.pop((gone.partition, gone.offset), None)
+        for position in positions:
+            self._pending_at[position] = key
         if items:
             self.pending[key] = items
             self.pending_totals[key] = sum((p.quantity for p in items), _ZERO)
