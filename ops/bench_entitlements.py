@@ -341,7 +341,9 @@ def bench_sidecar(customers: int, duration_s: int) -> None:
         for target, connections in ((2000, 20), (5000, 50)):
             if pacer is None:
                 break
-            f = hey(pacer, f"{url}/v1/entitlements/check", key, connections, target // connections, duration_s)
+            f = hey(
+                pacer, f"{url}/v1/entitlements/check", key, connections, target // connections, duration_s
+            )
             print(
                 f"  paced {target}/s (hey, {connections} conns x {target // connections}/s, one customer): {f['rate']}/s  p50 {f['p50']}  p99 {f['p99']}  statuses {f['statuses']}  errors {f['errors']}"
             )
