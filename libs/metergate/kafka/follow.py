@@ -32,7 +32,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaException, Message, TopicPartition
 
 log = logging.getLogger(__name__)
 
@@ -189,16 +189,24 @@ class TopicFollower:
             return
         started = self._clock()
         current = True
+        # One ListOffsets(latest) for every partition at once (timestamp OFFSET_END = latest: the
+        # high watermark, the same figure as get_watermark_offsets): asked one partition at a time,
+        # each round trip took ~20 ms on the embedded broker and the probe held this loop, so no
+        # record was read, for ~0.35 s of every 0.5 s with 16 partitions.
         try:
-            for tp in self._partitions:
-                _, high = consumer.get_watermark_offsets(
-                    TopicPartition(tp.topic, tp.partition), timeout=self._probe_timeout_s, cached=False
-                )
-                if self._positions.get((tp.topic, tp.partition), 0) < high:
-                    current = False
+            answers = consumer.offsets_for_times(
+                [TopicPartition(tp.topic, tp.partition, OFFSET_END) for tp in self._partitions],
+                timeout=self._probe_timeout_s,
+            )
         except KafkaException as exc:
             log.debug("%s: broker did not answer the probe: %s", self.name, exc)
             return
+        for answer in answers:
+            if answer.error is not None:
+                log.debug("%s: broker did not answer the probe: %s", self.name, answer.error)
+                return
+            if self._positions.get((answer.topic, answer.partition), 0) < answer.offset:
+                current = False
         self.last_contact = started
         if current and self.caught_up.is_set():
             self.as_of = started
