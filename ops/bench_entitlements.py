@@ -1,6 +1,6 @@
 """Benchmark of the entitlement check: in-process and the sidecar over loopback (figures printed, not asserted).
 
-    python -m ops.bench_entitlements [--customers 10000] [--skip-http] [--duration 10]
+    python -m ops.bench_entitlements [--customers 10000] [--skip-http] [--skip-load] [--duration 10]
 
 1. In-process: `Entitlements.check` over 10,000 customers (each with a snapshot of 4 features and a
    usage aggregate), random customer and feature per call, each call timed alone: p50/p99/p99.9.
@@ -268,7 +268,7 @@ def hey(
     return figures
 
 
-def bench_sidecar(customers: int, duration_s: int) -> None:
+def bench_sidecar(customers: int, duration_s: int, load: bool = True) -> None:
     from metergate.embedded.broker import EmbeddedBroker
     from metergate.kafka.admin import ensure_topics
     from metergate.kafka.producer import DeliveryTracker, make_producer, produce
@@ -333,30 +333,31 @@ def bench_sidecar(customers: int, duration_s: int) -> None:
             path.write_text(LUA.format(customers=customers, delay=delay_ms, batch=batch, key=key))
             return path
 
-        print(
-            f"\nsidecar over loopback ({customers} customers; wrk {duration_s} s per run, 2 threads, timeout 2 s)"
-        )
-        if pacer is None:
-            print("  paced runs skipped: hey not found (Debian: apt-get install -y hey)")
-        for target, connections in ((2000, 20), (5000, 50)):
+        if load:
+            print(
+                f"\nsidecar over loopback ({customers} customers; wrk {duration_s} s per run, 2 threads, timeout 2 s)"
+            )
             if pacer is None:
-                break
-            f = hey(
-                pacer, f"{url}/v1/entitlements/check", key, connections, target // connections, duration_s
-            )
+                print("  paced runs skipped: hey not found (Debian: apt-get install -y hey)")
+            for target, connections in ((2000, 20), (5000, 50)):
+                if pacer is None:
+                    break
+                f = hey(
+                    pacer, f"{url}/v1/entitlements/check", key, connections, target // connections, duration_s
+                )
+                print(
+                    f"  paced {target}/s (hey, {connections} conns x {target // connections}/s, one customer): {f['rate']}/s  p50 {f['p50']}  p99 {f['p99']}  statuses {f['statuses']}  errors {f['errors']}"
+                )
+            for connections in (1, 10, 50, 200):
+                f = wrk(binary, url, script(), connections, duration_s)
+                print(
+                    f"  saturation, {connections:>3} conns: {f['rate']}/s  p50 {f['p50']}  p99 {f['p99']}  errors {f['errors']}  non-2xx {f['non2xx']}"
+                )
+            f = wrk(binary, url, script(batch=100), 10, duration_s)
+            decisions = float(f["rate"]) * 100
             print(
-                f"  paced {target}/s (hey, {connections} conns x {target // connections}/s, one customer): {f['rate']}/s  p50 {f['p50']}  p99 {f['p99']}  statuses {f['statuses']}  errors {f['errors']}"
+                f"  batches of 100, 10 conns: {f['rate']} requests/s = {decisions:,.0f} decisions/s  p50 {f['p50']}  p99 {f['p99']}  errors {f['errors']}"
             )
-        for connections in (1, 10, 50, 200):
-            f = wrk(binary, url, script(), connections, duration_s)
-            print(
-                f"  saturation, {connections:>3} conns: {f['rate']}/s  p50 {f['p50']}  p99 {f['p99']}  errors {f['errors']}  non-2xx {f['non2xx']}"
-            )
-        f = wrk(binary, url, script(batch=100), 10, duration_s)
-        decisions = float(f["rate"]) * 100
-        print(
-            f"  batches of 100, 10 conns: {f['rate']} requests/s = {decisions:,.0f} decisions/s  p50 {f['p50']}  p99 {f['p99']}  errors {f['errors']}"
-        )
 
         # 3. freshness
         from metergate.domain.records import Aggregation, UsageAggregate, aggregate_key
@@ -516,11 +517,12 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=10_000)
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     parser.add_argument("--skip-http", action="store_true")
+    parser.add_argument("--skip-load", action="store_true", help="sidecar: freshness only, no load runs")
     args = parser.parse_args()
     print(json.dumps({"python": sys.version.split()[0], "cpus": os.cpu_count(), "load": os.getloadavg()}))
     bench_in_process(args.customers)
     if not args.skip_http:
-        bench_sidecar(args.customers, args.duration)
+        bench_sidecar(args.customers, args.duration, load=not args.skip_load)
 
 
 if __name__ == "__main__":

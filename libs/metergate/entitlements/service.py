@@ -143,6 +143,9 @@ class Entitlements:
             list(self._decoders),
             self._on_records,
             name="entitlements",
+            # consume() waits out its timeout unless a whole batch arrived: the timeout is how long
+            # a record can sit fetched before a check sees it (10 ms: ~100 short wake-ups a second)
+            poll_timeout_s=0.01,
         )
         self._producer: Producer | None = None
         self._producer_lock = threading.Lock()
