@@ -1,18 +1,21 @@
 """Benchmark of the entitlement check: in-process and the sidecar over loopback (figures printed, not asserted).
 
-    python -m ops.bench_entitlements [--customers 10000] [--skip-http] [--duration 10]
+    python -m ops.bench_entitlements [--customers 10000] [--skip-http] [--skip-load] [--duration 10]
 
 1. In-process: `Entitlements.check` over 10,000 customers (each with a snapshot of 4 features and a
    usage aggregate), random customer and feature per call, each call timed alone: p50/p99/p99.9.
 2. Sidecar: a private embedded broker with the same 10,000 customers, `metergate run entitlements`
-   as a subprocess, and wrk (Debian package; installed with apt-get when missing) with a Lua script
-   that POSTs checks for random customers:
-   - paced runs at about 2,000 and 5,000 checks/s (wrk has no fixed-rate mode: each connection
-     waits `delay` ms after each answer, so the rate is held from the client side, closed-loop);
-   - saturation at 1, 10, 50 and 200 connections, and batches of 100 checks (each decision counts);
-   - errors and timeouts as wrk reports them.
-3. Freshness: an aggregate produced straight to Kafka -> the first check that reflects it (p50/p99),
-   and usage reported through `POST /v1/events` -> the next check (always 1 check: asserted here).
+   as a subprocess, and two load generators from Debian (`apt-get install -y wrk hey`; installed
+   with apt-get when missing and run as root, else the runs are skipped with a line saying so):
+   - paced runs at 2,000 and 5,000 checks/s with hey (`-q`: a fixed rate per connection; the
+     achieved rate is printed, lower when answers come late), one customer;
+   - wrk with a Lua script that POSTs checks for random customers: saturation at 1, 10, 50 and
+     200 connections, and batches of 100 checks (each decision counts); errors and timeouts
+     (answers later than 2 s) as wrk reports them.
+3. Freshness: an aggregate produced straight to Kafka -> the first check that reflects it; a usage
+   event produced straight to Kafka -> metering -> usage.aggregates -> the first check that
+   reflects it (p50/p99); usage reported through `POST /v1/events` -> whether the very next check
+   counts it (how many of 50 did).
 """
 
 from __future__ import annotations
@@ -144,19 +147,20 @@ def bench_in_process(customers: int, calls: int = 200_000) -> None:
 
 
 # -- 2. sidecar ------------------------------------------------------------------------------------
-def find_wrk() -> str:
-    found = shutil.which("wrk")
+def find_tool(name: str) -> str | None:
+    """A Debian load generator (`wrk`, `hey`): found on PATH, else installed with apt-get when this
+    runs as root (as on the project's machines), else None (the caller says what it skips)."""
+    found = shutil.which(name)
     if found:
         return found
-    print("wrk not found: apt-get install -y wrk", flush=True)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=False, capture_output=True)
-    found = shutil.which("wrk")
-    if not found:
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        return None
+    print(f"{name} not found: apt-get install -y {name}", flush=True)
+    subprocess.run(["apt-get", "install", "-y", "-qq", name], check=False, capture_output=True)
+    if not shutil.which(name):
         subprocess.run(["apt-get", "update", "-qq"], check=False, capture_output=True)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True, capture_output=True)
-        found = shutil.which("wrk")
-    assert found, "wrk could not be installed"
-    return found
+        subprocess.run(["apt-get", "install", "-y", "-qq", name], check=False, capture_output=True)
+    return shutil.which(name)
 
 
 LUA = """
@@ -221,14 +225,61 @@ def wrk(
     return figures
 
 
-def bench_sidecar(customers: int, duration_s: int) -> None:
+def hey(
+    binary: str, url: str, key: str, connections: int, per_connection: int, duration_s: int
+) -> dict[str, str]:
+    """A fixed rate (hey's -q: each connection sends at most `per_connection` requests a second)."""
+    body = '{"customer_id":"customer-00042","feature":"api_calls","requested_units":1}'
+    result = subprocess.run(
+        [
+            binary,
+            "-z",
+            f"{duration_s}s",
+            "-c",
+            str(connections),
+            "-q",
+            str(per_connection),
+            "-t",
+            "2",
+            "-m",
+            "POST",
+            "-T",
+            "application/json",
+            "-H",
+            f"X-API-Key: {key}",
+            "-d",
+            body,
+            url,
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    out = result.stdout
+    rate = re.search(r"Requests/sec:\s+(\S+)", out)
+    figures = {"rate": rate.group(1) if rate else "?"}
+    for q in ("50", "99"):
+        match = re.search(rf"^\s+{q}%+ in (\S+) secs", out, re.M)
+        figures[f"p{q}"] = f"{float(match.group(1)) * 1000:.2f}ms" if match else "?"
+    statuses = re.findall(r"\[(\d+)\]\s+(\d+) responses", out)
+    figures["statuses"] = ", ".join(f"{code}: {n}" for code, n in statuses) or "none"
+    errors = re.search(r"Error distribution:\n((?:\s+\[.*\n?)+)", out)
+    figures["errors"] = " ".join(errors.group(1).split()) if errors else "none"
+    return figures
+
+
+def bench_sidecar(customers: int, duration_s: int, load: bool = True) -> None:
     from metergate.embedded.broker import EmbeddedBroker
     from metergate.kafka.admin import ensure_topics
     from metergate.kafka.producer import DeliveryTracker, flush, make_producer, produce
     from metergate.kafka.topics import Topics
     from metergate.wire.codec import codec
 
-    binary = find_wrk()
+    binary = find_tool("wrk")
+    if binary is None:
+        print("\nsidecar benchmark skipped: wrk not found (Debian: apt-get install -y wrk)")
+        return
+    pacer = find_tool("hey")
     work = Path(tempfile.mkdtemp(prefix="bench-entitlements-"))
     broker = EmbeddedBroker(work)
     broker.start()
@@ -281,25 +332,31 @@ def bench_sidecar(customers: int, duration_s: int) -> None:
             path.write_text(LUA.format(customers=customers, delay=delay_ms, batch=batch, key=key))
             return path
 
-        print(
-            f"\nsidecar over loopback ({customers} customers; wrk {duration_s} s per run, 2 threads, timeout 2 s)"
-        )
-        # paced: rate ~= connections * 1000 / (delay + service time)
-        for target, connections, delay in ((2000, 20, 10), (5000, 50, 10)):
-            f = wrk(binary, url, script(delay), connections, duration_s)
+        if load:
             print(
-                f"  paced ~{target}/s ({connections} conns, {delay} ms think time): {f['rate']}/s  p50 {f['p50']}  p99 {f['p99']}  errors {f['errors']}  non-2xx {f['non2xx']}"
+                f"\nsidecar over loopback ({customers} customers; wrk {duration_s} s per run, 2 threads, timeout 2 s)"
             )
-        for connections in (1, 10, 50, 200):
-            f = wrk(binary, url, script(), connections, duration_s)
+            if pacer is None:
+                print("  paced runs skipped: hey not found (Debian: apt-get install -y hey)")
+            for target, connections in ((2000, 20), (5000, 50)):
+                if pacer is None:
+                    break
+                f = hey(
+                    pacer, f"{url}/v1/entitlements/check", key, connections, target // connections, duration_s
+                )
+                print(
+                    f"  paced {target}/s (hey, {connections} conns x {target // connections}/s, one customer): {f['rate']}/s  p50 {f['p50']}  p99 {f['p99']}  statuses {f['statuses']}  errors {f['errors']}"
+                )
+            for connections in (1, 10, 50, 200):
+                f = wrk(binary, url, script(), connections, duration_s)
+                print(
+                    f"  saturation, {connections:>3} conns: {f['rate']}/s  p50 {f['p50']}  p99 {f['p99']}  errors {f['errors']}  non-2xx {f['non2xx']}"
+                )
+            f = wrk(binary, url, script(batch=100), 10, duration_s)
+            decisions = float(f["rate"]) * 100
             print(
-                f"  saturation, {connections:>3} conns: {f['rate']}/s  p50 {f['p50']}  p99 {f['p99']}  errors {f['errors']}  non-2xx {f['non2xx']}"
+                f"  batches of 100, 10 conns: {f['rate']} requests/s = {decisions:,.0f} decisions/s  p50 {f['p50']}  p99 {f['p99']}  errors {f['errors']}"
             )
-        f = wrk(binary, url, script(batch=100), 10, duration_s)
-        decisions = float(f["rate"]) * 100
-        print(
-            f"  batches of 100, 10 conns: {f['rate']} requests/s = {decisions:,.0f} decisions/s  p50 {f['p50']}  p99 {f['p99']}  errors {f['errors']}"
-        )
 
         # 3. freshness
         from metergate.domain.records import Aggregation, UsageAggregate, aggregate_key
@@ -457,11 +514,12 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=10_000)
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     parser.add_argument("--skip-http", action="store_true")
+    parser.add_argument("--skip-load", action="store_true", help="sidecar: freshness only, no load runs")
     args = parser.parse_args()
     print(json.dumps({"python": sys.version.split()[0], "cpus": os.cpu_count(), "load": os.getloadavg()}))
     bench_in_process(args.customers)
     if not args.skip_http:
-        bench_sidecar(args.customers, args.duration)
+        bench_sidecar(args.customers, args.duration, load=not args.skip_load)
 
 
 if __name__ == "__main__":

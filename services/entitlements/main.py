@@ -8,14 +8,17 @@ server (requests in flight finish), then the state is checkpointed and the produ
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import logging
 import signal
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from metergate import metrics as metrics_endpoint
 from metergate.entitlements import Entitlements, EntitlementsSettings
@@ -37,6 +40,52 @@ class _Server(uvicorn.Server):
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+
+class _OneWrite:
+    """A transport that sends a response's head together with its body: uvicorn writes the head
+    (status line and headers) and the body in two `write` calls, i.e. two send() system calls per
+    answer, which were ~45% of the sidecar's time under load. A write that ends a head
+    (`\\r\\n\\r\\n`) is held until the next write (the body, in the same turn of the event loop),
+    the end of that turn (`call_soon`), or `close`, whichever comes first; nothing else changes."""
+
+    __slots__ = ("_held", "_loop", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: bytes | None = None
+
+    def write(self, data: bytes) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            data = held + data
+        if data.endswith(b"\r\n\r\n"):
+            self._held = data
+            self._loop.call_soon(self.flush)
+            return
+        self._transport.write(data)
+
+    def flush(self) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            self._transport.write(held)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+class _Protocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, sending each answer in one write (`_OneWrite`)."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(_OneWrite(transport, self.loop))  # type: ignore[arg-type]
 
 
 def _loop() -> str:
@@ -79,7 +128,8 @@ def run() -> None:
             host=settings.http_host,
             port=settings.http_port,
             loop=_loop(),
-            http="httptools",
+            http=_Protocol,
+            proxy_headers=False,  # loopback: no proxy in front whose X-Forwarded-* to trust
             lifespan="off",
             access_log=False,
             log_level="warning",

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -83,30 +82,105 @@ def shown(value: Decimal | None) -> str:
     return "unlimited" if value is None else f"{value.normalize():f}"
 
 
-@dataclass(slots=True)
-class Decision:
-    """One answer. Not frozen on purpose: a frozen dataclass sets each of its 19 fields through
-    `object.__setattr__`, which doubled the cost of a check; treat it as read-only."""
+_FIELD_NAMES = (
+    "has_access",
+    "reason",
+    "message",
+    "customer_id",
+    "feature",
+    "kind",
+    "enforcement",
+    "usage",
+    "included",
+    "limit",
+    "remaining",
+    "requested_units",
+    "overage_units",
+    "config_value",
+    "period_start",
+    "period_end",
+    "as_of",
+    "stale",
+    "source",
+)
 
-    has_access: bool
-    reason: Reason
-    message: str
-    customer_id: str
-    feature: str
-    kind: FeatureKind | None = None
-    enforcement: Enforcement | None = None
-    usage: Decimal | None = None
-    included: Decimal | None = None
-    limit: Decimal | None = None
-    remaining: Decimal | None = None
-    requested_units: Decimal = _ONE
-    overage_units: Decimal | None = None
-    config_value: str | None = None
-    period_start: datetime | None = None
-    period_end: datetime | None = None
-    as_of: datetime | None = None
-    stale: bool = False
-    source: Source = Source.LIVE
+
+class Decision:
+    """One answer (treat it as read-only).
+
+    A plain class with `__slots__` rather than a dataclass: it is built once per check, and a check
+    must stay within a few microseconds. The explanation of a denial or an overage names figures
+    (`shown()` of three Decimals and a date: about as long as the whole rule), so the rule hands
+    over its parts and `message` is formatted the first time somebody reads it.
+    """
+
+    __slots__ = (*(name for name in _FIELD_NAMES if name != "message"), "_message", "_explain")
+
+    def __init__(
+        self,
+        has_access: bool,
+        reason: Reason,
+        message: str | None,
+        customer_id: str,
+        feature: str,
+        kind: FeatureKind | None = None,
+        enforcement: Enforcement | None = None,
+        usage: Decimal | None = None,
+        included: Decimal | None = None,
+        limit: Decimal | None = None,
+        remaining: Decimal | None = None,
+        requested_units: Decimal = _ONE,
+        overage_units: Decimal | None = None,
+        config_value: str | None = None,
+        period_start: datetime | None = None,
+        period_end: datetime | None = None,
+        as_of: datetime | None = None,
+        stale: bool = False,
+        source: Source = Source.LIVE,
+        explain: Callable[[Decision], str] | None = None,
+    ) -> None:
+        self.has_access = has_access
+        self.reason = reason
+        self._message = message
+        self._explain = explain
+        self.customer_id = customer_id
+        self.feature = feature
+        self.kind = kind
+        self.enforcement = enforcement
+        self.usage = usage
+        self.included = included
+        self.limit = limit
+        self.remaining = remaining
+        self.requested_units = requested_units
+        self.overage_units = overage_units
+        self.config_value = config_value
+        self.period_start = period_start
+        self.period_end = period_end
+        self.as_of = as_of
+        self.stale = stale
+        self.source = source
+
+    @property
+    def message(self) -> str:
+        message = self._message
+        if message is None:
+            explain = self._explain
+            message = self._message = "" if explain is None else explain(self)
+        return message
+
+    def values(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in _FIELD_NAMES)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not Decision:
+            return NotImplemented
+        return self.values() == other.values()  # type: ignore[attr-defined]
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        shown_fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in _FIELD_NAMES)
+        return f"Decision({shown_fields})"
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready: Decimals as exact strings (never floats), datetimes as ISO 8601, enums as values."""
@@ -123,7 +197,9 @@ class Decision:
         return out
 
 
-_FIELD_NAMES = tuple(f.name for f in fields(Decision))
+#: Decimals of the small whole amounts most checks ask for (Decimals are immutable: safe to share)
+_SMALL_COUNT = 1025
+_SMALL = tuple(Decimal(i) for i in range(_SMALL_COUNT))
 
 #: usage of (meter, period) as the caller knows it
 UsageLookup = Callable[[str, Period], Decimal]
@@ -132,8 +208,11 @@ UsageLookup = Callable[[str, Period], Decimal]
 def requested(value: Any, *, name: str = "requested_units") -> Decimal:
     """Validate a requested amount: a non-negative Decimal, int or numeric string (never float)."""
     kind = type(value)
-    if kind is int and 0 <= value <= MAX_QUANTITY:  # type: ignore[operator]
-        return Decimal(value)
+    if kind is int:
+        if 0 <= value < _SMALL_COUNT:  # type: ignore[operator]
+            return _SMALL[value]  # type: ignore[index]
+        if 0 <= value <= MAX_QUANTITY:  # type: ignore[operator]
+            return Decimal(value)
     if (
         kind is Decimal
         and value.is_finite()
@@ -214,88 +293,137 @@ def check(
     if period is None:
         period = period_for(now, snapshot.billing_anchor, snapshot.reset_period)
     used = usage(entitlement.meter or feature, period)
-    return metered(
-        entitlement,
-        customer_id,
-        used,
-        requested_units,
-        period,
-        credit_balance=credit_balance,
-        as_of=as_of,
-        stale=stale,
-        source=source,
+    terms = MeteredTerms(entitlement)
+    return metered(terms, customer_id, used, requested_units, period, credit_balance, as_of, stale, source)
+
+
+# enum members as module constants: `Reason.OK` is a class-attribute lookup through the enum's
+# metaclass, about 0.1 µs each, several per check
+_OK = Reason.OK
+_LIMIT_EXCEEDED = Reason.LIMIT_EXCEEDED
+_WOULD_EXCEED = Reason.WOULD_EXCEED
+_SOFT_LIMIT_EXCEEDED = Reason.SOFT_LIMIT_EXCEEDED
+_CREDITS_EXHAUSTED = Reason.CREDITS_EXHAUSTED
+_HARD = Enforcement.HARD
+_SOFT = Enforcement.SOFT
+_METERED = FeatureKind.METERED
+
+
+def _limit_reached(d: Decision) -> str:
+    end = d.period_end.isoformat() if d.period_end is not None else "the end of the period"
+    return f"hard limit of {shown(d.limit)} for {d.feature!r} reached (usage {shown(d.usage)}) until {end}"
+
+
+def _would_exceed(d: Decision) -> str:
+    return (
+        f"{shown(d.requested_units)} more would exceed the hard limit of {shown(d.limit)} for "
+        f"{d.feature!r} (usage {shown(d.usage)}, {shown(d.remaining)} remaining)"
     )
 
 
+def _soft_exceeded(d: Decision) -> str:
+    return f"soft limit of {shown(d.limit)} for {d.feature!r} exceeded by {shown(d.overage_units)} (allowed)"
+
+
+class _CreditsExhausted:
+    """Explains a credits_exhausted denial (the balance is not a Decision field)."""
+
+    __slots__ = ("balance",)
+
+    def __init__(self, balance: Decimal) -> None:
+        self.balance = balance
+
+    def __call__(self, d: Decision) -> str:
+        return (
+            f"credit balance of customer {d.customer_id!r} is {shown(self.balance)}: usage of "
+            f"{d.feature!r} beyond the {shown(d.included)} included units needs credit"
+        )
+
+
+class MeteredTerms:
+    """What the metered rule reads of a feature, copied out of its `FeatureEntitlement` once (a
+    caller that checks often keeps it per snapshot: plain slots read faster than a model's fields)."""
+
+    __slots__ = ("credits_apply", "enforcement", "feature", "included", "limit")
+
+    def __init__(self, entitlement: FeatureEntitlement) -> None:
+        self.feature = entitlement.feature
+        self.limit = entitlement.limit
+        self.enforcement = entitlement.enforcement
+        self.included = entitlement.included
+        #: a credit balance can deny this feature: hard enforcement and priced beyond `included`
+        self.credits_apply = (
+            entitlement.enforcement is Enforcement.HARD and entitlement.pricing.model is not PricingModel.NONE
+        )
+
+
 def metered(
-    entitlement: FeatureEntitlement,
+    entitlement: MeteredTerms,
     customer_id: str,
     used: Decimal,
     requested_units: Decimal,
     period: Period,
-    *,
     credit_balance: Decimal | None = None,
     as_of: datetime | None = None,
     stale: bool = False,
     source: Source = Source.LIVE,
 ) -> Decision:
     """The rule for a metered feature once its usage in `period` is known."""
-    feature = entitlement.feature
     limit = entitlement.limit
     enforcement = entitlement.enforcement
     after = used + requested_units
+    explain: Callable[[Decision], str] | None = None
+    has_access = True
+    reason = _OK
     if limit is None:
         remaining = None
         overage = _ZERO
     else:
-        remaining = limit - used if used < limit else _ZERO
-        overage = after - limit if after > limit else _ZERO
-    has_access = True
-    reason = Reason.OK
-    message = "entitled"
-    if limit is not None and overage > 0:
-        if enforcement is Enforcement.HARD:
+        if used < limit:
+            remaining = limit - used
+        else:
+            remaining = _ZERO
+        if after > limit:
+            overage = after - limit
+            if enforcement is _HARD:
+                has_access = False
+                if remaining == _ZERO and (requested_units > _ZERO or used > limit):
+                    reason = _LIMIT_EXCEEDED
+                    explain = _limit_reached
+                else:
+                    reason = _WOULD_EXCEED
+                    explain = _would_exceed
+            elif enforcement is _SOFT:
+                reason = _SOFT_LIMIT_EXCEEDED
+                explain = _soft_exceeded
+        else:
+            overage = _ZERO
+    if has_access and credit_balance is not None and credit_balance <= _ZERO:
+        if entitlement.credits_apply and after > entitlement.included and requested_units > _ZERO:
             has_access = False
-            if remaining == 0 and (requested_units > 0 or used > limit):
-                reason = Reason.LIMIT_EXCEEDED
-                message = f"hard limit of {shown(limit)} for {feature!r} reached (usage {shown(used)}) until {period.end.isoformat()}"
-            else:
-                reason = Reason.WOULD_EXCEED
-                message = f"{shown(requested_units)} more would exceed the hard limit of {shown(limit)} for {feature!r} (usage {shown(used)}, {shown(remaining)} remaining)"
-        elif enforcement is Enforcement.SOFT:
-            reason = Reason.SOFT_LIMIT_EXCEEDED
-            message = f"soft limit of {shown(limit)} for {feature!r} exceeded by {shown(overage)} (allowed)"
-    if (
-        has_access
-        and credit_balance is not None
-        and credit_balance <= 0
-        and enforcement is Enforcement.HARD
-        and entitlement.pricing.model is not PricingModel.NONE
-        and after > entitlement.included
-        and requested_units > 0
-    ):
-        has_access = False
-        reason = Reason.CREDITS_EXHAUSTED
-        message = f"credit balance of customer {customer_id!r} is {shown(credit_balance)}: usage of {feature!r} beyond the {shown(entitlement.included)} included units needs credit"
+            reason = _CREDITS_EXHAUSTED
+            explain = _CreditsExhausted(credit_balance)
     return Decision(
         has_access,
         reason,
-        message,
+        "entitled" if explain is None else None,
         customer_id,
-        feature,
-        kind=FeatureKind.METERED,
-        enforcement=enforcement,
-        usage=used,
-        included=entitlement.included,
-        limit=limit,
-        remaining=remaining,
-        requested_units=requested_units,
-        overage_units=overage,
-        period_start=period.start,
-        period_end=period.end,
-        as_of=as_of,
-        stale=stale,
-        source=source,
+        entitlement.feature,
+        _METERED,
+        enforcement,
+        used,
+        entitlement.included,
+        limit,
+        remaining,
+        requested_units,
+        overage,
+        None,
+        period.start,
+        period.end,
+        as_of,
+        stale,
+        source,
+        explain,
     )
 
 

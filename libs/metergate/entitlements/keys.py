@@ -12,6 +12,12 @@ customers; an unbound key sees all of them (one customer at a time: no endpoint 
 
 The file (JSON, mode 0600, path `METERGATE_ENTITLEMENTS_KEYS_FILE`) is re-read when it changes, so
 a key created or revoked with the CLI takes effect in a running sidecar within a second.
+
+A presented key that verified is remembered (in memory, with the set of keys it was verified
+against), so a sidecar answering thousands of checks a second hashes each key once; the memory is
+dropped whenever the file is re-read with a change, so a revocation still takes effect within a
+second. Only keys that verified are remembered (a stream of wrong keys cannot fill it), at most
+`VERIFIED_CAPACITY` of them.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from pathlib import Path
 from metergate.errors import ConfigurationError, InvalidInput
 
 SCOPES = ("check", "ingest", "admin")
+VERIFIED_CAPACITY = 4096
 PREFIX = "mgk_"
 
 
@@ -74,6 +81,8 @@ class KeyStore:
         self._mtime: float | None = None
         self._checked = 0.0
         self._lock = threading.Lock()
+        #: presented key -> (the keys it was verified against, its record)
+        self._verified: dict[str, tuple[dict[str, ApiKey], ApiKey]] = {}
 
     def __repr__(self) -> str:
         return f"KeyStore({str(self.path)!r}, {len(self._keys)} keys)"
@@ -118,14 +127,21 @@ class KeyStore:
         """The key `presented` proves, or None (unknown, malformed, revoked or wrong secret)."""
         if not presented or not presented.startswith(PREFIX):
             return None
+        keys = self._fresh()
+        known = self._verified.get(presented)
+        if known is not None and known[0] is keys:
+            return known[1]
         key_id, _, secret = presented[len(PREFIX) :].partition("_")
-        stored = self._fresh().get(key_id)
+        stored = keys.get(key_id)
         if stored is None or not secret:
             return None
         if not hmac.compare_digest(_digest(secret).encode(), stored.secret_sha256.encode()):
             return None
         if stored.revoked_at is not None:
             return None
+        if len(self._verified) >= VERIFIED_CAPACITY:
+            self._verified = {}
+        self._verified[presented] = (keys, stored)
         return stored
 
     # -- writing (the CLI) -------------------------------------------------------------------------

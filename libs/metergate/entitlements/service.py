@@ -9,8 +9,9 @@
         entitlements.report([{"event_id": ..., "customer_id": "acme", "meter": "api_calls", ...}])
     entitlements.close()
 
-It follows `entitlements.snapshots`, `usage.aggregates` and `usage.limits` from the beginning on a
-thread of its own (`metergate.kafka.follow.TopicFollower`, no consumer group), keeps the state in
+It follows `entitlements.snapshots`, `usage.aggregates`, `usage.limits` and `credits.balances`
+(and metering's verdicts on `usage.duplicates` and `usage.dlq`, which settle pending usage that
+will never be counted) from the beginning on a thread of its own (`metergate.kafka.follow.TopicFollower`, no consumer group), keeps the state in
 memory (`metergate.entitlements.state`), and answers `check` from it without any I/O. The state is
 checkpointed to disk (`metergate.entitlements.checkpoint`) and loaded from there at start, so a
 process restarted while the broker is unreachable answers from its checkpoint (`source: cache`).
@@ -20,10 +21,13 @@ event, and what happens if a step fails:
 
 1. validate (a bad event is `rejected` with its field and reason; nothing is sent);
 2. refuse an event_id already reported here (`duplicate`; metering would not count it either);
-3. produce to the customer's canonical partition (crc32(customer_id) % partitions, librdkafka's
-   default partitioner for keyed records) with the idempotent producer;
+3. produce to the customer's canonical partition with the idempotent producer: the partition
+   metering counts the customer on, `partition_for(customer_id, N)` (murmur2) with N the partition
+   count of metering's state changelog (that of usage.events until the changelog exists), so the
+   offset in the delivery report is one that an aggregate's version names;
 4. on the delivery report, add it to the pending usage with its partition and offset (dropped when
-   an aggregate covering that offset arrives);
+   an aggregate covering that offset arrives, or metering's duplicate receipt or dead letter for
+   that partition and offset: `metergate.entitlements.state`);
 5. reply `accepted` only after step 4: what is accepted is on Kafka. If the broker does not
    acknowledge within `ingest_timeout_s` the event is `rejected` with reason `not_delivered`; a
    retry with the same event_id is safe (metering counts an event_id once), and should the first
@@ -33,9 +37,10 @@ event, and what happens if a step fails:
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -48,6 +53,8 @@ from metergate.domain.partitioning import partition_for
 from metergate.domain.periods import Period, calendar_month, period_for
 from metergate.domain.records import (
     CreditBalance,
+    DeadLetter,
+    DuplicateReceipt,
     EntitlementSnapshot,
     LimitEvent,
     UsageAggregate,
@@ -55,6 +62,7 @@ from metergate.domain.records import (
 )
 from metergate.entitlements import checkpoint
 from metergate.entitlements import metrics as m
+from metergate.entitlements.metrics import CHECKS
 from metergate.entitlements.settings import EntitlementsSettings
 from metergate.entitlements.state import EntitlementState, Freshness, PendingUsage, wall
 from metergate.errors import InvalidEvent, InvalidInput
@@ -65,6 +73,7 @@ from metergate.wire.codec import codec
 log = logging.getLogger("metergate.entitlements")
 
 ACCEPTED, DUPLICATE, REJECTED = "accepted", "duplicate", "rejected"
+_PARTITIONS_RECHECK_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,11 +106,13 @@ class Entitlements:
         *,
         client_config: Mapping[str, Any] | None = None,
         start: bool = True,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
+        self._clock = clock  # wall time, POSIX seconds: the moment a check is answered for
         self.topics = settings.kafka.topics
         self._client_config = dict(client_config or settings.kafka.client_config())
-        self.state = EntitlementState(fallback=settings.fallback)
+        self.state = EntitlementState(fallback=settings.fallback, clock=clock)
         self._cache_as_of: datetime | None = None
         if settings.checkpoint_path is not None:
             self._cache_as_of = checkpoint.load(settings.checkpoint_path, self.state)
@@ -117,27 +128,39 @@ class Entitlements:
             self.topics.aggregates: self._apply_aggregate,
             self.topics.limits: self._apply_limit,
             self.topics.balances: self._apply_balance,
+            self.topics.duplicates: self._apply_receipt,
+            self.topics.dlq: self._apply_dead_letter,
         }
         self._snapshot_codec = codec(EntitlementSnapshot)
         self._aggregate_codec = codec(UsageAggregate)
         self._limit_codec = codec(LimitEvent)
         self._balance_codec = codec(CreditBalance)
+        self._receipt_codec = codec(DuplicateReceipt)
+        self._dead_letter_codec = codec(DeadLetter)
         self._event_codec = codec(UsageEvent)
         self.follower = TopicFollower(
             self._client_config,
-            [self.topics.snapshots, self.topics.aggregates, self.topics.limits, self.topics.balances],
+            list(self._decoders),
             self._on_records,
             name="entitlements",
+            # consume() waits out its timeout unless a whole batch arrived: the timeout is how long
+            # a record can sit fetched before a check sees it (10 ms: ~100 short wake-ups a second)
+            poll_timeout_s=0.01,
         )
         self._producer: Producer | None = None
         self._producer_lock = threading.Lock()
         self._partitions: int | None = None
+        self._partitions_final = False  # read from metering's changelog (never changes)
+        self._partitions_recheck_at = 0.0
         self._inflight: set[str] = set()
         self._inflight_lock = threading.Lock()
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._freshness_key: tuple[Any, ...] = ()
         self._freshness = Freshness(None, True, Source.LIVE, False)
+        self._seen_caught_up: bool | None = None
+        self._seen_as_of: float | None = None
+        self._seen_contact: float | None = None
+        self._stale_at = -math.inf
         self._checkpointed = -1
         m.PENDING.set_function(lambda: sum(len(items) for items in self.state.pending.values()))
         if start:
@@ -195,21 +218,34 @@ class Entitlements:
         self.close()
 
     # -- checking ----------------------------------------------------------------------------------
-    def freshness(self) -> Freshness:
+    def freshness(self, now_ts: float | None = None) -> Freshness:
+        """Where answers come from now. Called by every check, so it compares what it saw last time
+        (caught up, the follower's as_of, when it turns stale) and builds a new value only on change."""
         follower = self.follower
+        if now_ts is None:
+            now_ts = self._clock()
         caught_up = follower.caught_up.is_set()
         contact = follower.last_contact
-        stale = contact is None or time.time() - contact > self.settings.stale_after_s
-        key = (caught_up, follower.as_of, stale)
-        if key != self._freshness_key:
-            if caught_up:
-                fresh = Freshness(wall(follower.as_of), stale, Source.LIVE, True)
-            elif self._cache_as_of is not None:
-                fresh = Freshness(self._cache_as_of, True, Source.CACHE, True)
-            else:
-                fresh = Freshness(None, True, Source.LIVE, False)
-            self._freshness, self._freshness_key = fresh, key
-        return self._freshness
+        as_of = follower.as_of
+        if (
+            caught_up is self._seen_caught_up
+            and as_of is self._seen_as_of
+            and contact is self._seen_contact
+            and now_ts < self._stale_at
+        ):
+            return self._freshness
+        stale = contact is None or now_ts - contact > self.settings.stale_after_s
+        if caught_up:
+            fresh = Freshness(wall(as_of), stale, Source.LIVE, True)
+        elif self._cache_as_of is not None:
+            fresh = Freshness(self._cache_as_of, True, Source.CACHE, True)
+        else:
+            fresh = Freshness(None, True, Source.LIVE, False)
+        self._freshness = fresh
+        self._seen_caught_up, self._seen_as_of, self._seen_contact = caught_up, as_of, contact
+        # until when this answer holds (no later than the moment the last contact turns stale)
+        self._stale_at = math.inf if stale or contact is None else contact + self.settings.stale_after_s
+        return fresh
 
     def check(
         self,
@@ -226,12 +262,19 @@ class Entitlements:
         snapshots carry limits per customer, so it does not change the decision yet.
         """
         units = requested(requested_units)
-        decision = self.state.check(customer_id, feature, units, now or datetime.now(UTC), self.freshness())
-        m.CHECKS[decision.reason] += 1
+        if now is None:
+            now_ts = self._clock()
+            fresh = self.freshness(now_ts)
+        else:  # a moment of the caller's: the period is its; staleness stays the wall clock's
+            now_ts = now.timestamp()
+            fresh = self.freshness()
+        decision = self.state.check_at(customer_id, feature, units, now_ts, fresh)
+        CHECKS[decision.reason] += 1
         return decision
 
     def customer(self, customer_id: str, *, now: datetime | None = None) -> list[Decision] | None:
-        return self.state.features(customer_id, now or datetime.now(UTC), self.freshness())
+        moment = now or datetime.fromtimestamp(self._clock(), UTC)
+        return self.state.features(customer_id, moment, self.freshness())
 
     def knows(self, customer_id: str) -> bool:
         return customer_id in self.state.snapshots
@@ -381,13 +424,37 @@ class Entitlements:
             producer.poll(0.01)
 
     def _partition_count(self, producer: Producer) -> int | None:
-        if self._partitions is None:
-            try:
-                topic = producer.list_topics(self.topics.events, timeout=2).topics.get(self.topics.events)
-                if topic is not None and topic.partitions and topic.error is None:
-                    self._partitions = len(topic.partitions)
-            except KafkaException as exc:
-                log.warning("entitlements: partitions of %s unknown (%s)", self.topics.events, exc)
+        """N of `partition_for(customer_id, N)`: the partition count metering counts customers by,
+        that of its state changelog (`metering_changelog_topic`; services/metering/app.py). Before
+        the changelog exists (metering never ran) it is usage.events' count, which metering will
+        create the changelog with; that guess is re-checked every `_PARTITIONS_RECHECK_S`."""
+        if self._partitions is not None and (
+            self._partitions_final or time.monotonic() < self._partitions_recheck_at
+        ):
+            return self._partitions
+        changelog, events = self.settings.metering_changelog_topic, self.topics.events
+        try:
+            topics = producer.list_topics(timeout=2).topics
+        except KafkaException as exc:
+            log.warning("entitlements: partitions of %s unknown (%s)", changelog, exc)
+            return self._partitions
+        state = topics.get(changelog)
+        if state is not None and state.error is None and state.partitions:
+            self._partitions, self._partitions_final = len(state.partitions), True
+            return self._partitions
+        topic = topics.get(events)
+        if topic is not None and topic.error is None and topic.partitions:
+            if self._partitions is None:
+                log.warning(
+                    "entitlements: %s does not exist yet (metering has not run): reported usage goes to "
+                    "partition_for(customer_id, %d), the partition count of %s, which metering's state "
+                    "will be built for",
+                    changelog,
+                    len(topic.partitions),
+                    events,
+                )
+            self._partitions = len(topic.partitions)
+            self._partitions_recheck_at = time.monotonic() + _PARTITIONS_RECHECK_S
         return self._partitions
 
     # -- following the topics ----------------------------------------------------------------------
@@ -440,6 +507,26 @@ class Entitlements:
         self.state.apply_balance(self._balance_codec.decode(value))
         m.APPLIED.labels("balance").inc()
 
+    def _apply_receipt(self, message: Message) -> None:
+        """Metering found a record a duplicate: if it was reported here, it leaves the pending usage."""
+        value = message.value()
+        if value is None:
+            return
+        position = self._receipt_codec.decode(value).duplicate
+        if position.topic == self.topics.events:
+            self.state.settle(position.partition, position.offset)
+            m.APPLIED.labels("receipt").inc()
+
+    def _apply_dead_letter(self, message: Message) -> None:
+        """Metering rejected a record: if it was reported here, it leaves the pending usage."""
+        value = message.value()
+        if value is None:
+            return
+        position = self._dead_letter_codec.decode(value).source
+        if position.topic == self.topics.events:
+            self.state.settle(position.partition, position.offset)
+            m.APPLIED.labels("dead_letter").inc()
+
     # -- checkpoint --------------------------------------------------------------------------------
     def write_checkpoint(self) -> bool:
         path = self.settings.checkpoint_path
@@ -458,6 +545,6 @@ class Entitlements:
         while not self._stopping.wait(self.settings.checkpoint_interval_s):
             try:
                 self.write_checkpoint()
-                self.state.expire_pending(datetime.now(UTC))
+                self.state.expire_pending(datetime.fromtimestamp(self._clock(), UTC))
             except OSError as exc:
                 log.error("entitlements: checkpoint not written: %s", exc)

@@ -11,6 +11,7 @@
 | METERGATE_ENTITLEMENTS_FALLBACK | {} | per-feature decision for customers never seen, JSON, e.g. `{"sso": true, "*": false}` |
 | METERGATE_ENTITLEMENTS_INGEST_TIMEOUT_S | 10 | longest wait for Kafka to acknowledge reported usage |
 | METERGATE_ENTITLEMENTS_CATCH_UP_TIMEOUT_S | 60 | `from_env()` waits this long for the state to catch up (0 = do not wait) |
+| METERGATE_METERING_APP_ID | metergate-metering | the metering worker's app id (the variable metering reads): its state changelog `<prefix><app id>-state-changelog` has the partition count usage is counted by |
 
 Shared: METERGATE_KAFKA_* and METERGATE_METRICS_PORT (see `metergate.settings`).
 """
@@ -27,7 +28,9 @@ from metergate.settings import KafkaSettings, MetricsSettings
 
 
 class EntitlementsSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="METERGATE_ENTITLEMENTS_", frozen=True, extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="METERGATE_ENTITLEMENTS_", frozen=True, extra="ignore", populate_by_name=True
+    )
 
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
@@ -41,6 +44,16 @@ class EntitlementsSettings(BaseSettings):
     fallback: dict[str, bool] = Field(default_factory=dict)
     ingest_timeout_s: float = Field(default=10.0, gt=0)
     catch_up_timeout_s: float = Field(default=60.0, ge=0)
+    metering_app_id: str = Field(
+        default="metergate-metering",
+        min_length=1,
+        validation_alias="METERGATE_METERING_APP_ID",
+    )
+
+    @property
+    def metering_changelog_topic(self) -> str:
+        """Metering's state changelog (services/metering/settings.py: the same name)."""
+        return f"{self.kafka.topic_prefix}{self.metering_app_id}-state-changelog"
 
     @field_validator("checkpoint_path", mode="before")
     @classmethod

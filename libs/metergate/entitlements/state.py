@@ -16,6 +16,13 @@ Fed from three compacted/partitioned topics and from the usage this process repo
   `offset < version`. Events are reported on that (canonical) partition, so the delivery report's
   position is the one metering counts. A pending event is counted in the period of its event time.
 
+  Metering gives every record of usage.events exactly one verdict: counted (an aggregate whose
+  version covers it), a duplicate (a receipt on `usage.duplicates` naming its position as
+  `duplicate`) or rejected (a dead letter on `usage.dlq` naming it as `source`). So a pending event
+  also leaves, exactly, when the receipt or the dead letter of its partition and offset arrives: it
+  will never be in an aggregate. A verdict that arrives before its delivery report is remembered
+  (the last `verdict_capacity` positions), and the event is then not added at all.
+
 Usage of a key = max(aggregate value + pending, highest limit-event usage). No double counting: a
 pending event leaves the moment the aggregate that includes it is applied (under one lock with the
 pending update, so no check sees both); no gap: it stays until then, and a delivery report that
@@ -27,18 +34,20 @@ Reads take no lock: every value a check reads is replaced whole (tuples, Decimal
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 
 from metergate.domain import entitlements as rules
-from metergate.domain.entitlements import Decision, Source
+from metergate.domain.entitlements import Decision, MeteredTerms, Reason, Source
 from metergate.domain.periods import Period, period_for
 from metergate.domain.records import (
     CreditBalance,
     EntitlementSnapshot,
+    FeatureEntitlement,
     FeatureKind,
     LimitEvent,
     UsageAggregate,
@@ -47,6 +56,8 @@ from metergate.domain.records import (
 _ZERO = Decimal(0)
 
 UsageKey = tuple[str, str, datetime]  # customer, meter, period_start
+LimitKey = tuple[str, str, datetime]  # customer, feature, period_start
+CurrentPeriod = tuple[float, float, Period, dict[str, tuple[UsageKey, LimitKey]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +67,53 @@ class PendingUsage:
     offset: int
     quantity: Decimal
     period_end: datetime
+
+
+class FeatureView(MeteredTerms):
+    """What a check needs of one feature of one snapshot, computed once when the snapshot arrives."""
+
+    __slots__ = ("meter", "static")
+
+    def __init__(self, entitlement: FeatureEntitlement, customer_id: str) -> None:
+        super().__init__(entitlement)
+        self.meter = entitlement.meter or entitlement.feature
+        #: (has_access, reason, message, kind, config_value) of a feature whose answer needs no usage
+        self.static: tuple[bool, Reason, str, FeatureKind, str | None] | None = None
+        if not entitlement.enabled:
+            message = f"feature {entitlement.feature!r} is disabled for customer {customer_id!r}"
+            self.static = (False, Reason.DISABLED, message, entitlement.kind, None)
+        elif entitlement.kind is not FeatureKind.METERED:
+            self.static = (True, Reason.OK, "entitled", entitlement.kind, entitlement.config_value)
+
+
+_EPOCH = datetime.fromtimestamp(0, UTC)
+_NO_PERIOD = Period(_EPOCH, _EPOCH)
+
+
+class CustomerView:
+    """A customer's snapshot made ready for checks: features by name, the current period cached
+    (as POSIX seconds, so a check compares two floats), and the usage keys of that period."""
+
+    __slots__ = ("current", "features", "snapshot")
+
+    def __init__(self, snapshot: EntitlementSnapshot, now_ts: float) -> None:
+        self.snapshot = snapshot
+        self.features = {f.feature: FeatureView(f, snapshot.customer_id) for f in reversed(snapshot.features)}
+        #: (start_ts, end_ts, period, {feature: (usage key, limit-event key)}), replaced whole when the
+        #: period rolls over, so a check on another thread never pairs one period's bounds with another's keys
+        self.current: CurrentPeriod = (0.0, 0.0, _NO_PERIOD, {})
+        if any(f.static is None for f in self.features.values()):
+            self.roll(now_ts)  # the period of now, so that no check has to compute it
+
+    def roll(self, now_ts: float) -> CurrentPeriod:
+        """Enter the period containing `now_ts` (at the snapshot's arrival, or once it rolled over)."""
+        snapshot = self.snapshot
+        period = period_for(
+            datetime.fromtimestamp(now_ts, UTC), snapshot.billing_anchor, snapshot.reset_period
+        )
+        current: CurrentPeriod = (period.start.timestamp(), period.end.timestamp(), period, {})
+        self.current = current
+        return current
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,19 +127,30 @@ class Freshness:
 
 
 class EntitlementState:
-    def __init__(self, *, fallback: Mapping[str, bool] | None = None, reported_capacity: int = 1_000_000):
+    def __init__(
+        self,
+        *,
+        fallback: Mapping[str, bool] | None = None,
+        reported_capacity: int = 1_000_000,
+        verdict_capacity: int = 100_000,
+        clock: Callable[[], float] = time.time,
+    ):
+        self._clock = clock  # wall time (POSIX seconds): a new snapshot's view starts in the period of now
         self.snapshots: dict[str, EntitlementSnapshot] = {}
         self.snapshot_bytes: dict[str, bytes] = {}  # the record as received (for the checkpoint)
+        self.views: dict[str, CustomerView] = {}  # the snapshots made ready for checks
         self.aggregates: dict[UsageKey, tuple[int, Decimal]] = {}
         self.limit_usage: dict[tuple[str, str, datetime], Decimal] = {}
         self.balances: dict[str, CreditBalance] = {}  # customer -> highest ledger position seen
         self.pending: dict[UsageKey, tuple[PendingUsage, ...]] = {}
         self.pending_totals: dict[UsageKey, Decimal] = {}
+        self._pending_at: dict[tuple[int, int], UsageKey] = {}  # (partition, offset) -> its key
+        self._verdicts: OrderedDict[tuple[int, int], None] = OrderedDict()  # duplicates and rejections
+        self._verdict_capacity = verdict_capacity
         self.reported: OrderedDict[str, None] = OrderedDict()
         self.fallback = dict(fallback or {})
         self.changes = 0  # bumped at each change (the checkpoint writes only when it moved)
         self._reported_capacity = reported_capacity
-        self._periods: dict[str, Period] = {}
         self._lock = threading.Lock()
 
     # -- applying records --------------------------------------------------------------------------
@@ -92,13 +161,15 @@ class EntitlementState:
             if snapshot is None:  # tombstone
                 self.snapshots.pop(customer_id, None)
                 self.snapshot_bytes.pop(customer_id, None)
-                self._periods.pop(customer_id, None)
+                self.views.pop(customer_id, None)
                 self.changes += 1
                 return True
             current = self.snapshots.get(snapshot.customer_id)
             if current is not None and snapshot.version < current.version:
                 return False
-            self._periods.pop(snapshot.customer_id, None)
+            self.views[snapshot.customer_id] = CustomerView(
+                snapshot, self._clock()
+            )  # before the snapshot: see check()
             self.snapshots[snapshot.customer_id] = snapshot
             if raw is not None:
                 self.snapshot_bytes[snapshot.customer_id] = raw
@@ -160,7 +231,25 @@ class EntitlementState:
             current = self.aggregates.get(key)
             if current is not None and covers(current[0], usage):
                 return False
+            if (usage.partition, usage.offset) in self._verdicts:
+                return False  # metering already found it a duplicate or rejected it
             self._set_pending(key, (*self.pending.get(key, ()), usage))
+            self.changes += 1
+            return True
+
+    def settle(self, partition: int, offset: int) -> bool:
+        """Metering will never count the usage.events record at (partition, offset): a duplicate
+        receipt or a dead letter names it. Drop it from the pending usage (True if it was there)."""
+        position = (partition, offset)
+        with self._lock:
+            self._verdicts[position] = None
+            if len(self._verdicts) > self._verdict_capacity:
+                self._verdicts.popitem(last=False)
+            key = self._pending_at.get(position)
+            if key is None:
+                return False
+            items = self.pending.get(key, ())
+            self._set_pending(key, tuple(p for p in items if (p.partition, p.offset) != position))
             self.changes += 1
             return True
 
@@ -169,6 +258,8 @@ class EntitlementState:
         with self._lock:
             current = self.aggregates.get(key)
             if current is not None and covers(current[0], usage):
+                return
+            if (usage.partition, usage.offset) in self._verdicts:
                 return
             self._set_pending(key, (*self.pending.get(key, ()), usage))
 
@@ -181,6 +272,13 @@ class EntitlementState:
             return len(gone)
 
     def _set_pending(self, key: UsageKey, items: tuple[PendingUsage, ...]) -> None:
+        """Replace the pending events of `key` (under the lock), keeping the position index true."""
+        positions = {(item.partition, item.offset) for item in items}
+        for gone in self.pending.get(key, ()):
+            if (gone.partition, gone.offset) not in positions:
+                self._pending_at.pop((gone.partition, gone.offset), None)
+        for position in positions:
+            self._pending_at[position] = key
         if items:
             self.pending[key] = items
             self.pending_totals[key] = sum((p.quantity for p in items), _ZERO)
@@ -202,14 +300,6 @@ class EntitlementState:
                 used = signalled
         return used
 
-    def period(self, customer_id: str, snapshot: EntitlementSnapshot, now: datetime) -> Period:
-        """The customer's current period, cached until `now` leaves it."""
-        period = self._periods.get(customer_id)
-        if period is None or not (period.start <= now < period.end):
-            period = period_for(now, snapshot.billing_anchor, snapshot.reset_period)
-            self._periods[customer_id] = period
-        return period
-
     def check(
         self,
         customer_id: str,
@@ -218,10 +308,93 @@ class EntitlementState:
         now: datetime,
         freshness: Freshness,
     ) -> Decision:
-        snapshot = self.snapshots.get(customer_id)
-        if snapshot is None and (
-            not freshness.trusted or freshness.stale or freshness.source is Source.CACHE
-        ):
+        return self.check_at(customer_id, feature, requested_units, now.timestamp(), freshness)
+
+    def check_at(
+        self,
+        customer_id: str,
+        feature: str,
+        requested_units: Decimal,
+        now_ts: float,
+        freshness: Freshness,
+    ) -> Decision:
+        """The decision at `now_ts` (POSIX seconds). The hot path: two dict reads for the feature,
+        two float comparisons for the period, three dict reads for the usage, the rule, one object;
+        everything else was computed when the snapshot or the period changed."""
+        view = self.views.get(customer_id)
+        if view is None:
+            return self._unknown_customer(customer_id, feature, requested_units, now_ts, freshness)
+        feature_view = view.features.get(feature)
+        if feature_view is None:
+            return rules.check(
+                view.snapshot,
+                customer_id,
+                feature,
+                now=wall(now_ts) or _EPOCH,
+                usage=_no_usage,
+                requested_units=requested_units,
+                as_of=freshness.as_of,
+                stale=freshness.stale,
+                source=freshness.source,
+            )
+        static = feature_view.static
+        if static is not None:
+            return Decision(
+                static[0],
+                static[1],
+                static[2],
+                customer_id,
+                feature,
+                static[3],
+                None,
+                None,
+                None,
+                None,
+                None,
+                requested_units,
+                None,
+                static[4],
+                None,
+                None,
+                freshness.as_of,
+                freshness.stale,
+                freshness.source,
+            )
+        current = view.current
+        if not (current[0] <= now_ts < current[1]):
+            current = view.roll(now_ts)
+        period = current[2]
+        keys = current[3].get(feature)
+        if keys is None:
+            keys = current[3][feature] = (
+                (customer_id, feature_view.meter, period.start),
+                (customer_id, feature, period.start),
+            )
+        aggregate = self.aggregates.get(keys[0])
+        used = _ZERO if aggregate is None else aggregate[1]
+        pending = self.pending_totals.get(keys[0])
+        if pending is not None:
+            used += pending
+        signalled = self.limit_usage.get(keys[1])
+        if signalled is not None and signalled > used:
+            used = signalled
+        balance = self.balances.get(customer_id)
+        return rules.metered(
+            feature_view,
+            customer_id,
+            used,
+            requested_units,
+            period,
+            None if balance is None else balance.balance,
+            freshness.as_of,
+            freshness.stale,
+            freshness.source,
+        )
+
+    def _unknown_customer(
+        self, customer_id: str, feature: str, requested_units: Decimal, now_ts: float, freshness: Freshness
+    ) -> Decision:
+        if not freshness.trusted or freshness.stale or freshness.source is Source.CACHE:
             answer = rules.fallback(
                 customer_id,
                 feature,
@@ -232,40 +405,13 @@ class EntitlementState:
             )
             if answer is not None:
                 return answer
-        if snapshot is None:
-            return rules.check(
-                None,
-                customer_id,
-                feature,
-                now=now,
-                usage=_no_usage,
-                requested_units=requested_units,
-                as_of=freshness.as_of,
-                stale=freshness.stale,
-                source=freshness.source,
-            )
-        entitlement = rules.find_feature(snapshot, feature)
-        if entitlement is None or entitlement.kind is not FeatureKind.METERED or not entitlement.enabled:
-            return rules.check(
-                snapshot,
-                customer_id,
-                feature,
-                now=now,
-                usage=_no_usage,
-                requested_units=requested_units,
-                as_of=freshness.as_of,
-                stale=freshness.stale,
-                source=freshness.source,
-            )
-        period = self.period(customer_id, snapshot, now)
-        used = self.usage(customer_id, entitlement.meter or feature, period, feature)
-        return rules.metered(
-            entitlement,
+        return rules.check(
+            None,
             customer_id,
-            used,
-            requested_units,
-            period,
-            credit_balance=self.credit_balance(customer_id),
+            feature,
+            now=wall(now_ts) or _EPOCH,
+            usage=_no_usage,
+            requested_units=requested_units,
             as_of=freshness.as_of,
             stale=freshness.stale,
             source=freshness.source,
