@@ -98,6 +98,8 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("metergate.cli.services", "run"),
     ("metergate.cli.demo", "demo"),
     ("metergate.cli.keys", "keys"),
+    ("metergate.cli.subscriptions", "customers"),
+    ("metergate.cli.subscriptions", "subscriptions"),
 )
 
 
