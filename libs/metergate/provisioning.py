@@ -28,7 +28,7 @@ At = When | datetime
 @dataclass(frozen=True)
 class Changed:
     history: History
-    outbox_id: int
+    outbox_ids: list[int]
 
 
 def _plan(conn: Connection, plan: str, version: int | None, *, field: str = "plan") -> PublishedPlan:
@@ -110,8 +110,8 @@ def create_subscription(
             variables=variables,
             overrides=overrides,
         )
-        outbox_id = store.save_history(conn, None, history, action="create", who=who, now=now)
-    return Changed(history, outbox_id)
+        outbox_ids = store.save_history(conn, None, history, action="create", who=who, now=now)
+    return Changed(history, outbox_ids)
 
 
 @dataclass(frozen=True)
@@ -188,16 +188,16 @@ def change_subscription(
         for key, quantity in add_ons:  # then additions and resizes, on the plan changed to
             if quantity:
                 after = rules.set_add_on(after, key, quantity, at=moment, now=now)
-        outbox_id = store.save_history(conn, before, after, action="change", who=who, now=now)
-    return Changed(after, outbox_id)
+        outbox_ids = store.save_history(conn, before, after, action="change", who=who, now=now)
+    return Changed(after, outbox_ids)
 
 
 def cancel_subscription(engine: Engine, subscription_id: str, *, at: At, who: str, now: datetime) -> Changed:
     with engine.begin() as conn:
         before = _history(conn, subscription_id, for_update=True)
         after = rules.cancel(before, at=at, now=now)
-        outbox_id = store.save_history(conn, before, after, action="cancel", who=who, now=now)
-    return Changed(after, outbox_id)
+        outbox_ids = store.save_history(conn, before, after, action="cancel", who=who, now=now)
+    return Changed(after, outbox_ids)
 
 
 def show_subscription(engine: Engine, subscription_id: str) -> History:
@@ -233,8 +233,8 @@ def migrate(
                 after = rules.change_plan(before, target, at=at, now=now)
             except SubscriptionError as exc:
                 raise SubscriptionError(f"{subscription_id}: {exc.message}", field=exc.field) from None
-            outbox_id = store.save_history(conn, before, after, action="migrate", who=who, now=now)
-            changed.append(Changed(after, outbox_id))
+            outbox_ids = store.save_history(conn, before, after, action="migrate", who=who, now=now)
+            changed.append(Changed(after, outbox_ids))
             if on_each is not None:
                 on_each(subscription_id, after)
     return changed

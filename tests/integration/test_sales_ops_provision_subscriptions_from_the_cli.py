@@ -335,10 +335,15 @@ def test_sales_ops_provision_subscriptions_from_the_cli(database_url, db_schema)
     assert query(
         database_url, db_schema, "SELECT action FROM audit_log WHERE entity_id = 'globex' ORDER BY audit_id"
     ) == [("create",), ("create",), ("migrate",), ("cancel",)]  # the customer, then its subscription
-    # one outbox row per committed change: acme 2, globex 3, acme-custom 1; refused changes wrote none
+    # outbox rows of committed changes, one per version not over (+ one for an end); refused
+    # changes wrote none. acme: create 1, upgrade at period end 2 (growth now, scale later);
+    # acme-custom 1; globex: create 1, migrate 2, cancel 2 (growth now, the end later)
     assert query(
-        database_url, db_schema, "SELECT message_key, count(*) FROM catalog_outbox GROUP BY 1 ORDER BY 1"
-    ) == [("acme", 3), ("globex", 3)]
+        database_url,
+        db_schema,
+        "SELECT message_key, count(*), count(*) FILTER (WHERE superseded_by IS NULL) FROM catalog_outbox "
+        "GROUP BY 1 ORDER BY 1",
+    ) == [("acme", 4, 3), ("globex", 5, 2)]
 
 
 def test_the_installed_command_exits_2_with_one_line(database_url, db_schema):

@@ -1,6 +1,6 @@
 """The catalog and subscriptions in real PostgreSQL: a published plan version is never edited (the
 database refuses it too), a subscription's history reads back as it was written, and every change
-leaves one audit row (who, when, before, after) and one outbox row with the terms' validity."""
+leaves one audit row (who, when, before, after) and outbox rows holding the terms with their validity, published when they take effect."""
 
 from __future__ import annotations
 
@@ -13,8 +13,24 @@ from sqlalchemy import exc, text
 from metergate.db import subscription_store as store
 from metergate.db.engine import make_engine
 from metergate.domain.catalog import PlanVersion
-from metergate.domain.records import FeatureEntitlement, FeatureKind, Pricing, PricingModel, ResetPeriod
-from metergate.domain.subscriptions import AddOn, PriceOverrides, PublishedPlan, When, change_plan, create
+from metergate.domain.records import (
+    EntitlementSnapshot,
+    FeatureEntitlement,
+    FeatureKind,
+    Pricing,
+    PricingModel,
+    ResetPeriod,
+)
+from metergate.domain.subscriptions import (
+    AddOn,
+    PriceOverrides,
+    PublishedPlan,
+    When,
+    cancel,
+    change_plan,
+    create,
+    set_add_on,
+)
 from metergate.errors import SubscriptionError
 
 pytestmark = pytest.mark.integration
@@ -85,8 +101,6 @@ def test_subscriptions_are_stored_as_dated_versions_with_audit_and_outbox(databa
             assert scale_loaded is not None
             with pytest.raises(SubscriptionError, match=r"^add_ons.extra_calls: scale v1 does not allow"):
                 change_plan(before, scale_loaded, at=When.IMMEDIATELY, now=at(15))
-            from metergate.domain.subscriptions import set_add_on
-
             upgraded = change_plan(
                 set_add_on(before, "extra_calls", 0, at=at(15), now=at(15)),
                 scale_loaded,
@@ -114,18 +128,59 @@ def test_subscriptions_are_stored_as_dated_versions_with_audit_and_outbox(databa
             assert trail[1].before == [v.as_dict() for v in history.versions]
             assert trail[1].after == [v.as_dict() for v in upgraded.versions]
             outbox = conn.execute(
-                text("SELECT outbox_id, message_key, payload FROM catalog_outbox ORDER BY outbox_id")
+                text(
+                    "SELECT outbox_id, message_key, subscription_id, available_at, superseded_by, payload "
+                    "FROM catalog_outbox ORDER BY outbox_id"
+                )
             ).all()
-            assert [row.outbox_id for row in outbox] == [first_outbox, second_outbox]
-            assert second_outbox > first_outbox
-            terms = outbox[1].payload["terms"]
-            assert [(t["valid_from"], t["valid_to"], t["snapshot"]["plan_key"]) for t in terms] == [
-                ("2026-11-01T00:00:00+00:00", "2026-11-15T00:00:00+00:00", "growth"),
-                ("2026-11-15T00:00:00+00:00", None, "scale"),
+            # one row per version not over at the change; the create's row, never published, is
+            # superseded by the change's
+            assert [(r.outbox_id, r.message_key, r.available_at, r.superseded_by) for r in outbox] == [
+                (first_outbox[0], "acme", at(1), second_outbox[0]),
+                (second_outbox[0], "acme", at(15), None),
             ]
+            growth_terms, scale_terms = (EntitlementSnapshot.model_validate(r.payload) for r in outbox)
             # growth 1000.00 + 2 x 80.00 (the override) per period; scale 2000.00
-            assert [D(t["snapshot"]["base_fee"]) for t in terms] == [D("1160"), D("2000")]
-            assert {t["snapshot"]["version"] for t in terms} == {second_outbox}
+            assert (growth_terms.plan_key, growth_terms.base_fee, growth_terms.valid_from) == (
+                "growth",
+                D(1160),
+                at(1),
+            )
+            assert (scale_terms.plan_key, scale_terms.base_fee) == ("scale", D(2000))
+            assert (scale_terms.valid_from, scale_terms.valid_to, scale_terms.version) == (
+                at(15),
+                None,
+                second_outbox[0],
+            )
+            assert [p.snapshot for p in store.due_snapshots(conn, now=at(15))] == [scale_terms]
+            store.mark_published(conn, second_outbox, now=at(15))
+            assert store.due_snapshots(conn, now=at(15)) == []
+
+        with engine.begin() as conn:  # cancelled at period end: the end is published when it comes
+            before = store.load_history(conn, "sub-1", for_update=True)
+            assert before is not None
+            ids = store.save_history(
+                conn,
+                before,
+                cancel(before, at=When.PERIOD_END, now=at(20)),
+                action="cancel",
+                who="cli:sam",
+                now=at(20),
+            )
+            assert len(ids) == 2
+            due_now = store.due_snapshots(conn, now=at(20))
+            assert [(p.snapshot.plan_key, p.snapshot.valid_to) for p in due_now] == [
+                ("scale", at(1, month=12))
+            ]
+            store.mark_published(conn, [p.outbox_id for p in due_now], now=at(20))
+            assert store.due_snapshots(conn, now=datetime(2026, 11, 30, 23, 59, tzinfo=UTC)) == []
+            (ended,) = store.due_snapshots(conn, now=at(1, month=12))
+            assert (ended.key, ended.snapshot.subscription_id, ended.snapshot.valid_from) == (
+                "acme",
+                None,
+                at(1, month=12),
+            )
+            assert ended.snapshot.version > due_now[0].snapshot.version
             assert store.subscriptions_on(conn, "scale", 1) == ["sub-1"]
             assert store.subscriptions_on(conn, "growth", 1) == []
             with pytest.raises(SubscriptionError, match=r"^customer_id: 'acme' exists already"):

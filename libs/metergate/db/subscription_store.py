@@ -23,7 +23,14 @@ from typing import Any
 from sqlalchemy import Connection, text
 
 from metergate.domain.catalog import FeatureDefinition, PlanVersion
-from metergate.domain.records import FeatureEntitlement, FeatureKind, Pricing, ResetPeriod, utc_millis
+from metergate.domain.records import (
+    EntitlementSnapshot,
+    FeatureEntitlement,
+    FeatureKind,
+    Pricing,
+    ResetPeriod,
+    utc_millis,
+)
 from metergate.domain.subscriptions import (
     AddOn,
     History,
@@ -413,10 +420,10 @@ def save_history(
     action: str,
     who: str,
     now: datetime,
-) -> int:
+) -> list[int]:
     """Write `after` (versions, one audit row, one outbox row) in the caller's transaction.
 
-    Returns the outbox id. `before` must be what `load_history(..., for_update=True)` returned.
+    Returns the outbox ids. `before` must be what `load_history(..., for_update=True)` returned.
     """
     first = after.versions[0]
     if before is None:
@@ -485,48 +492,108 @@ def save_history(
     return enqueue_snapshots(conn, after, now=now)
 
 
-def enqueue_snapshots(conn: Connection, history: History, *, now: datetime) -> int:
-    """One outbox row holding the subscription's terms per version with their validity interval.
+def enqueue_snapshots(conn: Connection, history: History, *, now: datetime) -> list[int]:
+    """Outbox rows of a changed subscription: one per version not over by `now`, each holding the
+    resolved snapshot with its validity interval, available when the version takes effect; plus,
+    for a cancellation, a snapshot without subscription available at the end. Pending rows of
+    earlier changes of the subscription are superseded (a scheduled change that was amended or
+    unscheduled is never published).
 
-    The row's id is also the `version` of every snapshot in it: increasing with every change, so a
-    reader that keeps the highest version per customer keeps the newest terms.
+    Each row's id is the `version` of its snapshot: later terms and later changes carry higher
+    versions, so a reader that keeps the highest version per customer keeps the newest terms.
+    Returns the ids, in order.
     """
-    outbox_id = int(
+    first = history.versions[0]
+    rows: list[tuple[datetime, dict[str, Any]]] = []
+    ids: list[int] = []
+    for version in history.versions:
+        if version.effective_to is not None and version.effective_to <= now:
+            continue  # over: its terms were published when they were in force
+        outbox_id = _next_outbox_id(conn)
+        snapshot = snapshot_at(history, version.effective_from, version=outbox_id, updated_at=now)
+        assert snapshot is not None  # a version is in force at its own start
+        valid = snapshot.model_copy(
+            update={"valid_from": version.effective_from, "valid_to": version.effective_to}
+        )
+        ids.append(outbox_id)
+        rows.append((max(now, version.effective_from), valid.model_dump(mode="json")))
+    if history.end is not None:
+        outbox_id = _next_outbox_id(conn)
+        ended = EntitlementSnapshot(
+            customer_id=first.customer_id,
+            version=outbox_id,
+            updated_at=now,
+            valid_from=history.end,
+        )
+        ids.append(outbox_id)
+        rows.append((max(now, history.end), ended.model_dump(mode="json")))
+    conn.execute(
+        text(
+            "UPDATE catalog_outbox SET superseded_by = :by WHERE subscription_id = :s "
+            "AND published_at IS NULL AND superseded_by IS NULL"
+        ),
+        {"by": ids[0] if ids else _next_outbox_id(conn), "s": first.subscription_id},
+    )
+    for outbox_id, (available_at, payload) in zip(ids, rows, strict=True):
+        conn.execute(
+            text(
+                "INSERT INTO catalog_outbox (outbox_id, created_at, topic, message_key, subscription_id, "
+                "payload, available_at) OVERRIDING SYSTEM VALUE VALUES (:id, :now, :topic, :key, :s, "
+                "CAST(:payload AS jsonb), :available)"
+            ),
+            {
+                "id": outbox_id,
+                "now": now,
+                "topic": SNAPSHOTS_TOPIC,
+                "key": first.customer_id,
+                "s": first.subscription_id,
+                "payload": json.dumps(payload),
+                "available": available_at,
+            },
+        )
+    return ids
+
+
+def _next_outbox_id(conn: Connection) -> int:
+    return int(
         conn.execute(
             text("SELECT nextval(pg_get_serial_sequence('catalog_outbox', 'outbox_id'))")
         ).scalar_one()
     )
-    terms = []
-    for version in history.versions:
-        snapshot = snapshot_at(history, version.effective_from, version=outbox_id, updated_at=now)
-        terms.append(
-            {
-                "valid_from": version.effective_from.isoformat(),
-                "valid_to": None if version.effective_to is None else version.effective_to.isoformat(),
-                "snapshot": None if snapshot is None else snapshot.model_dump(mode="json"),
-            }
-        )
-    first = history.versions[0]
-    payload = {
-        "customer_id": first.customer_id,
-        "subscription_id": first.subscription_id,
-        "ends_at": None if history.end is None else history.end.isoformat(),
-        "terms": terms,
-    }
-    conn.execute(
+
+
+@dataclass(frozen=True)
+class PendingSnapshot:
+    outbox_id: int
+    topic: str
+    key: str
+    snapshot: EntitlementSnapshot
+
+
+def due_snapshots(conn: Connection, *, now: datetime, limit: int = 500) -> list[PendingSnapshot]:
+    """Outbox rows due for publication (available, not superseded, not published), oldest first,
+    locked so two relays never take the same row (`FOR UPDATE SKIP LOCKED`)."""
+    rows = conn.execute(
         text(
-            "INSERT INTO catalog_outbox (outbox_id, created_at, topic, message_key, payload) "
-            "OVERRIDING SYSTEM VALUE VALUES (:id, :now, :topic, :key, CAST(:payload AS jsonb))"
+            "SELECT outbox_id, topic, message_key, payload FROM catalog_outbox WHERE published_at IS NULL "
+            "AND superseded_by IS NULL AND available_at <= :now ORDER BY outbox_id LIMIT :limit "
+            "FOR UPDATE SKIP LOCKED"
         ),
-        {
-            "id": outbox_id,
-            "now": now,
-            "topic": SNAPSHOTS_TOPIC,
-            "key": first.customer_id,
-            "payload": json.dumps(payload),
-        },
+        {"now": now, "limit": limit},
+    ).all()
+    return [
+        PendingSnapshot(
+            row.outbox_id, row.topic, row.message_key, EntitlementSnapshot.model_validate(row.payload)
+        )
+        for row in rows
+    ]
+
+
+def mark_published(conn: Connection, outbox_ids: Sequence[int], *, now: datetime) -> None:
+    conn.execute(
+        text("UPDATE catalog_outbox SET published_at = :now WHERE outbox_id = ANY(:ids)"),
+        {"now": now, "ids": list(outbox_ids)},
     )
-    return outbox_id
 
 
 def subscriptions_on(conn: Connection, plan: str, version: int) -> list[str]:

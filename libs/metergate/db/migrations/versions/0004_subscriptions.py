@@ -174,15 +174,21 @@ def upgrade() -> None:
         sa.Column("created_at", TS, nullable=False, server_default=_now()),
         sa.Column("topic", sa.Text, nullable=False, comment="logical topic, e.g. entitlements.snapshots"),
         sa.Column("message_key", sa.Text, nullable=False),
+        sa.Column("subscription_id", sa.Text),
         sa.Column("payload", JSONB, nullable=False),
+        sa.Column(
+            "available_at", TS, nullable=False, comment="not published before (terms taking effect later)"
+        ),
+        sa.Column("superseded_by", sa.BigInteger, comment="a later change of the subscription replaced it"),
         sa.Column("published_at", TS, comment="NULL until the relay has published it"),
     )
     op.create_index(
         "catalog_outbox_pending",
         "catalog_outbox",
-        ["outbox_id"],
-        postgresql_where=sa.text("published_at IS NULL"),
+        ["available_at", "outbox_id"],
+        postgresql_where=sa.text("published_at IS NULL AND superseded_by IS NULL"),
     )
+    op.create_index("catalog_outbox_subscription", "catalog_outbox", ["subscription_id"])
 
 
 def downgrade() -> None:
