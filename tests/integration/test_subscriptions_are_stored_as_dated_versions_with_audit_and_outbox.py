@@ -153,7 +153,7 @@ def test_subscriptions_are_stored_as_dated_versions_with_audit_and_outbox(databa
                 second_outbox[0],
             )
             assert [p.snapshot for p in store.due_snapshots(conn, now=at(15))] == [scale_terms]
-            store.mark_published(conn, second_outbox, now=at(15))
+            store.mark_published(conn, {second_outbox[0]: 1}, now=at(15))
             assert store.due_snapshots(conn, now=at(15)) == []
 
         with engine.begin() as conn:  # cancelled at period end: the end is published when it comes
@@ -172,7 +172,7 @@ def test_subscriptions_are_stored_as_dated_versions_with_audit_and_outbox(databa
             assert [(p.snapshot.plan_key, p.snapshot.valid_to) for p in due_now] == [
                 ("scale", at(1, month=12))
             ]
-            store.mark_published(conn, [p.outbox_id for p in due_now], now=at(20))
+            store.mark_published(conn, {p.outbox_id: 2 for p in due_now}, now=at(20))
             assert store.due_snapshots(conn, now=datetime(2026, 11, 30, 23, 59, tzinfo=UTC)) == []
             (ended,) = store.due_snapshots(conn, now=at(1, month=12))
             assert (ended.key, ended.snapshot.subscription_id, ended.snapshot.valid_from) == (

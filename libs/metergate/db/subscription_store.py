@@ -499,9 +499,8 @@ def enqueue_snapshots(conn: Connection, history: History, *, now: datetime) -> l
     earlier changes of the subscription are superseded (a scheduled change that was amended or
     unscheduled is never published).
 
-    Each row's id is the `version` of its snapshot: later terms and later changes carry higher
-    versions, so a reader that keeps the highest version per customer keeps the newest terms.
-    Returns the ids, in order.
+    The relay stamps each snapshot's `version` when it publishes it (`stamp_version`); the payload
+    carries the row id until then. Returns the ids, in order.
     """
     first = history.versions[0]
     rows: list[tuple[datetime, dict[str, Any]]] = []
@@ -589,11 +588,26 @@ def due_snapshots(conn: Connection, *, now: datetime, limit: int = 500) -> list[
     ]
 
 
-def mark_published(conn: Connection, outbox_ids: Sequence[int], *, now: datetime) -> None:
-    conn.execute(
-        text("UPDATE catalog_outbox SET published_at = :now WHERE outbox_id = ANY(:ids)"),
-        {"now": now, "ids": list(outbox_ids)},
-    )
+def stamp_version(conn: Connection, key: str, *, now: datetime) -> int:
+    """The version of the next snapshot published for `key`: the publication time in milliseconds
+    (what `metergate catalog apply` uses, so the two never go backwards against each other), and
+    more than any version published for the key before."""
+    previous = conn.execute(
+        text("SELECT max(published_version) FROM catalog_outbox WHERE message_key = :k"), {"k": key}
+    ).scalar_one()
+    millis = int(now.timestamp() * 1000)
+    return millis if previous is None or millis > previous else int(previous) + 1
+
+
+def mark_published(conn: Connection, versions: Mapping[int, int], *, now: datetime) -> None:
+    """Record outbox rows as published: outbox id -> the snapshot version stamped on it."""
+    for outbox_id, version in versions.items():
+        conn.execute(
+            text(
+                "UPDATE catalog_outbox SET published_at = :now, published_version = :v WHERE outbox_id = :id"
+            ),
+            {"now": now, "v": version, "id": outbox_id},
+        )
 
 
 def subscriptions_on(conn: Connection, plan: str, version: int) -> list[str]:

@@ -181,6 +181,7 @@ def upgrade() -> None:
         ),
         sa.Column("superseded_by", sa.BigInteger, comment="a later change of the subscription replaced it"),
         sa.Column("published_at", TS, comment="NULL until the relay has published it"),
+        sa.Column("published_version", sa.BigInteger, comment="the snapshot version the relay stamped"),
     )
     op.create_index(
         "catalog_outbox_pending",
@@ -189,6 +190,7 @@ def upgrade() -> None:
         postgresql_where=sa.text("published_at IS NULL AND superseded_by IS NULL"),
     )
     op.create_index("catalog_outbox_subscription", "catalog_outbox", ["subscription_id"])
+    op.create_index("catalog_outbox_key_version", "catalog_outbox", ["message_key", "published_version"])
 
 
 def downgrade() -> None:
