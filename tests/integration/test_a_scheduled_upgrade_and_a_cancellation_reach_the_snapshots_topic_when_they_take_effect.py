@@ -102,3 +102,35 @@ def test_a_scheduled_upgrade_and_a_cancellation_reach_the_snapshots_topic_when_t
     finally:
         producer.flush(10)
         engine.dispose()
+
+
+def test_subscriptions_publish_relays_what_the_cli_provisioned(database_url, db_schema, kafka_config, topics):
+    from click.testing import CliRunner
+
+    from metergate.cli.main import main
+
+    engine = make_engine(database_url, db_schema)
+    try:
+        with engine.begin() as conn:
+            store.publish_plan_version(conn, offer("growth", "1000.00", 10_000_000), who="test", now=at(1))
+    finally:
+        engine.dispose()
+    env = {
+        "METERGATE_DATABASE_URL": database_url,
+        "METERGATE_DATABASE_SCHEMA": db_schema,
+        "METERGATE_KAFKA_BOOTSTRAP": kafka_config["bootstrap.servers"],
+        "METERGATE_KAFKA_TOPIC_PREFIX": topics.prefix,
+    }
+    runner = CliRunner()
+    for args in (
+        ("customers", "create", "acme"),
+        ("subscriptions", "create", "--customer", "acme", "--plan", "growth"),
+    ):
+        assert runner.invoke(main, list(args), env=env).exit_code == 0
+    result = runner.invoke(main, ["subscriptions", "publish"], env=env)
+    assert (result.exit_code, result.output) == (0, "published 1 snapshot\n")
+    assert runner.invoke(main, ["subscriptions", "publish"], env=env).output == "published 0 snapshots\n"
+    (record,) = read_topic(kafka_config, topics.snapshots, expect=1, idle_s=1.0)
+    snapshot = codec(EntitlementSnapshot).decode(record[1])
+    assert (record[0], snapshot.plan_key, snapshot.valid_to) == (b"acme", "growth", None)
+    assert snapshot.valid_from == snapshot.billing_anchor  # starts now, billed from its start

@@ -437,3 +437,50 @@ def subscriptions_migrate(plan: str, from_version: int, to_version: int, at: str
     click.echo(
         f"{len(moved)} subscription{'' if len(moved) == 1 else 's'} migrated from {plan} v{from_version}"
     )
+
+
+@subscriptions.command("publish")
+@click.option("--follow", is_flag=True, help="Keep relaying (Ctrl-C stops); without it, one round.")
+@click.option("--interval-s", default=0.1, show_default=True, type=float, help="Pause between idle rounds.")
+def subscriptions_publish(follow: bool, interval_s: float) -> None:
+    """Relay the catalog outbox to entitlements.snapshots: terms that are due (in force now, or a
+    scheduled change or cancellation whose moment has come)."""
+    import signal
+    import threading
+
+    from metergate.kafka.producer import make_producer
+    from metergate.kafka.topics import Topics
+    from metergate.settings import KafkaSettings
+    from metergate.snapshot_relay import relay_once, run_relay
+
+    if interval_s <= 0:
+        raise BadSetup(f"--interval-s: expected a positive number of seconds such as 0.1, got {interval_s}")
+    kafka = KafkaSettings()
+    topics = Topics(kafka.topic_prefix)
+    with _engine() as engine:
+        if not follow:
+            producer = make_producer(kafka.client_config())
+            sent = relay_once(engine, producer, topics, clock=_now)
+            click.echo(f"published {len(sent)} snapshot{'' if len(sent) == 1 else 's'}")
+            return
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        total = 0
+
+        def count(sent: list[Any]) -> None:
+            nonlocal total
+            total += len(sent)
+
+        try:
+            run_relay(
+                engine,
+                kafka.client_config(),
+                topics,
+                clock=_now,
+                stop=stop,
+                interval_s=interval_s,
+                on_round=count,
+            )
+        except KeyboardInterrupt:
+            stop.set()
+        click.echo(f"published {total} snapshot{'' if total == 1 else 's'}")
