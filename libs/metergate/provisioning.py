@@ -18,6 +18,7 @@ from sqlalchemy import Connection, Engine
 
 from metergate.db import subscription_store as store
 from metergate.domain import subscriptions as rules
+from metergate.domain.catalog import Catalog
 from metergate.domain.records import Pricing, ResetPeriod
 from metergate.domain.subscriptions import History, PriceOverrides, PublishedPlan, When
 from metergate.errors import SubscriptionError
@@ -238,3 +239,15 @@ def migrate(
             if on_each is not None:
                 on_each(subscription_id, after)
     return changed
+
+
+def publish_catalog(engine: Engine, catalog: Catalog, *, who: str, now: datetime) -> tuple[int, int]:
+    """Publish a catalog file's features and plan versions (never editing a published one: a
+    version whose terms differ is refused, naming it). Returns (features added, versions added)."""
+    with engine.begin() as conn:
+        features = sum(store.publish_feature(conn, feature) for feature in catalog.features.values())
+        versions = 0
+        for _plan_key, numbered in sorted(catalog.plans.items()):
+            for _number, terms in sorted(numbered.items()):
+                versions += store.publish_plan_version(conn, PublishedPlan(terms), who=who, now=now)
+    return features, versions

@@ -100,6 +100,7 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("metergate.cli.keys", "keys"),
     ("metergate.cli.subscriptions", "customers"),
     ("metergate.cli.subscriptions", "subscriptions"),
+    ("metergate.cli.catalog_plan", "catalog"),  # the catalog group again, with `catalog plan` added
 )
 
 

@@ -660,3 +660,39 @@ def audit_trail(conn: Connection, entity: str, entity_id: str) -> Sequence[Any]:
         ),
         {"e": entity, "i": entity_id},
     ).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# what `metergate catalog plan` compares a file with
+
+
+def load_features(conn: Connection) -> dict[str, FeatureDefinition]:
+    return {
+        row.feature_key: FeatureDefinition(
+            feature=row.feature_key, kind=FeatureKind(row.kind), meter=row.meter, description=row.description
+        )
+        for row in conn.execute(text("SELECT feature_key, kind, meter, description FROM features"))
+    }
+
+
+def published_terms(conn: Connection) -> dict[tuple[str, int], PlanVersion]:
+    found: dict[tuple[str, int], PlanVersion] = {}
+    for row in conn.execute(text("SELECT plan_key, version FROM plan_versions ORDER BY 1, 2")).all():
+        plan = load_plan_version(conn, row.plan_key, row.version)
+        if plan is not None:
+            found[(row.plan_key, row.version)] = plan.terms
+    return found
+
+
+def plans_in_force(conn: Connection, now: datetime) -> dict[str, tuple[str, str, int]]:
+    """customer -> (subscription id, plan, version) of the version in force at `now` (the first
+    subscription of the customer when it has several)."""
+    rows = conn.execute(
+        text(
+            "SELECT s.customer_id, v.subscription_id, v.plan_key, v.plan_version FROM subscriptions s "
+            "JOIN subscription_versions v USING (subscription_id) WHERE v.effective_from <= :now AND "
+            "(v.effective_to IS NULL OR v.effective_to > :now) ORDER BY s.created_at DESC, s.subscription_id DESC"
+        ),
+        {"now": now},
+    ).all()
+    return {row.customer_id: (row.subscription_id, row.plan_key, row.plan_version) for row in rows}
