@@ -3,10 +3,13 @@ computed by hand in the comments (actual milliseconds in force / actual millisec
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal as D
+from fractions import Fraction
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from metergate.domain.catalog import PlanVersion
 from metergate.domain.records import (
@@ -117,6 +120,11 @@ def test_an_upgrade_on_day_15_prorates_the_base_fee_and_prices_usage_by_the_plan
         D(3_333_333),
     ]
     assert bill.total == D("2300.01")
+    growth_fee = bill.lines[0].charge
+    assert (growth_fee.detail, growth_fee.quantity) == (
+        "base fee of growth v1 for 14/30 days",
+        D("0.466666667"),
+    )
     assert bill.unbilled == ()
 
 
@@ -320,9 +328,9 @@ def test_bad_changes_name_the_field():
 
 
 def test_included_units_are_prorated_to_the_precision_the_plan_gives_them():
-    assert prorated_included(D(10_000_000), D(14) / D(30)) == D(4_666_667)
-    assert prorated_included(D("2.5"), D(1) / D(3)) == D("0.8")
-    assert prorated_included(D(0), D(1) / D(3)) == D(0)
+    assert prorated_included(D(10_000_000), Fraction(14, 30)) == D(4_666_667)
+    assert prorated_included(D("2.5"), Fraction(1, 3)) == D("0.8")
+    assert prorated_included(D(0), Fraction(1, 3)) == D(0)
 
 
 def test_a_plan_version_can_mark_only_its_own_config_values_and_metered_quantities_variable():
@@ -330,3 +338,42 @@ def test_a_plan_version_can_mark_only_its_own_config_values_and_metered_quantiti
         with pytest.raises(SubscriptionError) as error:
             plan("custom", "1", calls("0", "0"), variable=frozenset({path}))
         assert error.value.field == f"variable.{path}"
+
+
+# -- properties ------------------------------------------------------------------------------------
+
+NOVEMBER_MS = 30 * 86_400_000
+SAME_FEE = plan("other", "1000.00", calls("20000000", "0.0001"))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(min_value=1, max_value=NOVEMBER_MS - 1), unique=True, max_size=6))
+def test_changes_between_plans_of_one_fee_bill_that_fee_up_to_one_rounding_per_segment(offsets):
+    history = subscribe()
+    offers = [GROWTH, SAME_FEE]
+    for i, offset in enumerate(sorted(offsets)):
+        moment = at(1) + timedelta(milliseconds=offset)
+        history = change_plan(history, offers[(i + 1) % 2], at=When.IMMEDIATELY, now=moment)
+    bill = bill_period(history, at(1))
+    assert len(bill.lines) == len(offsets) + 1
+    assert abs(bill.total - D("1000.00")) <= D("0.005") * len(bill.lines)
+    assert sum((line.segment_end - line.segment_start for line in bill.lines), timedelta()) == timedelta(
+        days=30
+    )
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(min_value=1, max_value=NOVEMBER_MS - 1), st.integers(min_value=1, max_value=NOVEMBER_MS - 1)
+)
+def test_a_cancellation_bills_the_time_in_force_and_a_later_one_never_less(first, second):
+    def fee(offset: int) -> D:
+        cancelled = cancel(subscribe(), at=When.IMMEDIATELY, now=at(1) + timedelta(milliseconds=offset))
+        (line,) = bill_period(cancelled, at(1)).lines
+        return line.charge.amount
+
+    # independent computation: 1000 x ms / ms of November, rounded half-up to cents
+    expected = (D(1000) * D(first) / D(NOVEMBER_MS)).quantize(D("0.01"), rounding="ROUND_HALF_UP")
+    assert fee(first) == expected
+    if first <= second:
+        assert fee(first) <= fee(second)

@@ -46,6 +46,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Context, Decimal
+from fractions import Fraction
 from typing import Any, NamedTuple
 
 from metergate.domain.catalog import PlanVersion
@@ -74,6 +75,7 @@ from metergate.domain.records import (
 from metergate.errors import SubscriptionError
 
 ZERO = Decimal(0)
+_QUANTITY_STEP = Decimal(1).scaleb(-QUANTITY_SCALE)  # a line's quantity: the share to 9 decimals
 _EXACT = Context(prec=100, rounding=ROUND_HALF_UP)
 #: negotiable fields of a metered feature (a config feature is negotiable by its name alone)
 METERED_VARIABLES = ("included", "limit")
@@ -639,7 +641,20 @@ class Segment(NamedTuple):
     version: SubscriptionVersion
     start: datetime
     end: datetime
-    fraction: Decimal  # exact: milliseconds in force / milliseconds of the period
+    in_force_ms: int  # milliseconds in force inside the period
+    period_ms: int  # milliseconds of the period
+
+    @property
+    def share(self) -> Fraction:
+        return Fraction(self.in_force_ms, self.period_ms)
+
+    @property
+    def shown(self) -> str:
+        """The share as people count it: whole days when both are whole days."""
+        day = 86_400_000
+        if self.in_force_ms % day == 0 and self.period_ms % day == 0:
+            return f"{self.in_force_ms // day}/{self.period_ms // day} days"
+        return f"{self.in_force_ms}/{self.period_ms} ms"
 
 
 class BillLine(NamedTuple):
@@ -673,8 +688,7 @@ def segments(history: History, period: Period) -> list[Segment]:
         start = max(version.effective_from, period.start)
         end = period.end if version.effective_to is None else min(version.effective_to, period.end)
         if start < end:
-            share = _EXACT.divide(Decimal(_millis(end - start)), Decimal(length))
-            found.append(Segment(version, start, end, share))
+            found.append(Segment(version, start, end, _millis(end - start), length))
     return found
 
 
@@ -685,16 +699,17 @@ def _millis(delta: timedelta) -> int:
     return delta // _MS
 
 
-def prorate(amount: Decimal, fraction: Decimal) -> Decimal:
-    """Exact share of a per-period figure (rounded where it becomes a line, not here)."""
-    return _EXACT.multiply(amount, fraction)
+def prorate(amount: Decimal, share: Fraction) -> Decimal:
+    """`amount` x `share`, multiplied before dividing (exact whenever the result has a finite
+    decimal form; otherwise to 100 digits), rounded where it becomes a line, not here."""
+    return _EXACT.divide(_EXACT.multiply(amount, Decimal(share.numerator)), Decimal(share.denominator))
 
 
-def prorated_included(included: Decimal, fraction: Decimal) -> Decimal:
+def prorated_included(included: Decimal, share: Fraction) -> Decimal:
     """The allowance of a segment: included x fraction, rounded half-up to the precision of `included`."""
     exponent = included.as_tuple().exponent
     places = Decimal(1).scaleb(min(0, exponent if isinstance(exponent, int) else 0))
-    return plain(_EXACT.multiply(included, fraction).quantize(places, rounding=ROUND_HALF_UP, context=_EXACT))
+    return plain(prorate(included, share).quantize(places, rounding=ROUND_HALF_UP, context=_EXACT))
 
 
 def bill_period(history: History, moment: datetime, usage: Iterable[Usage] = ()) -> PeriodBill:
@@ -727,7 +742,7 @@ def bill_period(history: History, moment: datetime, usage: Iterable[Usage] = ())
         def line(charge: Charge, part: Segment = part) -> BillLine:
             return BillLine(part.start, part.end, part.version.plan.plan, part.version.plan.version, charge)
 
-        share = f"{plain(_EXACT.multiply(part.fraction, Decimal(100)).quantize(Decimal('0.01'), context=_EXACT))}%"
+        share = part.shown
         if base_fee:
             lines.append(
                 line(
@@ -736,7 +751,7 @@ def bill_period(history: History, moment: datetime, usage: Iterable[Usage] = ())
                         base_fee,
                         part,
                         cur,
-                        f"base fee of {version.plan.label} x {share} of the period",
+                        f"base fee of {version.plan.label} for {share}",
                     )
                 )
             )
@@ -749,14 +764,14 @@ def bill_period(history: History, moment: datetime, usage: Iterable[Usage] = ())
                             fee,
                             part,
                             cur,
-                            f"add-on {key} x{version.add_ons[key]} x {share} of the period",
+                            f"add-on {key} x{version.add_ons[key]} for {share}",
                         )
                     )
                 )
         for feature in features:
             if feature.kind is not FeatureKind.METERED or feature.meter not in totals:
                 continue
-            allowance = prorated_included(feature.included, part.fraction)
+            allowance = prorated_included(feature.included, part.share)
             charge = rate_feature(
                 feature.model_copy(update={"included": allowance}), totals[feature.meter], cur
             )
@@ -765,16 +780,17 @@ def bill_period(history: History, moment: datetime, usage: Iterable[Usage] = ())
 
 
 def _fee_charge(feature: str, fee: Decimal, part: Segment, currency: str, detail: str) -> Charge:
-    amount = prorate(fee, part.fraction)
+    amount = prorate(fee, part.share)
+    shown = prorate(Decimal(1), part.share).quantize(_QUANTITY_STEP, rounding=ROUND_HALF_UP, context=_EXACT)
     return Charge(
         charge=ChargeType.BASE_FEE,
         status=ChargeStatus.RATED,
         feature=feature,
         meter=None,
         currency=currency,
-        quantity=part.fraction,
+        quantity=plain(shown),
         included_quantity=ZERO,
-        billable_quantity=part.fraction,
+        billable_quantity=plain(shown),
         pricing_model="prorated_flat",
         unit_price=plain(fee),
         amount=round_money(amount, currency),
