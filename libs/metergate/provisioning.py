@@ -201,6 +201,15 @@ def cancel_subscription(engine: Engine, subscription_id: str, *, at: At, who: st
     return Changed(after, outbox_ids)
 
 
+def unschedule_subscription(engine: Engine, subscription_id: str, *, who: str, now: datetime) -> Changed:
+    """Drop what is scheduled after `now` (a change or a cancellation at period end)."""
+    with engine.begin() as conn:
+        before = _history(conn, subscription_id, for_update=True)
+        after = rules.unschedule(before, now=now)
+        outbox_ids = store.save_history(conn, before, after, action="unschedule", who=who, now=now)
+    return Changed(after, outbox_ids)
+
+
 def show_subscription(engine: Engine, subscription_id: str) -> History:
     with engine.begin() as conn:
         return _history(conn, subscription_id, for_update=False)

@@ -345,6 +345,17 @@ def test_sales_ops_provision_subscriptions_from_the_cli(database_url, db_schema)
         "GROUP BY 1 ORDER BY 1",
     ) == [("acme", 4, 3), ("globex", 5, 2)]
 
+    # an earlier change waits until the scheduled one is unscheduled
+    code, out = run("subscriptions", "cancel", "acme")
+    assert (code, out) == (
+        2,
+        f"Error: at: a change is scheduled at {period_end.isoformat()} (remove_add_on+change_plan); "
+        "unschedule it (`subscriptions unschedule`) before cancelling earlier\n",
+    )
+    unscheduled = run_json("subscriptions", "unschedule", "acme")
+    assert [(v["plan"], v["effective_to"]) for v in unscheduled["versions"]] == [("growth", None)]
+    assert run("subscriptions", "unschedule", "acme") == (2, "Error: at: nothing is scheduled after now\n")
+
 
 def test_the_installed_command_exits_2_with_one_line(database_url, db_schema):
     command = [os.path.join(os.path.dirname(sys.executable), "metergate"), "subscriptions", "show", "nope"]

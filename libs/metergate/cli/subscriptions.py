@@ -391,6 +391,18 @@ def subscriptions_cancel(subscription_id: str, at: str, as_json: bool) -> None:
     _print(changed.history, as_json)
 
 
+@subscriptions.command("unschedule")
+@click.argument("subscription_id")
+@_json
+def subscriptions_unschedule(subscription_id: str, as_json: bool) -> None:
+    """Drop the change or cancellation scheduled for later (the terms in force stay, open-ended)."""
+    from metergate import provisioning
+
+    with _engine() as engine:
+        changed = provisioning.unschedule_subscription(engine, subscription_id, who=who(), now=_now())
+    _print(changed.history, as_json)
+
+
 @subscriptions.command("show")
 @click.argument("subscription_id")
 @_json

@@ -469,7 +469,7 @@ def _apply(history: History, at: When | datetime, now: datetime, change: str, **
         raise _fail(
             "at",
             f"a change is scheduled at {latest.effective_from.isoformat()} ({latest.change}); "
-            "unschedule it before changing the terms earlier",
+            "unschedule it (`subscriptions unschedule`) before changing the terms earlier",
         )
     if moment == latest.effective_from:  # amend the newest version (a scheduled change, or one made now)
         amended = _checked(replace(latest, change=f"{latest.change}+{change}", **updates))
@@ -563,7 +563,7 @@ def cancel(history: History, *, at: When | datetime, now: datetime) -> History:
         raise _fail(
             "at",
             f"a change is scheduled at {latest.effective_from.isoformat()} ({latest.change}); "
-            "unschedule it before cancelling earlier",
+            "unschedule it (`subscriptions unschedule`) before cancelling earlier",
         )
     if moment == latest.effective_from:
         if len(history.versions) == 1:
