@@ -210,6 +210,14 @@ def unschedule_subscription(engine: Engine, subscription_id: str, *, who: str, n
     return Changed(after, outbox_ids)
 
 
+def preview_fees(engine: Engine, subscription_id: str, moment: datetime) -> rules.PeriodBill:
+    """The base and add-on fees of the billing period containing `moment`, prorated by time in
+    force (usage is priced by the rating consumer)."""
+    with engine.begin() as conn:
+        history = _history(conn, subscription_id, for_update=False)
+    return rules.bill_period(history, moment)
+
+
 def show_subscription(engine: Engine, subscription_id: str) -> History:
     with engine.begin() as conn:
         return _history(conn, subscription_id, for_update=False)

@@ -63,6 +63,13 @@ def publish(database_url: str, schema: str, *plans: PublishedPlan) -> None:
         engine.dispose()
 
 
+def share(start: datetime, end: datetime) -> str:
+    """How a fee line shows a whole period (an anchor with a time of day gives milliseconds)."""
+    length = (end - start) // timedelta(milliseconds=1)
+    day = 86_400_000
+    return f"{length // day}/{length // day} days" if length % day == 0 else f"{length}/{length} ms"
+
+
 def test_sales_ops_provision_subscriptions_from_the_cli(database_url, db_schema):
     env = {"METERGATE_DATABASE_URL": database_url, "METERGATE_DATABASE_SCHEMA": db_schema}
     runner = CliRunner()
@@ -355,6 +362,22 @@ def test_sales_ops_provision_subscriptions_from_the_cli(database_url, db_schema)
     unscheduled = run_json("subscriptions", "unschedule", "acme")
     assert [(v["plan"], v["effective_to"]) for v in unscheduled["versions"]] == [("growth", None)]
     assert run("subscriptions", "unschedule", "acme") == (2, "Error: at: nothing is scheduled after now\n")
+
+    # the period's fees: growth 1000.00 + 2 x 80.00 (the override) for the whole period
+    code, out = run("subscriptions", "fees", "acme", "--period-of", anchor.isoformat())
+    assert (code, out.splitlines()) == (
+        0,
+        [
+            f"period {anchor.isoformat()} .. {period_end.isoformat()}",
+            f"  growth v1  base_fee  1000.00 USD  base fee of growth v1 for {share(anchor, period_end)}",
+            f"  growth v1  add_on:extra_calls  160.00 USD  add-on extra_calls x2 for {share(anchor, period_end)}",
+            "total 1160.00 USD",
+        ],
+    )
+    code, out = run(
+        "subscriptions", "fees", "globex", "--period-of", (globex_end + timedelta(days=1)).isoformat()
+    )
+    assert (code, out.splitlines()[-1]) == (0, "nothing in force in this period")
 
 
 def test_the_installed_command_exits_2_with_one_line(database_url, db_schema):

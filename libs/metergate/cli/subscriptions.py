@@ -403,6 +403,25 @@ def subscriptions_unschedule(subscription_id: str, as_json: bool) -> None:
     _print(changed.history, as_json)
 
 
+@subscriptions.command("fees")
+@click.argument("subscription_id")
+@click.option("--period-of", "moment", help="A moment in the period (ISO 8601; default now).")
+def subscriptions_fees(subscription_id: str, moment: str | None) -> None:
+    """The period's base and add-on fees, prorated by time in force (with or without usage)."""
+    from metergate import provisioning
+
+    when = _now() if moment is None else _moment(moment, "--period-of")
+    with _engine() as engine:
+        bill = provisioning.preview_fees(engine, subscription_id, when)
+    click.echo(f"period {bill.period.start.isoformat()} .. {bill.period.end.isoformat()}")
+    for line in bill.lines:
+        charge = line.charge
+        click.echo(
+            f"  {line.plan} v{line.plan_version}  {charge.feature}  {charge.amount} {charge.currency}  {charge.detail}"
+        )
+    click.echo(f"total {bill.total} {bill.currency}" if bill.lines else "nothing in force in this period")
+
+
 @subscriptions.command("show")
 @click.argument("subscription_id")
 @_json
