@@ -55,10 +55,7 @@ def _history(conn: Connection, subscription_id: str, *, for_update: bool) -> His
 
 
 def create_customer(engine: Engine, customer_id: str, *, name: str | None, who: str, now: datetime) -> bool:
-    if not customer_id.strip() or len(customer_id) > 256:
-        raise SubscriptionError(
-            f"customer_id: expected an id of 1-256 characters, got {customer_id!r}", field="customer_id"
-        )
+    rules.check_id("customer_id", customer_id)
     with engine.begin() as conn:
         return store.create_customer(conn, customer_id, name=name, who=who, now=now)
 

@@ -199,6 +199,10 @@ def test_sales_ops_provision_subscriptions_from_the_cli(database_url, db_schema)
         (("customers", "show", "nobody"), "customer_id: no customer 'nobody'"),
         (("customers", "create", " "), "customer_id: expected an id of 1-256 characters, got ' '"),
         (
+            ("customers", "create", "ac\u200bme"),
+            "customer_id: contains an invisible format character (U+200B) at position 2",
+        ),
+        (
             ("subscriptions", "create", "--customer", "nobody", "--plan", "growth"),
             "customer: no customer 'nobody' (create it first: metergate customers create nobody)",
         ),

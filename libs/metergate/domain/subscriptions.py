@@ -72,6 +72,7 @@ from metergate.domain.records import (
     ResetPeriod,
     utc_millis,
 )
+from metergate.domain.usage import check_identifier
 from metergate.errors import SubscriptionError
 
 ZERO = Decimal(0)
@@ -241,6 +242,18 @@ def _moment(value: datetime, name: str) -> datetime:
     if value.tzinfo is None:
         raise _fail(name, f"expected a timezone-aware moment such as 2026-11-15T00:00:00Z, got {value}")
     return utc_millis(value)
+
+
+def check_id(name: str, value: object) -> str:
+    """An id by the project's one id rule (`metergate.domain.usage.check_identifier`: 1-256
+    characters, no control or invisible character), and not only spaces."""
+    rejection = check_identifier(name, value)
+    if rejection is not None:
+        raise SubscriptionError(rejection.message, field=name)
+    assert isinstance(value, str)
+    if not value.strip():
+        raise _fail(name, f"expected an id of 1-256 characters, got {value!r}")
+    return value
 
 
 def _check_add_ons(plan: PublishedPlan, add_ons: Mapping[str, int]) -> dict[str, int]:
@@ -416,9 +429,8 @@ def create(
     overrides: PriceOverrides | None = None,
 ) -> History:
     """A new subscription in force from `start` (not before `now`), billed from `anchor` (= start)."""
-    for name, value in (("subscription_id", subscription_id), ("customer_id", customer_id)):
-        if not isinstance(value, str) or not value.strip() or len(value) > 256:
-            raise _fail(name, f"expected an id of 1-256 characters, got {value!r}")
+    check_id("subscription_id", subscription_id)
+    check_id("customer_id", customer_id)
     start = _moment(start, "start")
     if start < _moment(now, "now"):
         raise _fail(
