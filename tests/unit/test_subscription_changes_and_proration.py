@@ -3,6 +3,7 @@ computed by hand in the comments (actual milliseconds in force / actual millisec
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal as D
 from fractions import Fraction
@@ -319,6 +320,14 @@ def test_bad_changes_name_the_field():
             "variables.api_calls.limit",
         ),
     ]
+    euro = PublishedPlan(replace(GROWTH.terms, plan="growth_eur", currency="EUR"))
+    cases.append((lambda: change_plan(history, euro, at=When.IMMEDIATELY, now=at(2)), "plan"))
+    cases.append(
+        (
+            lambda: create(subscription_id="s\x00", customer_id="a", plan=GROWTH, start=at(1), now=at(1)),
+            "subscription_id",
+        )
+    )
     for change, field in cases:
         with pytest.raises(SubscriptionError) as error:
             change()

@@ -511,11 +511,17 @@ def change_plan(
 ) -> History:
     """Move to another plan or another version of the same one (upgrade, downgrade, migration).
 
-    The anchor and reset period stay the subscription's. Add-ons carry over (the new version must
+    The anchor, reset period and currency stay the subscription's. Add-ons carry over (the new version must
     allow them). On the same plan negotiated values still negotiable and the price overrides carry
     over unless given; on another plan only what the change gives applies.
     """
     latest = history.latest
+    if plan.terms.currency != latest.plan.terms.currency:
+        raise _fail(
+            "plan",
+            f"{plan.label} is priced in {plan.terms.currency}, the subscription in "
+            f"{latest.plan.terms.currency}: a subscription keeps its currency (start a new one)",
+        )
     same_plan = plan.plan == latest.plan.plan
     if variables is None:
         carried = {k: v for k, v in latest.variables.items() if same_plan and k in plan.variable}
