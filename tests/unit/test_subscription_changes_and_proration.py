@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from metergate.domain.catalog import PlanVersion
 from metergate.domain.records import (
     Enforcement,
+    EntitlementSnapshot,
     FeatureEntitlement,
     FeatureKind,
     Pricing,
@@ -31,11 +32,13 @@ from metergate.domain.subscriptions import (
     cancel,
     change_plan,
     create,
+    fees_of_snapshots,
     prorated_included,
     set_add_on,
     set_overrides,
     set_variables,
     snapshot_at,
+    snapshot_in_force,
     unschedule,
 )
 from metergate.errors import InvalidInput, SubscriptionError
@@ -386,3 +389,48 @@ def test_a_cancellation_bills_the_time_in_force_and_a_later_one_never_less(first
     assert fee(first) == expected
     if first <= second:
         assert fee(first) <= fee(second)
+
+
+# -- dated snapshots: what a topic reader applies --------------------------------------------------
+
+
+def dated(history, version: int):  # type: ignore[no-untyped-def]
+    """The snapshots the outbox relay publishes for `history`: one per version with its interval."""
+    found = []
+    for number, v in enumerate(history.versions, start=version):
+        snap = snapshot_at(history, v.effective_from, version=number, updated_at=v.effective_from)
+        found.append(snap.model_copy(update={"valid_from": v.effective_from, "valid_to": v.effective_to}))
+    if history.end is not None:
+        found.append(
+            EntitlementSnapshot(
+                customer_id="acme", version=version + 99, updated_at=history.end, valid_from=history.end
+            )
+        )
+    return found
+
+
+def test_a_reader_of_dated_snapshots_bills_the_same_base_fees_as_the_history():
+    history = change_plan(subscribe(), SCALE, at=When.IMMEDIATELY, now=at(15))
+    history = cancel(history, at=at(25), now=at(15))
+    snapshots = dated(history, version=10)
+    from_history = [line.charge for line in bill_period(history, at(2)).lines]
+    from_topic = fees_of_snapshots(snapshots, history.period_at(at(2)))
+    # growth 1000 x 14/30 = 466.67; scale 2000 x 10/30 = 666.67; nothing from Nov 25 on
+    assert [c.amount for c in from_topic] == [D("466.67"), D("666.67")]
+    assert from_topic == from_history
+    assert snapshot_in_force(snapshots, at(14)).plan_key == "growth"  # type: ignore[union-attr]
+    assert snapshot_in_force(snapshots, at(15)).plan_key == "scale"  # type: ignore[union-attr]
+    assert snapshot_in_force(snapshots, at(25)).subscription_id is None  # type: ignore[union-attr]
+
+
+def test_the_highest_version_wins_where_dated_snapshots_overlap():
+    first = dated(subscribe(), version=1)[0]  # growth, open from Nov 1
+    later = dated(change_plan(subscribe(), SCALE, at=When.IMMEDIATELY, now=at(11)), version=5)
+    snapshots = [first, *later]  # the stale open-ended growth terms overlap the newer scale terms
+    assert snapshot_in_force(snapshots, at(20)).plan_key == "scale"  # type: ignore[union-attr]
+    assert snapshot_in_force(snapshots, at(5)).version == 5  # type: ignore[union-attr]
+    # growth 1000 x 10/30 = 333.33, scale 2000 x 20/30 = 1333.33
+    assert [(c.amount, c.detail) for c in fees_of_snapshots(snapshots, subscribe().period_at(at(1)))] == [
+        (D("333.33"), "base fee of growth v1 for 10/30 days"),
+        (D("1333.33"), "base fee of scale v1 for 20/30 days"),
+    ]

@@ -47,6 +47,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Context, Decimal
 from fractions import Fraction
+from itertools import pairwise
 from typing import Any, NamedTuple
 
 from metergate.domain.catalog import PlanVersion
@@ -668,11 +669,33 @@ class Segment(NamedTuple):
 
     @property
     def shown(self) -> str:
-        """The share as people count it: whole days when both are whole days."""
-        day = 86_400_000
-        if self.in_force_ms % day == 0 and self.period_ms % day == 0:
-            return f"{self.in_force_ms // day}/{self.period_ms // day} days"
-        return f"{self.in_force_ms}/{self.period_ms} ms"
+        return _shown_share(self.in_force_ms, self.period_ms)
+
+
+class Stretch(NamedTuple):
+    """A part of a period with one dated snapshot in force (`fees_of_snapshots`)."""
+
+    snapshot: EntitlementSnapshot
+    start: datetime
+    end: datetime
+    in_force_ms: int
+    period_ms: int
+
+    @property
+    def share(self) -> Fraction:
+        return Fraction(self.in_force_ms, self.period_ms)
+
+    @property
+    def shown(self) -> str:
+        return _shown_share(self.in_force_ms, self.period_ms)
+
+
+def _shown_share(in_force_ms: int, period_ms: int) -> str:
+    """A share as people count it: whole days when both are whole days."""
+    day = 86_400_000
+    if in_force_ms % day == 0 and period_ms % day == 0:
+        return f"{in_force_ms // day}/{period_ms // day} days"
+    return f"{in_force_ms}/{period_ms} ms"
 
 
 class BillLine(NamedTuple):
@@ -797,7 +820,7 @@ def bill_period(history: History, moment: datetime, usage: Iterable[Usage] = ())
     return PeriodBill(period, currency, tuple(lines), tuple(unbilled))
 
 
-def _fee_charge(feature: str, fee: Decimal, part: Segment, currency: str, detail: str) -> Charge:
+def _fee_charge(feature: str, fee: Decimal, part: Segment | Stretch, currency: str, detail: str) -> Charge:
     amount = prorate(fee, part.share)
     shown = prorate(Decimal(1), part.share).quantize(_QUANTITY_STEP, rounding=ROUND_HALF_UP, context=_EXACT)
     return Charge(
@@ -814,3 +837,67 @@ def _fee_charge(feature: str, fee: Decimal, part: Segment, currency: str, detail
         amount=round_money(amount, currency),
         detail=detail,
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# dated snapshots: what a reader of entitlements.snapshots (rating, metering, the check) applies
+
+
+def _covers(snapshot: EntitlementSnapshot, moment: datetime) -> bool:
+    return (snapshot.valid_from is None or snapshot.valid_from <= moment) and (
+        snapshot.valid_to is None or moment < snapshot.valid_to
+    )
+
+
+def snapshot_in_force(
+    snapshots: Iterable[EntitlementSnapshot], moment: datetime
+) -> EntitlementSnapshot | None:
+    """Of one customer's dated snapshots, the terms in force at `moment`: the highest version among
+    those whose `[valid_from, valid_to)` contains it (None bounds are open). A snapshot without
+    subscription is in force too (it means: nothing subscribed then)."""
+    moment = utc_millis(moment)
+    found = None
+    for snapshot in snapshots:
+        if _covers(snapshot, moment) and (found is None or snapshot.version > found.version):
+            found = snapshot
+    return found
+
+
+def fees_of_snapshots(snapshots: Iterable[EntitlementSnapshot], period: Period) -> list[Charge]:
+    """The base-fee lines of `period` from one customer's dated snapshots: the period is cut where
+    the terms in force change (`snapshot_in_force`), and each stretch bills its snapshot's base fee
+    (plan + add-ons) x its share of the period, rounded once per line. What `bill_period` gives
+    from the history, for readers that only see the topic."""
+    dated = list(snapshots)
+    cuts = {period.start, period.end}
+    for snapshot in dated:
+        for bound in (snapshot.valid_from, snapshot.valid_to):
+            if bound is not None and period.start < bound < period.end:
+                cuts.add(bound)
+    edges = sorted(cuts)
+    stretches: list[tuple[datetime, datetime, EntitlementSnapshot]] = []
+    for start, end in pairwise(edges):
+        current = snapshot_in_force(dated, start)
+        if current is None or current.subscription_id is None:
+            continue
+        if stretches and stretches[-1][2] is current and stretches[-1][1] == start:
+            stretches[-1] = (stretches[-1][0], end, current)
+        else:
+            stretches.append((start, end, current))
+    length = _millis(period.end - period.start)
+    charges: list[Charge] = []
+    for start, end, snapshot in stretches:
+        if not snapshot.base_fee:
+            continue
+        part = Stretch(snapshot, start, end, _millis(end - start), length)
+        label = f"{snapshot.plan_key} v{snapshot.plan_version}"
+        charges.append(
+            _fee_charge(
+                "base_fee",
+                snapshot.base_fee,
+                part,
+                snapshot.currency,
+                f"base fee of {label} for {part.shown}",
+            )
+        )
+    return charges
