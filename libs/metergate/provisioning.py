@@ -15,6 +15,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import IntegrityError
 
 from metergate.db import subscription_store as store
 from metergate.domain import subscriptions as rules
@@ -56,8 +57,12 @@ def _history(conn: Connection, subscription_id: str, *, for_update: bool) -> His
 
 def create_customer(engine: Engine, customer_id: str, *, name: str | None, who: str, now: datetime) -> bool:
     rules.check_id("customer_id", customer_id)
-    with engine.begin() as conn:
-        return store.create_customer(conn, customer_id, name=name, who=who, now=now)
+    try:
+        with engine.begin() as conn:
+            return store.create_customer(conn, customer_id, name=name, who=who, now=now)
+    except IntegrityError:  # created at the same moment by another session
+        with engine.begin() as conn:
+            return store.create_customer(conn, customer_id, name=name, who=who, now=now)
 
 
 def show_customer(engine: Engine, customer_id: str) -> tuple[store.Customer, list[History]]:
@@ -85,30 +90,36 @@ def create_subscription(
     who: str,
     now: datetime,
 ) -> Changed:
-    with engine.begin() as conn:
-        if store.get_customer(conn, customer_id) is None:
-            raise SubscriptionError(
-                f"customer: no customer {customer_id!r} (create it first: metergate customers create {customer_id})",
-                field="customer",
+    try:
+        with engine.begin() as conn:
+            if store.get_customer(conn, customer_id) is None:
+                raise SubscriptionError(
+                    f"customer: no customer {customer_id!r} (create it first: metergate customers create {customer_id})",
+                    field="customer",
+                )
+            if store.load_history(conn, subscription_id) is not None:
+                raise SubscriptionError(
+                    f"subscription_id: {subscription_id!r} exists already (change it with `subscriptions change`)",
+                    field="subscription_id",
+                )
+            history = rules.create(
+                subscription_id=subscription_id,
+                customer_id=customer_id,
+                plan=_plan(conn, plan, version),
+                start=start or now,
+                now=now,
+                anchor=anchor,
+                reset_period=reset_period,
+                add_ons=add_ons,
+                variables=variables,
+                overrides=overrides,
             )
-        if store.load_history(conn, subscription_id) is not None:
-            raise SubscriptionError(
-                f"subscription_id: {subscription_id!r} exists already (change it with `subscriptions change`)",
-                field="subscription_id",
-            )
-        history = rules.create(
-            subscription_id=subscription_id,
-            customer_id=customer_id,
-            plan=_plan(conn, plan, version),
-            start=start or now,
-            now=now,
-            anchor=anchor,
-            reset_period=reset_period,
-            add_ons=add_ons,
-            variables=variables,
-            overrides=overrides,
-        )
-        outbox_ids = store.save_history(conn, None, history, action="create", who=who, now=now)
+            outbox_ids = store.save_history(conn, None, history, action="create", who=who, now=now)
+    except IntegrityError:  # the same id created at the same moment by another session
+        raise SubscriptionError(
+            f"subscription_id: {subscription_id!r} exists already (change it with `subscriptions change`)",
+            field="subscription_id",
+        ) from None
     return Changed(history, outbox_ids)
 
 

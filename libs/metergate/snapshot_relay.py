@@ -30,6 +30,7 @@ from typing import Any
 
 from confluent_kafka import Producer
 from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError
 
 from metergate.db import subscription_store as store
 from metergate.domain.records import EntitlementSnapshot
@@ -92,11 +93,17 @@ def run_relay(
     interval_s: float = 0.1,
     on_round: Callable[[list[EntitlementSnapshot]], None] | None = None,
 ) -> None:
-    """Relay until `stop` is set, a round every `interval_s` (at once again while rows are due)."""
+    """Relay until `stop` is set, a round every `interval_s` (at once again while rows are due).
+    While Kafka or PostgreSQL is unreachable it logs, waits and retries: the rows stay due."""
     producer = make_producer(client_config)
     try:
         while not stop.is_set():
-            published = relay_once(engine, producer, topics, clock=clock)
+            try:
+                published = relay_once(engine, producer, topics, clock=clock)
+            except (DeliveryError, OperationalError) as exc:  # Kafka or PostgreSQL away: rows stay due
+                log.warning("snapshot relay: %s; retrying", str(exc).splitlines()[0])
+                stop.wait(max(interval_s, 1.0))
+                continue
             if on_round is not None:
                 on_round(published)
             if not published:
