@@ -434,3 +434,39 @@ def test_the_highest_version_wins_where_dated_snapshots_overlap():
         (D("333.33"), "base fee of growth v1 for 10/30 days"),
         (D("1333.33"), "base fee of scale v1 for 20/30 days"),
     ]
+
+
+def test_limits_are_not_prorated_the_limit_in_force_applies_to_the_whole_periods_usage():
+    from metergate.domain.entitlements import check
+
+    small = plan("growth", "1000.00", calls("0", "0.0002", limit="1000", hard=True))
+    large = plan("scale", "2000.00", calls("0", "0.00015", limit="5000", hard=True))
+    history = change_plan(
+        create(subscription_id="s", customer_id="acme", plan=small, start=at(1), now=at(1)),
+        large,
+        at=When.IMMEDIATELY,
+        now=at(15),
+    )
+    history = change_plan(history, small, at=When.IMMEDIATELY, now=at(20))
+    used = {"before the upgrade": D(900), "after it": D(1200)}
+
+    def decide(moment: datetime, usage: D, units: int):  # type: ignore[no-untyped-def]
+        snapshot = snapshot_at(history, moment, version=1, updated_at=moment)
+        return check(
+            snapshot, "acme", "api_calls", now=moment, usage=lambda _m, _p: usage, requested_units=D(units)
+        )
+
+    # day 14 on growth: 900 used, 200 more would cross 1000
+    assert (
+        decide(at(14), used["before the upgrade"], 200).has_access,
+        decide(at(14), D(900), 200).limit,
+    ) == (
+        False,
+        D(1000),
+    )
+    # day 15 on scale: the whole 5000 (not 16/30 of it) against the period's usage so far
+    on_scale = decide(at(15), used["before the upgrade"], 200)
+    assert (on_scale.has_access, on_scale.limit, on_scale.remaining) == (True, D(5000), D(4100))
+    # day 20 back on growth with 1200 used: above the hard limit at once
+    back = decide(at(20), used["after it"], 1)
+    assert (back.has_access, back.reason.value, back.limit) == (False, "limit_exceeded", D(1000))
