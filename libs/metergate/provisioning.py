@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import IntegrityError
@@ -224,6 +225,13 @@ def preview_fees(engine: Engine, subscription_id: str, moment: datetime) -> rule
     with engine.begin() as conn:
         history = _history(conn, subscription_id, for_update=False)
     return rules.bill_period(history, moment)
+
+
+def audit_trail(engine: Engine, subscription_id: str) -> list[Any]:
+    """Who changed the subscription, when, how, with the versions before and after."""
+    with engine.begin() as conn:
+        _history(conn, subscription_id, for_update=False)
+        return list(store.audit_trail(conn, "subscription", subscription_id))
 
 
 def show_subscription(engine: Engine, subscription_id: str) -> History:

@@ -343,6 +343,12 @@ def test_sales_ops_provision_subscriptions_from_the_cli(database_url, db_schema)
         "WHERE entity = 'subscription' AND entity_id = 'acme' ORDER BY audit_id",
     )
     assert trail == [(user, "create", True, 1), (user, "change", False, 2)]
+    audited = run_json("subscriptions", "audit", "acme")
+    assert [(row["who"], row["action"], row["after"][-1]["plan"]) for row in audited[:2]] == [
+        (user, "create", "growth"),
+        (user, "change", "scale"),
+    ]
+    assert audited[1]["before"] == created["versions"]
     assert query(
         database_url, db_schema, "SELECT action FROM audit_log WHERE entity_id = 'globex' ORDER BY audit_id"
     ) == [("create",), ("create",), ("migrate",), ("cancel",)]  # the customer, then its subscription

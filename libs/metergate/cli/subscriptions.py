@@ -422,6 +422,29 @@ def subscriptions_fees(subscription_id: str, moment: str | None) -> None:
     click.echo(f"total {bill.total} {bill.currency}" if bill.lines else "nothing in force in this period")
 
 
+@subscriptions.command("audit")
+@click.argument("subscription_id")
+@_json
+def subscriptions_audit(subscription_id: str, as_json: bool) -> None:
+    """Every change of a subscription: when, who, what, and the versions before and after (--json)."""
+    from metergate import provisioning
+
+    with _engine() as engine:
+        trail = provisioning.audit_trail(engine, subscription_id)
+    if as_json:
+        rows = [
+            {"at": r.at.isoformat(), "who": r.who, "action": r.action, "before": r.before, "after": r.after}
+            for r in trail
+        ]
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for row in trail:
+        versions = len(row.after or [])
+        click.echo(
+            f"{row.at.isoformat()}  {row.who}  {row.action}  ({versions} version{'' if versions == 1 else 's'} after)"
+        )
+
+
 @subscriptions.command("show")
 @click.argument("subscription_id")
 @_json
