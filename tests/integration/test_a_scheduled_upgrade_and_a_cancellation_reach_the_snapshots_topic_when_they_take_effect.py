@@ -134,3 +134,70 @@ def test_subscriptions_publish_relays_what_the_cli_provisioned(database_url, db_
     snapshot = codec(EntitlementSnapshot).decode(record[1])
     assert (record[0], snapshot.plan_key, snapshot.valid_to) == (b"acme", "growth", None)
     assert snapshot.valid_from == snapshot.billing_anchor  # starts now, billed from its start
+
+
+def test_subscriptions_publish_follow_relays_a_change_and_stops_on_sigterm(
+    database_url, db_schema, kafka_config, topics
+):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.integration.metering_support import wait_until
+
+    engine = make_engine(database_url, db_schema)
+    env = {
+        **os.environ,
+        "METERGATE_DATABASE_URL": database_url,
+        "METERGATE_DATABASE_SCHEMA": db_schema,
+        "METERGATE_KAFKA_BOOTSTRAP": kafka_config["bootstrap.servers"],
+        "METERGATE_KAFKA_TOPIC_PREFIX": topics.prefix,
+    }
+    command = [
+        os.path.join(os.path.dirname(sys.executable), "metergate"),
+        "subscriptions",
+        "publish",
+        "--follow",
+    ]
+    relay = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        with engine.begin() as conn:
+            store.publish_plan_version(conn, offer("growth", "1000.00", 10_000_000), who="test", now=at(1))
+        now = datetime.now(UTC)
+        provisioning.create_customer(engine, "acme", name=None, who="test", now=now)
+        provisioning.create_subscription(
+            engine,
+            subscription_id="acme",
+            customer_id="acme",
+            plan="growth",
+            version=None,
+            start=None,
+            anchor=None,
+            reset_period=None,
+            add_ons={},
+            variables={},
+            overrides=PriceOverrides(),
+            who="test",
+            now=now,
+        )
+
+        def published() -> bool:
+            with engine.connect() as conn:
+                return bool(
+                    conn.exec_driver_sql(
+                        "SELECT count(*) FROM catalog_outbox WHERE published_at IS NOT NULL"
+                    ).scalar()
+                )
+
+        wait_until(published, "the running relay to publish the new subscription", 60)
+        (record,) = read_topic(kafka_config, topics.snapshots, expect=1, idle_s=1.0)
+        assert codec(EntitlementSnapshot).decode(record[1]).plan_key == "growth"
+        relay.send_signal(signal.SIGTERM)
+        out, err = relay.communicate(timeout=30)
+        assert (relay.returncode, out, err) == (0, "published 1 snapshot\n", "")
+    finally:
+        if relay.poll() is None:
+            relay.kill()
+            relay.wait(10)
+        engine.dispose()
