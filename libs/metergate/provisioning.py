@@ -154,8 +154,17 @@ class OverrideUpdate:
 
 
 def change_subscription(
-    engine: Engine, subscription_id: str, change: Change, *, at: At, who: str, now: datetime
+    engine: Engine,
+    subscription_id: str,
+    change: Change,
+    *,
+    at: At,
+    who: str,
+    now: datetime,
+    dry_run: bool = False,
 ) -> Changed:
+    """Apply `change` from `at` on; with `dry_run` nothing is written (the history it would make
+    is returned, with no outbox ids: `preview` bills it)."""
     if not any(
         v is not None
         for v in (change.plan, change.version, change.add_ons, change.variables, change.overrides)
@@ -198,6 +207,8 @@ def change_subscription(
         for key, quantity in add_ons:  # then additions and resizes, on the plan changed to
             if quantity:
                 after = rules.set_add_on(after, key, quantity, at=moment, now=now)
+        if dry_run:
+            return Changed(after, [])
         outbox_ids = store.save_history(conn, before, after, action="change", who=who, now=now)
     return Changed(after, outbox_ids)
 
@@ -217,6 +228,19 @@ def unschedule_subscription(engine: Engine, subscription_id: str, *, who: str, n
         after = rules.unschedule(before, now=now)
         outbox_ids = store.save_history(conn, before, after, action="unschedule", who=who, now=now)
     return Changed(after, outbox_ids)
+
+
+def preview_change(
+    engine: Engine, subscription_id: str, change: Change, *, at: At, now: datetime
+) -> tuple[History, rules.PeriodBill, rules.PeriodBill]:
+    """The history the change would make, and the fees of the period it takes effect in as they
+    are and as they would be (nothing is written)."""
+    before = show_subscription(engine, subscription_id)
+    after = change_subscription(engine, subscription_id, change, at=at, who="preview", now=now, dry_run=True)
+    moment = rules.effective_moment(before, at, now)
+    if before.end is not None and moment >= before.end:
+        moment = now
+    return after.history, rules.bill_period(before, moment), rules.bill_period(after.history, moment)
 
 
 def preview_fees(engine: Engine, subscription_id: str, moment: datetime) -> rules.PeriodBill:

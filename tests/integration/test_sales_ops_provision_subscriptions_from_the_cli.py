@@ -122,6 +122,22 @@ def test_sales_ops_provision_subscriptions_from_the_cli(database_url, db_schema)
         2,
         "Error: add_ons.extra_calls: scale v1 does not allow this add-on (allowed: none)\n",
     )
+    # a preview first: the versions and the fees of the period the change takes effect in
+    next_end = period_for(period_end, anchor, ResetPeriod.MONTHLY).end
+    code, out = run(
+        "subscriptions", "change", "acme", "--plan", "scale", "--add-on", "extra_calls=0", "--at", "period_end",
+        "--dry-run",
+    )  # fmt: skip
+    assert (code, out.splitlines()[-4:]) == (
+        0,
+        [
+            f"  #2 scale v1  {period_end.isoformat()} .. open  remove_add_on+change_plan",
+            f"fees of the period {period_end.isoformat()} .. {next_end.isoformat()}: 1160.00 USD as it is, "
+            "2000.00 USD with the change",
+            f"  scale v1  base_fee  2000.00 USD  base fee of scale v1 for {share(period_end, next_end)}",
+            "nothing written (--dry-run)",
+        ],
+    )
     upgraded = run_json(
         "subscriptions",
         "change",

@@ -338,6 +338,9 @@ def _print(history: History, as_json: bool) -> None:
 @_price_option
 @_add_on_fee_option
 @click.option("--clear-overrides", is_flag=True, help="Drop the subscription's price overrides first.")
+@click.option(
+    "--dry-run", is_flag=True, help="Print the versions and the period's fees it would make; write nothing."
+)
 @_at_option
 @_json
 def subscriptions_change(
@@ -350,6 +353,7 @@ def subscriptions_change(
     prices: tuple[str, ...],
     add_on_fees: tuple[str, ...],
     clear_overrides: bool,
+    dry_run: bool,
     at: str,
     as_json: bool,
 ) -> None:
@@ -371,6 +375,24 @@ def subscriptions_change(
     )
     when = _at(at)
     with _engine() as engine:
+        if dry_run:
+            history, before, after = provisioning.preview_change(
+                engine, subscription_id, change, at=when, now=_now()
+            )
+            _print(history, as_json)
+            if not as_json:
+                click.echo(
+                    f"fees of the period {after.period.start.isoformat()} .. {after.period.end.isoformat()}: "
+                    f"{before.total} {before.currency} as it is, {after.total} {after.currency} with the change"
+                )
+                for line in after.lines:
+                    charge = line.charge
+                    click.echo(
+                        f"  {line.plan} v{line.plan_version}  {charge.feature}  {charge.amount} {charge.currency}  "
+                        f"{charge.detail}"
+                    )
+                click.echo("nothing written (--dry-run)")
+            return
         changed = provisioning.change_subscription(
             engine, subscription_id, change, at=when, who=who(), now=_now()
         )
