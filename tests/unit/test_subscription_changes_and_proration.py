@@ -7,6 +7,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal as D
 from fractions import Fraction
+from itertools import pairwise
 
 import pytest
 from hypothesis import given, settings
@@ -470,3 +471,60 @@ def test_limits_are_not_prorated_the_limit_in_force_applies_to_the_whole_periods
     # day 20 back on growth with 1200 used: above the hard limit at once
     back = decide(at(20), used["after it"], 1)
     assert (back.has_access, back.reason.value, back.limit) == (False, "limit_exceeded", D(1000))
+
+
+EXTRA_SEATS = AddOn(key="extra", currency="USD", fee=D("10"), features={"api_calls": calls("1000", "0")})
+FLEX = plan("flex", "500.00", calls("1000", "0.001"), add_ons={"extra": EXTRA_SEATS})
+FLEX_V2 = plan("flex", "550.00", calls("2000", "0.001"), version=2, add_ons={"extra": EXTRA_SEATS})
+OPERATIONS = st.sampled_from(["upgrade", "migrate", "add", "remove", "override", "cancel", "unschedule"])
+WHEN = st.sampled_from(["immediately", "period_end", "later"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(OPERATIONS, WHEN, st.integers(min_value=0, max_value=40 * 86_400_000)), max_size=12)
+)
+def test_any_sequence_of_changes_keeps_the_history_contiguous_and_the_past_unchanged(steps):
+    history = create(subscription_id="s", customer_id="acme", plan=FLEX, start=at(1), now=at(1))
+    now = at(1)
+    for operation, when, step_ms in steps:
+        now = now + timedelta(milliseconds=step_ms)
+        moment = {"immediately": When.IMMEDIATELY, "period_end": When.PERIOD_END}.get(
+            when, now + timedelta(days=3)
+        )
+        before = history
+        try:
+            if operation == "upgrade":
+                history = change_plan(
+                    history, SCALE if history.latest.plan is FLEX else FLEX, at=moment, now=now
+                )
+            elif operation == "migrate":
+                history = change_plan(history, FLEX_V2, at=moment, now=now)
+            elif operation == "add":
+                history = set_add_on(history, "extra", 2, at=moment, now=now)
+            elif operation == "remove":
+                history = set_add_on(history, "extra", 0, at=moment, now=now)
+            elif operation == "override":
+                history = set_overrides(history, PriceOverrides(base_fee=D("1.00")), at=moment, now=now)
+            elif operation == "cancel":
+                history = cancel(history, at=moment, now=now)
+            else:
+                history = unschedule(history, now=now)
+        except SubscriptionError:
+            assert history is before  # a refused change changes nothing
+            continue
+        versions = history.versions
+        assert [v.number for v in versions] == sorted({v.number for v in versions})
+        for earlier, later in pairwise(versions):
+            assert earlier.effective_to == later.effective_from  # contiguous, no overlap
+        for version in versions:
+            assert version.effective_to is None or version.effective_from < version.effective_to
+        # what was in force before now is what was in force before the change
+        for old in before.versions:
+            if old.effective_from < now:
+                probe = min(old.effective_to or now, now) - timedelta(milliseconds=1)
+                if probe >= old.effective_from:
+                    kept = history.in_force(probe)
+                    assert kept is not None and kept.as_dict() | {"effective_to": None, "number": 0} == (
+                        old.as_dict() | {"effective_to": None, "number": 0}
+                    )
