@@ -4,6 +4,7 @@ then applies its change on top of the first's. And migration 0004 goes down and 
 
 from __future__ import annotations
 
+import importlib
 import threading
 from datetime import UTC, datetime
 from decimal import Decimal as D
@@ -109,7 +110,8 @@ def test_two_changes_of_one_subscription_at_once_lose_neither(database_url, db_s
 
 def test_migration_0004_goes_down_and_up_again(database_url, db_schema):
     assert current(database_url, db_schema) == "0004_subscriptions"
-    command.downgrade(alembic_config(database_url, db_schema), "0002")
-    assert current(database_url, db_schema) == "0002"
+    previous = importlib.import_module("metergate.db.migrations.versions.0004_subscriptions").down_revision
+    command.downgrade(alembic_config(database_url, db_schema), "-1")
+    assert current(database_url, db_schema) == previous
     upgrade(database_url, db_schema)
     assert current(database_url, db_schema) == "0004_subscriptions"
