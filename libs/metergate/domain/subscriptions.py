@@ -7,28 +7,33 @@ change and `now` (injected, never read here) to a new history:
 
 - `create`, `change_plan` (another plan, or another version of the same plan: upgrade, downgrade,
   migration), `set_add_on` (add, resize, remove with quantity 0), `set_variables` (negotiated
-  values of a custom plan), `set_overrides` (price overrides), `cancel`;
+  values of a custom plan), `set_overrides` (price overrides), `cancel`, `unschedule` (drop what
+  takes effect after now);
 - each takes effect `IMMEDIATELY` (at `now`), at `PERIOD_END` (the end of the billing period that
   contains `now`), or at a given moment that is not in the past;
 - the past is never rewritten: a change takes effect at or after `now` and at or after the start of
   the newest version. A change at the very moment the newest (scheduled) version starts amends it;
   an immediate change while a later change is scheduled is refused (`unschedule` first);
-- a cancelled history (closed end) accepts changes only before its end; they keep the end.
+- a cancelled history (closed end) accepts changes only before its end; they keep the end;
+- anchor, reset period and currency are the subscription's: a plan change keeps them.
 
 Terms in force at a moment (`terms_at`, `snapshot_at`) are the pinned plan version's features,
 then the negotiated values, then the add-ons (times their quantity), then the price overrides. A
 plan version is never edited: publishing version 2 changes nothing for a subscription pinned to
 version 1 (grandfathering) until it is migrated (`change_plan` to version 2).
 
-Billing (`bill_period`), the rule the core's README states in "Subscriptions and proration":
+Billing (`bill_period` from the history, `fees_of_snapshots` from the dated snapshots a topic reader
+sees), the rule the core's README states in "Subscriptions and proration":
 
 - Every period in which a version is in force bills its base fee (and each add-on's fee), with or
   without usage, **prorated by time in force**: fee x (milliseconds in force inside the period /
   milliseconds of the period), actual length of each period (a 30-day month counts 30 days, a
   31-day month 31; an upgrade taking effect at 00:00 UTC on the 15th of a 30-day month leaves 14/30
-  to the old plan and 16/30 to the new one). Each segment's fee is a line, rounded once, half-up.
+  to the old plan and 16/30 to the new one), multiplied before dividing. Each segment's fee is a
+  line, rounded once, half-up.
 - Usage is priced by the terms in force at each event's time: the period is cut into segments at
-  the version boundaries, each segment's usage is priced by its own plan's pricing model.
+  the version boundaries, each segment's usage (event quantities summed per meter) is priced by
+  its own plan's pricing model.
 - **Included units follow the base fee**: a segment's allowance is the plan's `included` x the same
   fraction, rounded half-up to the precision the plan gives it in (whole units for whole numbers).
   Tier bounds are not prorated: each segment's billable units start at its first tier.
