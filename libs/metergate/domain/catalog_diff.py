@@ -10,6 +10,9 @@ what PostgreSQL holds and lists, in order, features, plan versions and subscript
 - `!` refused: a published plan version whose terms differ from the file's (published versions are
   never edited: the file must give it a new version number), or a feature whose kind or meter
   changed. The differing fields are listed.
+
+Subscriptions are matched by customer and compared by plan and version; the per-contract
+`overrides` of a file's subscription are not compared yet (they are not part of the plan).
 """
 
 from __future__ import annotations
