@@ -7,6 +7,7 @@
     │   ├── CatalogError              a catalog file is wrong (path inside the file + reason)
     │   ├── GrantError                a credit grant that cannot be applied (domain/ledger.py)
     │   ├── PricingError              a price that cannot be applied to a total (domain/pricing.py)
+    │   ├── SubscriptionError         a subscription change that cannot be applied (field + reason)
     │   └── Problem                   a request the entitlements sidecar refuses (HTTP status + reason)
     ├── StaleAssignment               stored offsets moved under a rating consumer: another one owns them
     │                                 now (db/rating_store.py); the consumer stops and rejoins
@@ -61,6 +62,12 @@ class CatalogError(InvalidInput):
     """A catalog file that is wrong; `field` is the dotted path inside the file."""
 
     reason = "invalid_catalog"
+
+
+class SubscriptionError(InvalidInput):
+    """A subscription change that cannot be applied (domain/subscriptions.py); `field` names the culprit."""
+
+    reason = "invalid_subscription"
 
 
 class DeliveryError(MetergateError):

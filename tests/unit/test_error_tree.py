@@ -62,9 +62,9 @@ def test_the_named_errors_are_in_the_tree_by_runtime_check() -> None:
     from metergate.db.rating_store import IntegrityFault, StaleAssignment
     from metergate.domain.ledger import GrantError
     from metergate.domain.pricing import PricingError
-    from metergate.errors import ConfigurationError, InvalidInput, MetergateError
+    from metergate.errors import ConfigurationError, InvalidInput, MetergateError, SubscriptionError
 
-    for bad_input in (GrantError, PricingError):
+    for bad_input in (GrantError, PricingError, SubscriptionError):
         assert issubclass(bad_input, InvalidInput)
     for ours in (StaleAssignment, IntegrityFault, ConfigurationError):
         assert issubclass(ours, MetergateError) and not issubclass(ours, InvalidInput)

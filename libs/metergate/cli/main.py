@@ -98,6 +98,9 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("metergate.cli.services", "run"),
     ("metergate.cli.demo", "demo"),
     ("metergate.cli.keys", "keys"),
+    ("metergate.cli.subscriptions", "customers"),
+    ("metergate.cli.subscriptions", "subscriptions"),
+    ("metergate.cli.catalog_plan", "catalog"),  # the catalog group again, with `catalog plan` added
 )
 
 

@@ -239,6 +239,10 @@ class EntitlementSnapshot(Record):
     features: tuple[FeatureEntitlement, ...] = ()
     version: int = 1
     updated_at: datetime
+    # the interval these terms are in force, [valid_from, valid_to); None: unbounded on that side.
+    # Written by the subscription outbox relay; a reader that ignores them applies the newest terms.
+    valid_from: datetime | None = None
+    valid_to: datetime | None = None
 
     def metered(self, meter: str) -> tuple[FeatureEntitlement, ...]:
         return tuple(f for f in self.features if f.kind is FeatureKind.METERED and f.meter == meter)

@@ -1,0 +1,310 @@
+"""Provisioning use cases: customers and subscriptions, each change in one PostgreSQL transaction.
+
+An entry point (the CLI, later the admin API) decodes its input into these calls and prints what
+they return; the rules live in `metergate.domain.subscriptions`, the SQL in
+`metergate.db.subscription_store`. Each change: lock the subscription, load its history, apply the
+pure change with the injected `now`, write versions + audit + outbox, commit. `who` is the actor
+recorded in the audit (a CLI user, an API key's name).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import IntegrityError
+
+from metergate.db import subscription_store as store
+from metergate.domain import subscriptions as rules
+from metergate.domain.catalog import Catalog
+from metergate.domain.records import Pricing, ResetPeriod
+from metergate.domain.subscriptions import History, PriceOverrides, PublishedPlan, When
+from metergate.errors import SubscriptionError
+
+At = When | datetime
+
+
+@dataclass(frozen=True)
+class Changed:
+    history: History
+    outbox_ids: list[int]
+
+
+def _plan(conn: Connection, plan: str, version: int | None, *, field: str = "plan") -> PublishedPlan:
+    found = store.load_plan_version(conn, plan, version)
+    if found is not None:
+        return found
+    versions = store.plan_versions(conn, plan)
+    if versions:
+        raise SubscriptionError(
+            f"version: plan {plan} has versions {', '.join(map(str, versions))}, not {version}",
+            field="version",
+        )
+    raise SubscriptionError(f"{field}: no published plan {plan!r}", field=field)
+
+
+def _history(conn: Connection, subscription_id: str, *, for_update: bool) -> History:
+    history = store.load_history(conn, subscription_id, for_update=for_update)
+    if history is None:
+        raise SubscriptionError(
+            f"subscription_id: no subscription {subscription_id!r}", field="subscription_id"
+        )
+    return history
+
+
+def create_customer(engine: Engine, customer_id: str, *, name: str | None, who: str, now: datetime) -> bool:
+    rules.check_id("customer_id", customer_id)
+    try:
+        with engine.begin() as conn:
+            return store.create_customer(conn, customer_id, name=name, who=who, now=now)
+    except IntegrityError:  # created at the same moment by another session
+        with engine.begin() as conn:
+            return store.create_customer(conn, customer_id, name=name, who=who, now=now)
+
+
+def show_customer(engine: Engine, customer_id: str) -> tuple[store.Customer, list[History]]:
+    with engine.begin() as conn:
+        customer = store.get_customer(conn, customer_id)
+        if customer is None:
+            raise SubscriptionError(f"customer_id: no customer {customer_id!r}", field="customer_id")
+        histories = [_history(conn, s, for_update=False) for s in store.subscriptions_of(conn, customer_id)]
+    return customer, histories
+
+
+def create_subscription(
+    engine: Engine,
+    *,
+    subscription_id: str,
+    customer_id: str,
+    plan: str,
+    version: int | None,
+    start: datetime | None,
+    anchor: datetime | None,
+    reset_period: ResetPeriod | None,
+    add_ons: Mapping[str, int],
+    variables: Mapping[str, Decimal | str],
+    overrides: PriceOverrides,
+    who: str,
+    now: datetime,
+) -> Changed:
+    try:
+        with engine.begin() as conn:
+            if store.get_customer(conn, customer_id) is None:
+                raise SubscriptionError(
+                    f"customer: no customer {customer_id!r} (create it first: metergate customers create {customer_id})",
+                    field="customer",
+                )
+            if store.load_history(conn, subscription_id) is not None:
+                raise SubscriptionError(
+                    f"subscription_id: {subscription_id!r} exists already (change it with `subscriptions change`)",
+                    field="subscription_id",
+                )
+            history = rules.create(
+                subscription_id=subscription_id,
+                customer_id=customer_id,
+                plan=_plan(conn, plan, version),
+                start=start or now,
+                now=now,
+                anchor=anchor,
+                reset_period=reset_period,
+                add_ons=add_ons,
+                variables=variables,
+                overrides=overrides,
+            )
+            outbox_ids = store.save_history(conn, None, history, action="create", who=who, now=now)
+    except IntegrityError:  # the same id created at the same moment by another session
+        raise SubscriptionError(
+            f"subscription_id: {subscription_id!r} exists already (change it with `subscriptions change`)",
+            field="subscription_id",
+        ) from None
+    return Changed(history, outbox_ids)
+
+
+@dataclass(frozen=True)
+class Change:
+    """What `subscriptions change` asks for; any combination, applied in this order."""
+
+    plan: str | None = None
+    version: int | None = None
+    add_ons: Mapping[str, int] | None = None  # key -> quantity (0 removes)
+    variables: Mapping[str, Decimal | str] | None = None
+    overrides: OverrideUpdate | None = None
+
+
+@dataclass(frozen=True)
+class OverrideUpdate:
+    """Price overrides to set on top of the subscription's own (`clear` first drops them all)."""
+
+    base_fee: Decimal | None = None
+    pricing: Mapping[str, Pricing] | None = None
+    add_on_fees: Mapping[str, Decimal] | None = None
+    clear: bool = False
+
+    def over(self, current: PriceOverrides) -> PriceOverrides:
+        base = PriceOverrides() if self.clear else current
+        return PriceOverrides(
+            base_fee=self.base_fee if self.base_fee is not None else base.base_fee,
+            pricing={**base.pricing, **(self.pricing or {})},
+            add_on_fees={**base.add_on_fees, **(self.add_on_fees or {})},
+        )
+
+
+def change_subscription(
+    engine: Engine,
+    subscription_id: str,
+    change: Change,
+    *,
+    at: At,
+    who: str,
+    now: datetime,
+    dry_run: bool = False,
+) -> Changed:
+    """Apply `change` from `at` on; with `dry_run` nothing is written (the history it would make
+    is returned, with no outbox ids: `preview` bills it)."""
+    if not any(
+        v is not None
+        for v in (change.plan, change.version, change.add_ons, change.variables, change.overrides)
+    ):
+        raise SubscriptionError(
+            "change: nothing to change (give --plan/--version, --add-on, --set or an override)",
+            field="change",
+        )
+    with engine.begin() as conn:
+        before = _history(conn, subscription_id, for_update=True)
+        after = before
+        moment = rules.effective_moment(before, at, now)  # one moment for every part of the change
+        add_ons = sorted((change.add_ons or {}).items())
+        for key, quantity in add_ons:  # removals first: the plan changed to may not allow the add-on
+            if quantity == 0:
+                after = rules.set_add_on(after, key, 0, at=moment, now=now)
+        if change.plan is not None or change.version is not None:
+            plan_key = change.plan or after.latest.plan.plan
+            target = _plan(conn, plan_key, change.version)
+            same_plan = plan_key == after.latest.plan.plan
+            overrides = None
+            if change.overrides is not None:
+                overrides = change.overrides.over(after.latest.overrides if same_plan else PriceOverrides())
+            variables = change.variables
+            if variables is not None and same_plan:
+                variables = {
+                    **{k: v for k, v in after.latest.variables.items() if k in target.variable},
+                    **variables,
+                }
+            after = rules.change_plan(
+                after, target, at=moment, now=now, variables=variables, overrides=overrides
+            )
+        else:
+            if change.variables is not None:
+                after = rules.set_variables(after, change.variables, at=moment, now=now)
+            if change.overrides is not None:
+                after = rules.set_overrides(
+                    after, change.overrides.over(after.latest.overrides), at=moment, now=now
+                )
+        for key, quantity in add_ons:  # then additions and resizes, on the plan changed to
+            if quantity:
+                after = rules.set_add_on(after, key, quantity, at=moment, now=now)
+        if dry_run:
+            return Changed(after, [])
+        outbox_ids = store.save_history(conn, before, after, action="change", who=who, now=now)
+    return Changed(after, outbox_ids)
+
+
+def cancel_subscription(engine: Engine, subscription_id: str, *, at: At, who: str, now: datetime) -> Changed:
+    with engine.begin() as conn:
+        before = _history(conn, subscription_id, for_update=True)
+        after = rules.cancel(before, at=at, now=now)
+        outbox_ids = store.save_history(conn, before, after, action="cancel", who=who, now=now)
+    return Changed(after, outbox_ids)
+
+
+def unschedule_subscription(engine: Engine, subscription_id: str, *, who: str, now: datetime) -> Changed:
+    """Drop what is scheduled after `now` (a change or a cancellation at period end)."""
+    with engine.begin() as conn:
+        before = _history(conn, subscription_id, for_update=True)
+        after = rules.unschedule(before, now=now)
+        outbox_ids = store.save_history(conn, before, after, action="unschedule", who=who, now=now)
+    return Changed(after, outbox_ids)
+
+
+def preview_change(
+    engine: Engine, subscription_id: str, change: Change, *, at: At, now: datetime
+) -> tuple[History, rules.PeriodBill, rules.PeriodBill]:
+    """The history the change would make, and the fees of the period it takes effect in as they
+    are and as they would be (nothing is written)."""
+    before = show_subscription(engine, subscription_id)
+    after = change_subscription(engine, subscription_id, change, at=at, who="preview", now=now, dry_run=True)
+    moment = rules.effective_moment(before, at, now)
+    if before.end is not None and moment >= before.end:
+        moment = now
+    return after.history, rules.bill_period(before, moment), rules.bill_period(after.history, moment)
+
+
+def preview_fees(engine: Engine, subscription_id: str, moment: datetime) -> rules.PeriodBill:
+    """The base and add-on fees of the billing period containing `moment`, prorated by time in
+    force (usage is priced by the rating consumer)."""
+    with engine.begin() as conn:
+        history = _history(conn, subscription_id, for_update=False)
+    return rules.bill_period(history, moment)
+
+
+def audit_trail(engine: Engine, subscription_id: str) -> list[Any]:
+    """Who changed the subscription, when, how, with the versions before and after."""
+    with engine.begin() as conn:
+        _history(conn, subscription_id, for_update=False)
+        return list(store.audit_trail(conn, "subscription", subscription_id))
+
+
+def show_subscription(engine: Engine, subscription_id: str) -> History:
+    with engine.begin() as conn:
+        return _history(conn, subscription_id, for_update=False)
+
+
+def migrate(
+    engine: Engine,
+    *,
+    plan: str,
+    from_version: int,
+    to_version: int,
+    at: At,
+    who: str,
+    now: datetime,
+    on_each: Callable[[str, History], None] | None = None,
+) -> list[Changed]:
+    """Move every subscription whose newest version pins `plan` v`from_version` to v`to_version`.
+
+    All or nothing: one transaction; a subscription the new version cannot take (an add-on it does
+    not allow, a negotiated value it needs) stops the migration with the subscription named.
+    """
+    if from_version == to_version:
+        raise SubscriptionError(f"to: expected another version than {from_version}", field="to")
+    with engine.begin() as conn:
+        _plan(conn, plan, from_version, field="plan")
+        target = _plan(conn, plan, to_version, field="plan")
+        changed: list[Changed] = []
+        for subscription_id in store.subscriptions_on(conn, plan, from_version):
+            before = _history(conn, subscription_id, for_update=True)
+            try:
+                after = rules.change_plan(before, target, at=at, now=now)
+            except SubscriptionError as exc:
+                raise SubscriptionError(f"{subscription_id}: {exc.message}", field=exc.field) from None
+            outbox_ids = store.save_history(conn, before, after, action="migrate", who=who, now=now)
+            changed.append(Changed(after, outbox_ids))
+            if on_each is not None:
+                on_each(subscription_id, after)
+    return changed
+
+
+def publish_catalog(engine: Engine, catalog: Catalog, *, who: str, now: datetime) -> tuple[int, int]:
+    """Publish a catalog file's features and plan versions (never editing a published one: a
+    version whose terms differ is refused, naming it). Returns (features added, versions added)."""
+    with engine.begin() as conn:
+        features = sum(store.publish_feature(conn, feature) for feature in catalog.features.values())
+        versions = 0
+        for _plan_key, numbered in sorted(catalog.plans.items()):
+            for _number, terms in sorted(numbered.items()):
+                versions += store.publish_plan_version(conn, PublishedPlan(terms), who=who, now=now)
+    return features, versions
