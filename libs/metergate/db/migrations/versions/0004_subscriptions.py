@@ -2,7 +2,7 @@
 versions, features, add-ons, customers, subscriptions with dated versions, audit, catalog outbox.
 
 Revision ID: 0004_subscriptions
-Revises: 0002
+Revises: 0003
 Create Date: 2026-12-02
 """
 
@@ -11,7 +11,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision = "0004_subscriptions"
-down_revision = "0002"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 
