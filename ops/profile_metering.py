@@ -64,7 +64,7 @@ class _Catalog:
     def meter(self, name: str) -> Any:
         return self.meters.get(name)
 
-    def snapshot(self, customer_id: str) -> Any:
+    def snapshot(self, customer_id: str, at_ms: int) -> Any:
         return self.snapshots.get(customer_id)
 
 

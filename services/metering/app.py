@@ -139,7 +139,7 @@ def create_metering(settings: MeteringSettings) -> Metering:
         changelog_topic=settings.changelog_topic,
         store=store,
         meters=catalog.meter,
-        snapshots=catalog.snapshot,
+        snapshots=catalog.snapshot_at,
         refresh_catalog=catalog.refresh_if_stale,
         producer=producer,
         client_config=client_config,

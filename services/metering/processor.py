@@ -98,7 +98,7 @@ class _Catalog:
     def __init__(
         self,
         meters: Callable[[str], MeterDefinition | None],
-        snapshots: Callable[[str], EntitlementSnapshot | None],
+        snapshots: Callable[[str, int], EntitlementSnapshot | None],
         refresh: Callable[[], bool],
     ) -> None:
         self._meters = meters
@@ -120,7 +120,7 @@ class MeteringProcessor:
         changelog_topic: str,
         store: StateStore,
         meters: Callable[[str], MeterDefinition | None],
-        snapshots: Callable[[str], EntitlementSnapshot | None],
+        snapshots: Callable[[str, int], EntitlementSnapshot | None],
         refresh_catalog: Callable[[], bool],
         producer: Producer,
         client_config: Mapping[str, Any],

@@ -70,11 +70,15 @@ class Record:
 class Catalog:
     def __init__(self, snapshots: dict[str, EntitlementSnapshot] | None = None) -> None:
         self.snapshots = snapshots or {}
+        self.dated: dict[str, list[tuple[int, int, EntitlementSnapshot]]] = {}
 
     def meter(self, name: str) -> MeterDefinition | None:
         return METERS.get(name)
 
-    def snapshot(self, customer_id: str) -> EntitlementSnapshot | None:
+    def snapshot(self, customer_id: str, at_ms: int) -> EntitlementSnapshot | None:
+        dated = self.dated.get(customer_id)
+        if dated is not None:  # (from ms, to ms, snapshot): the terms in force at at_ms
+            return next((snap for start, end, snap in dated if start <= at_ms < end), None)
         return self.snapshots.get(customer_id)
 
 
@@ -275,3 +279,51 @@ def test_unique_count_counts_distinct_values_and_needs_its_property():
     assert dict(fx.rejected_by_reason) == {"missing_property": 1}
     assert fx.count(ACCEPTED) == 3 and fx.count(REJECTED) == 1
     assert fx.count(DUPLICATE) == 0 and fx.count(FORWARDED) == 0
+
+
+def test_each_event_is_metered_under_the_terms_in_force_at_its_own_time():
+    """An upgrade on the 10th: an event of the 9th read after it (late, or a replay) keeps the old
+    plan's limit; one of the 11th meets the new plan's."""
+    mine = customer_on(0)
+    upgrade = datetime(2026, 3, 10, tzinfo=UTC)
+
+    def plan(limit: int, key: str, version: int) -> EntitlementSnapshot:
+        feature = FeatureEntitlement(
+            feature="api",
+            kind=FeatureKind.METERED,
+            meter="api_calls",
+            limit=Decimal(limit),
+            enforcement=Enforcement.HARD,
+        )
+        return EntitlementSnapshot(
+            customer_id=mine,
+            subscription_id=f"sub-{key}",
+            plan_key=key,
+            plan_version=1,
+            features=(feature,),
+            version=version,
+            updated_at=NOW,
+        )
+
+    catalog = Catalog()
+    catalog.dated[mine] = [
+        (millis(upgrade), 2**62, plan(100, "big", 2)),
+        (-(2**62), millis(upgrade), plan(5, "small", 1)),
+    ]
+    core, state = MeteringCore(RULES, catalog), State()
+    fx = run(
+        core,
+        state,
+        0,
+        [
+            event(mine, "late", "6", at=upgrade - timedelta(days=1)),  # past the small plan's 5
+            event(mine, "new", "50", at=upgrade + timedelta(days=1)),  # 56 of the big plan's 100
+        ],
+    )
+    kinds = [(e.kind, e.limit, e.event_id) for _, e, _ in fx.limit_events]
+    assert kinds == [
+        (LimitKind.LIMIT_REACHED, Decimal(5), "late"),
+        (LimitKind.HARD_LIMIT_EXCEEDED, Decimal(5), "late"),
+    ]
+    found = only_total(fx)
+    assert found.total.value == Decimal(56) and found.plan_key == "big"  # stamped by the last event

@@ -11,7 +11,9 @@ stored position + 1 by the caller), exactly one outcome, and what it changes:
 | duplicate | a later copy of an (customer, event_id) already counted (`dedup.classify`) | a `DuplicateReceipt` naming both copies |
 | accepted | the first copy (or its replay) of a valid event | folded into the total of (customer, meter, period), limit events due, a dedup entry |
 
-Rules applied on the way, each written where it lives: periods follow the customer's snapshot
+Rules applied on the way, each written where it lives: the customer's terms are those in force at
+the event's time (`Catalog.snapshot(customer, event_ms)`: a late event or a replay is metered as it
+was when it happened); periods follow the customer's snapshot
 (`periods.period_for`: billing anchor and reset period; calendar month UTC without a subscription);
 a total of a period that ended more than `late_grace_ms` ago is marked `late`; the total carries
 the subscription terms of the snapshot in force when it was last folded (the *version rule*: one
@@ -75,7 +77,9 @@ Decoded = tuple[Consumed, "dict[str, Any] | Rejection"]
 class Catalog(Protocol):
     def meter(self, name: str) -> MeterDefinition | None: ...
 
-    def snapshot(self, customer_id: str) -> EntitlementSnapshot | None: ...
+    def snapshot(self, customer_id: str, at_ms: int) -> EntitlementSnapshot | None:
+        """The customer's terms in force at `at_ms` (the event's time)."""
+        ...
 
 
 class MeteringState(Protocol):
@@ -291,7 +295,7 @@ class MeteringCore:
     ) -> None:
         """Fold an accepted event into its total; `first`: its dedup id, when it is the first copy."""
         customer = datum["customer_id"]
-        terms = self._terms_of(customer)
+        terms = self._terms_of(customer, event_ms)
         period = terms.period
         if period is None or not period[1] <= event_ms < period[2]:
             period = self._period(terms, event_ms)
@@ -362,9 +366,10 @@ class MeteringCore:
                 total.emitted.add(item.mark)
                 self._limit(partition, record, datum, found, item, fx)
 
-    def _terms_of(self, customer: str) -> _Terms:
-        """What the rules need of the customer's snapshot, derived once per snapshot."""
-        snapshot = self.catalog.snapshot(customer)
+    def _terms_of(self, customer: str, event_ms: int) -> _Terms:
+        """What the rules need of the customer's terms in force at the event's time, derived once
+        per snapshot."""
+        snapshot = self.catalog.snapshot(customer, event_ms)
         terms = self._terms.get(customer)
         if terms is None or terms.snapshot is not snapshot:
             if len(self._terms) > 200_000:
