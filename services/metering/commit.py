@@ -41,14 +41,14 @@ import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Any
 
-from confluent_kafka import KafkaError, Producer
+from confluent_kafka import Producer
 from rocksdict import WriteBatch
 
 from metergate.domain.aggregation import PeriodTotal
 from metergate.domain.metering import ACCEPTED, DUPLICATE, FORWARDED, REJECTED, BatchEffects
 from metergate.domain.records import DeadLetter, DuplicateReceipt, LimitEvent
-from metergate.errors import DeliveryError
 from metergate.faults import Fault
+from metergate.kafka.producer import DeliveryTracker, flush, produce
 from metergate.kafka.topics import Topics
 from metergate.wire.codec import codec
 from metergate.wire.fastwire import write_aggregate
@@ -116,6 +116,14 @@ class BatchCommit:
         self.producer = producer
         self.layout = layout
         self.fault = Fault("METERGATE_METERING_FAULT", CRASH_POINTS, fault)
+        self._all_topics = (
+            topics.events,
+            topics.dlq,
+            topics.duplicates,
+            topics.limits,
+            topics.aggregates,
+            changelog_topic,
+        )
         self.batches_done = 0
         self._limit_codec = codec(LimitEvent)
         self._receipt_codec = codec(DuplicateReceipt)
@@ -126,23 +134,11 @@ class BatchCommit:
     ) -> list[tuple[int, float]]:
         """Make `fx` durable; update `watermarks` (the in-memory ones) once step 3 is done.
         Returns (kafka timestamp of the crossing record, delivered at) per limit event sent."""
-        failures: list[str] = []
-        positions: dict[tuple[str, int], int] = {}
+        outputs = DeliveryTracker()  # positions of limits, duplicates, dlq: where recovery looks
         topics = self.topics
 
-        def remember(err: KafkaError | None, msg: Any) -> None:
-            if err is not None:
-                failures.append(f"{msg.topic()}: {err}")
-                return
-            key = (msg.topic(), msg.partition())
-            if msg.offset() >= positions.get(key, -1):
-                positions[key] = msg.offset()
-
-        def tracked(err: KafkaError | None, msg: Any) -> None:
-            if err is not None:
-                failures.append(f"{msg.topic()}: {err}")
-
         send = self._send
+        flush = self._flush
         # step 1: outputs
         for forward in fx.forwards:
             origin = f"{forward.partition}:{forward.record.offset}".encode()
@@ -151,13 +147,13 @@ class BatchCommit:
                 forward.customer_id.encode(),
                 forward.record.value,
                 forward.to,
-                tracked,
+                outputs,
                 [(FORWARDED_FROM, origin)],
             )
         for partition, dead in fx.dead_letters:
             if dead_letter_guard(dead) in watermarks[partition].guards:
                 continue
-            send(topics.dlq, dead.original_key or None, self._dead_codec.encode(dead), None, remember)
+            send(topics.dlq, dead.original_key or None, self._dead_codec.encode(dead), None, outputs)
         for partition, receipt in fx.receipts:
             if receipt_guard(receipt) in watermarks[partition].guards:
                 continue
@@ -166,7 +162,7 @@ class BatchCommit:
                 receipt.customer_id.encode(),
                 self._receipt_codec.encode(receipt),
                 partition,
-                remember,
+                outputs,
             )
         limit_timestamps: list[int | None] = []
         for index, (partition, event, event_ts) in enumerate(fx.limit_events):
@@ -175,11 +171,11 @@ class BatchCommit:
                 event.customer_id.encode(),
                 self._limit_codec.encode(event),
                 partition,
-                remember,
+                outputs,
             )
             limit_timestamps.append(event_ts)
             if index == len(fx.limit_events) // 2 and self.fault.step == "outputs_partial":
-                self._flush(failures)
+                flush(outputs)
                 self._maybe_crash("outputs_partial")
         for key, (_partition, found) in fx.totals.items():
             # version = 1 + offset of the last event folded in: strictly increasing per key (a key's
@@ -187,13 +183,14 @@ class BatchCommit:
             # whatever batch boundaries a replay after a crash happens to have (a counter per
             # publication would give one version two different values)
             found.total.version = found.total.applied_offset + 1
-            send(topics.aggregates, key.encode(), _published(found, fx.now_ms), None, tracked)
-        self._flush(failures)
+            send(topics.aggregates, key.encode(), _published(found, fx.now_ms), None, outputs)
+        flush(outputs)
         self._maybe_crash("outputs_sent")
         delivered_s = time.time()
         sent_at = [(ts, delivered_s) for ts in limit_timestamps if ts is not None]
 
         # step 2: changelog (partition = input partition)
+        positions = outputs.positions
         new_watermarks: dict[int, Watermark] = {}
         for partition, last in fx.last_offset.items():
             old = watermarks[partition]
@@ -215,21 +212,15 @@ class BatchCommit:
                 forwarded=old.forwarded + outcomes[FORWARDED],
                 gaps=old.gaps + gaps.get(partition, 0),
             )
-        changelog_positions: dict[int, int] = {}
-
-        def logged(err: KafkaError | None, msg: Any) -> None:
-            if err is not None:
-                failures.append(f"{msg.topic()}: {err}")
-            elif msg.offset() >= changelog_positions.get(msg.partition(), -1):
-                changelog_positions[msg.partition()] = msg.offset()
+        changelog = DeliveryTracker()
 
         local = WriteBatch(raw_mode=True)
         for index, (key, (partition, found)) in enumerate(fx.totals.items()):
             encoded = encode_total(found)
-            send(self.changelog_topic, AGGREGATE + key.encode(), encoded, partition, logged)
+            send(self.changelog_topic, AGGREGATE + key.encode(), encoded, partition, changelog)
             local.put(AGGREGATE + key.encode(), encoded)
             if index == len(fx.totals) // 2 and self.fault.step == "changelog_partial":
-                self._flush(failures)
+                flush(changelog)
                 self._maybe_crash("changelog_partial")
         for partition, entries in fx.new_seen.items():
             # one changelog record per DEDUP_GROUP entries (a record must stay well below the
@@ -241,7 +232,7 @@ class BatchCommit:
                     CHANGELOG_DEDUP_PREFIX + str(group[0][2].offset).encode(),
                     encode_dedup_group(group),
                     partition,
-                    logged,
+                    changelog,
                 )
             for customer, event_id, seen in entries:
                 local.put(dedup_key(customer, event_id), encode_seen(seen))
@@ -252,15 +243,17 @@ class BatchCommit:
                 layout.watermark_key(partition),
                 watermark.encode(),
                 layout.changelog_partition(partition),
-                logged,
+                changelog,
             )
-        self._flush(failures)
+        flush(changelog)
         self._maybe_crash("changelog_sent")
 
         # step 3: local checkpoint, one atomic write
         for partition, watermark in new_watermarks.items():
             home = layout.changelog_partition(partition)
-            watermark.changelog = changelog_positions.get(home, watermark.changelog - 1) + 1
+            watermark.changelog = (
+                changelog.positions.get((self.changelog_topic, home), watermark.changelog - 1) + 1
+            )
             local.put(WATERMARK + str(partition).encode(), watermark.encode())
         self.store.write(local)
         watermarks.update(new_watermarks)
@@ -274,33 +267,16 @@ class BatchCommit:
         key: bytes | None,
         value: bytes | None,
         partition: int | None,
-        callback: Any,
+        tracker: DeliveryTracker,
         headers: list[tuple[str, str | bytes | None]] | None = None,
     ) -> None:
-        producer = self.producer
-        while True:
-            try:
-                if partition is None:
-                    producer.produce(topic, value, key, on_delivery=callback)
-                elif headers is None:
-                    producer.produce(topic, value, key, partition=partition, on_delivery=callback)
-                else:
-                    producer.produce(
-                        topic, value, key, partition=partition, on_delivery=callback, headers=headers
-                    )
-                return
-            except BufferError:
-                producer.poll(0.01)
+        produce(self.producer, topic, key, value, tracker, partition=partition, headers=headers)
+
+    def _flush(self, tracker: DeliveryTracker) -> None:
+        flush(self.producer, tracker, topic=self._all_topics, timeout_s=60)
 
     def _maybe_crash(self, point: str) -> None:
         self.fault.at(point, self.batches_done + 1)
-
-    def _flush(self, failures: list[str]) -> None:
-        remaining = self.producer.flush(60)
-        if remaining:
-            raise DeliveryError(f"{remaining} record(s) still undelivered after 60 s")
-        if failures:
-            raise DeliveryError(f"{len(failures)} record(s) not delivered; first: {failures[0]}")
 
 
 class GroupOffsets:

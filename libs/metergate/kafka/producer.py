@@ -39,17 +39,24 @@ def make_producer(client_config: Mapping[str, Any], **overrides: Any) -> Produce
 
 
 class DeliveryTracker:
-    """Counts deliveries and keeps failures; `raise_failures()` turns them into a DeliveryError."""
+    """Counts deliveries and keeps failures; `raise_failures()` turns them into a DeliveryError.
+    `positions` holds, per (topic, partition), the highest offset delivered (a caller that stores
+    where its outputs end, as metering's commit order does)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.delivered = 0
         self.failures: list[tuple[str, str, KafkaError]] = []  # (topic, key, error)
+        self.positions: dict[tuple[str, int], int] = {}
 
     def __call__(self, error: KafkaError | None, message: Message) -> None:
         with self._lock:
             if error is None:
                 self.delivered += 1
+                where = (message.topic() or "", message.partition() or 0)
+                offset = message.offset() or 0
+                if offset > self.positions.get(where, -1):
+                    self.positions[where] = offset
             else:
                 key = message.key()
                 self.failures.append(
@@ -71,12 +78,25 @@ class DeliveryTracker:
 
 
 def produce(
-    producer: Producer, topic: str, key: bytes | None, value: bytes | None, tracker: DeliveryTracker
+    producer: Producer,
+    topic: str,
+    key: bytes | None,
+    value: bytes | None,
+    tracker: DeliveryTracker,
+    *,
+    partition: int | None = None,
+    headers: list[tuple[str, str | bytes | None]] | None = None,
 ) -> None:
-    """Produce one record, waiting for queue space instead of failing when the local queue is full."""
+    """Produce one record (to `partition`, or where the partitioner puts its key), waiting for
+    queue space instead of failing when the local queue is full."""
+    extra: dict[str, Any] = {}
+    if partition is not None:
+        extra["partition"] = partition
+    if headers is not None:
+        extra["headers"] = headers
     while True:
         try:
-            producer.produce(topic, value=value, key=key, on_delivery=tracker)
+            producer.produce(topic, value=value, key=key, on_delivery=tracker, **extra)
             return
         except BufferError:
             producer.poll(0.05)
