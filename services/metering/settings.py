@@ -9,8 +9,8 @@
 | METERGATE_METERING_LATE_GRACE_S | 86400 (1 day) | a period closed longer than this before an event arrives makes its aggregate `late`, seconds |
 | METERGATE_METERING_BATCH_SIZE | 5000 | most records per fetch |
 | METERGATE_METERING_MAX_BATCH | 50000 | most records processed and committed as one batch (queued fetches are merged when processing falls behind) |
-| METERGATE_METERING_SESSION_TIMEOUT_S | 3 | consumer-group session timeout: how long a killed worker's partitions wait (tansu also holds each JoinGroup about half of it) |
-| METERGATE_METERING_HEARTBEAT_INTERVAL_S | 0.5 | consumer-group heartbeat interval |
+| METERGATE_METERING_SESSION_TIMEOUT_S | 6 | consumer-group session timeout: how long a killed worker's partitions wait (tansu also holds each JoinGroup about half of it) |
+| METERGATE_METERING_HEARTBEAT_INTERVAL_S | 1 | consumer-group heartbeat interval |
 | METERGATE_METERING_REBALANCE_TIMEOUT_S | 10 | consumer-group rebalance timeout |
 | METERGATE_METERING_RECOVERY_IDLE_S | 0.3 | when reading a changelog/output tail, how long "no new record" means its end |
 | METERGATE_METERING_FAULT | (none) | tests only: `STEP@N` SIGKILLs the worker at STEP of the commit order (commit.py) in batch N (`..._CRASH_POINT` + `..._CRASH_AFTER_BATCHES` still read) |
@@ -58,8 +58,8 @@ class MeteringSettings(BaseSettings):
     late_grace_s: float = Field(default=86_400, ge=0)
     batch_size: int = Field(default=5000, ge=1)
     max_batch: int = Field(default=50_000, ge=1)
-    session_timeout_s: float = Field(default=3.0, gt=0)
-    heartbeat_interval_s: float = Field(default=0.5, gt=0)
+    session_timeout_s: float = Field(default=6.0, gt=0)
+    heartbeat_interval_s: float = Field(default=1.0, gt=0)
     rebalance_timeout_s: float = Field(default=10.0, gt=0)
     recovery_idle_s: float = Field(default=0.3, gt=0)
     #: fault injection for tests (metergate.faults): STEP@N, STEP a step of the commit order
