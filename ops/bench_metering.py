@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import shutil
@@ -31,7 +32,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 import uuid
@@ -41,13 +41,14 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
+from confluent_kafka import OFFSET_END, Consumer, Message, Producer, TopicPartition
 
 from metergate.cli.catalog import publish_catalog
 from metergate.domain.catalog import parse_catalog
 from metergate.domain.records import LimitEvent, UsageEvent
 from metergate.embedded.processes import ChildProcess, free_port
 from metergate.kafka.admin import ensure_topics
+from metergate.kafka.follow import TopicFollower
 from metergate.kafka.partitioner import LIBRDKAFKA_PARTITIONER
 from metergate.kafka.topics import Topics
 from metergate.wire.codec import codec
@@ -258,15 +259,18 @@ def committed(config: Mapping[str, Any], group: str, topic: str) -> int:
 
 def total_records(config: Mapping[str, Any], topic: str) -> int:
     """Records on the topic, counted by reading it (end offsets can be short on the embedded broker)."""
-    consumer = Consumer({**config, "group.id": f"bench-{uuid.uuid4().hex}", "enable.auto.commit": False})
-    consumer.assign([TopicPartition(topic, p, 0) for p in range(PARTITIONS)])
-    seen, idle_since = 0, time.monotonic()
-    while time.monotonic() - idle_since < 1.0:
-        messages = consumer.consume(10000, timeout=0.2)
-        if messages:
-            seen += len(messages)
-            idle_since = time.monotonic()
-    consumer.close()
+    seen = 0
+
+    def count(messages: list[Message]) -> None:
+        nonlocal seen
+        seen += len(messages)
+
+    reader = TopicFollower(config, [topic], count, name="bench-count", idle_s=1.0, probe_interval_s=math.inf)
+    try:
+        if not reader.catch_up(300):
+            raise TimeoutError(f"{topic} not read to its end in 300 s")
+    finally:
+        reader.close()
     return seen
 
 
@@ -350,27 +354,24 @@ def live_latency(
 ) -> dict[str, Any]:
     produced_at: dict[str, float] = {}
     received: list[tuple[str, float]] = []
-    stop = threading.Event()
-    tail = Consumer(
-        # fetch.wait.max.ms: the embedded broker holds a fetch for the full wait even with records there
-        {
-            **config,
-            "group.id": f"bench-{uuid.uuid4().hex}",
-            "enable.auto.commit": False,
-            "fetch.wait.max.ms": 10,
-        }
-    )
-    tail.assign([TopicPartition(topics.limits, p, OFFSET_END) for p in range(PARTITIONS)])
     limit_codec = codec(LimitEvent)
 
-    def follow() -> None:
-        while not stop.is_set():
-            for message in tail.consume(1000, timeout=0.05):
-                if not message.error() and message.value():
-                    received.append((limit_codec.decode(message.value()).event_id or "", time.time()))
+    def arrived(messages: list[Message]) -> None:
+        at = time.time()
+        received.extend((limit_codec.decode(m.value()).event_id or "", at) for m in messages if m.value())
 
-    follower = threading.Thread(target=follow, daemon=True)
-    follower.start()
+    tail = TopicFollower(
+        config,
+        (),
+        arrived,
+        partitions=[(topics.limits, p, OFFSET_END) for p in range(PARTITIONS)],
+        name="bench-limits",
+        batch_size=1000,
+        probe_interval_s=math.inf,
+        # the embedded broker holds a fetch for the full wait even with records there
+        consumer_overrides={"fetch.wait.max.ms": 10},
+    )
+    tail.start()
     time.sleep(1.0)
     encode = codec(UsageEvent).encode_dict
     # linger 5 ms like the SDK (make_producer), so records reach the broker in batches as they would
@@ -400,9 +401,7 @@ def live_latency(
     producer.flush(30)
     achieved = count / (time.monotonic() - started)
     time.sleep(3.0)
-    stop.set()
-    follower.join(5)
-    tail.close()
+    tail.stop()
     latencies = sorted(at - produced_at[event_id] for event_id, at in received if event_id in produced_at)
     if not latencies:
         return {"live_rate_per_s": round(achieved), "limit_events": 0}

@@ -144,6 +144,9 @@ class TopicFollower:
         self._retry_s = retry_s
         self._clock = clock
         self._consumer: Consumer | None = None
+        # watermark queries go through a client of their own: on the reading client they queue
+        # behind its fetch, which the embedded broker holds for the full fetch.wait.max.ms
+        self._prober: Consumer | None = None
         self._partitions: list[TopicPartition] = []
         self._targets: dict[tuple[str, int], int] = {}  # start-up watermarks still to reach
         self._positions: dict[tuple[str, int], int] = {}  # next offset to read, per partition
@@ -190,6 +193,9 @@ class TopicFollower:
         if self._consumer is not None:
             self._consumer.close()
             self._consumer = None
+        if self._prober is not None:
+            self._prober.close()
+            self._prober = None
 
     def wait_caught_up(self, timeout_s: float) -> bool:
         return self.caught_up.wait(timeout_s)
@@ -273,6 +279,7 @@ class TopicFollower:
     # -- internals ---------------------------------------------------------------------------------
     def _assign(self) -> bool:
         consumer = Consumer(dict(self._config))
+        prober = Consumer({**self._config, "group.id": f"{self._config['group.id']}-probe"})
         try:
             if self._explicit is not None:
                 partitions = [TopicPartition(t, p, start) for t, p, start in self._explicit]
@@ -288,16 +295,18 @@ class TopicFollower:
                     ]
             targets = {}
             for tp in partitions:
-                _, high = consumer.get_watermark_offsets(
+                _, high = prober.get_watermark_offsets(
                     TopicPartition(tp.topic, tp.partition), timeout=self._probe_timeout_s * 5, cached=False
                 )
                 targets[(tp.topic, tp.partition)] = high
         except KafkaException as exc:
             log.warning("%s: cannot read %s yet (%s); retrying", self.name, ",".join(self.topics), exc)
             consumer.close()
+            prober.close()
             return False
         consumer.assign(partitions)
         self._consumer = consumer
+        self._prober = prober
         self._partitions = [TopicPartition(tp.topic, tp.partition) for tp in partitions]
         self._positions = {(tp.topic, tp.partition): max(tp.offset, 0) for tp in partitions}
         self._targets = targets
@@ -310,14 +319,12 @@ class TopicFollower:
         return all(self._positions.get(key, 0) >= high for key, high in targets.items())
 
     def _watermarks(self, timeout_s: float) -> dict[tuple[str, int], int] | None:
-        consumer = self._consumer
-        if consumer is None:
+        prober = self._prober
+        if prober is None:
             return None
         try:
             return {
-                (tp.topic, tp.partition): consumer.get_watermark_offsets(tp, timeout=timeout_s, cached=False)[
-                    1
-                ]
+                (tp.topic, tp.partition): prober.get_watermark_offsets(tp, timeout=timeout_s, cached=False)[1]
                 for tp in self._partitions
             }
         except KafkaException as exc:
