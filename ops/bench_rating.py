@@ -142,7 +142,7 @@ def bench(
     from metergate.kafka.topics import Topics
     from metergate.settings import DatabaseSettings, KafkaSettings
     from metergate.wire.codec import codec
-    from metergate_services.rating.collector import Collector
+    from metergate_services.rating.collector import GcPolicy
     from metergate_services.rating.consumer import RatingConsumer
     from metergate_services.rating.settings import RatingSettings
 
@@ -223,7 +223,7 @@ def bench(
         lag_interval_s=0,
         expiry_interval_s=0,
     )
-    consumer = RatingConsumer(settings, collector=Collector())  # as main.run() does
+    consumer = RatingConsumer(settings, gc_policy=GcPolicy())  # as main.run() does
     began = time.perf_counter()
     with _gc_pauses() as pauses:
         consumer.run(until=lambda c: c.committed_records >= updates)
