@@ -258,7 +258,7 @@ def committed(config: Mapping[str, Any], group: str, topic: str) -> int:
 
 
 def total_records(config: Mapping[str, Any], topic: str) -> int:
-    """Records on the topic, counted by reading it (end offsets can be short on the embedded broker)."""
+    """Records on the topic, counted by reading it to its true end (`metergate.kafka.follow`)."""
     seen = 0
 
     def count(messages: list[Message]) -> None:
