@@ -50,6 +50,7 @@ from metergate.embedded.processes import ChildProcess, free_port
 from metergate.kafka.admin import ensure_topics
 from metergate.kafka.follow import TopicFollower
 from metergate.kafka.partitioner import LIBRDKAFKA_PARTITIONER
+from metergate.kafka.producer import DeliveryTracker, flush, produce
 from metergate.kafka.topics import Topics
 from metergate.wire.codec import codec
 from ops.ceiling import consume_all
@@ -93,6 +94,7 @@ def produce_backlog(config: Mapping[str, Any], topic: str, count: int, customers
     producer = Producer(
         {**config, "linger.ms": 20, "batch.num.messages": 10000, "enable.idempotence": True, **MURMUR2}
     )
+    tracker = DeliveryTracker()
     now = datetime.now(UTC)
     meters = ("api_calls", "tokens", "users")
     started = time.monotonic()
@@ -117,14 +119,9 @@ def produce_backlog(config: Mapping[str, Any], topic: str, count: int, customers
             key = customer.encode()
             if len(sent) < 50_000:
                 sent.append((key, value))
-        while True:
-            try:
-                producer.produce(topic, value, key)
-                break
-            except BufferError:
-                producer.poll(0.01)
+        produce(producer, topic, key, value, tracker)
         producer.poll(0)
-    assert producer.flush(60) == 0
+    flush(producer, tracker, topic=topic, timeout_s=60)
     return time.monotonic() - started
 
 
@@ -376,6 +373,7 @@ def live_latency(
     encode = codec(UsageEvent).encode_dict
     # linger 5 ms like the SDK (make_producer), so records reach the broker in batches as they would
     producer = Producer({**config, "linger.ms": 5, "enable.idempotence": True, **MURMUR2})
+    tracker = DeliveryTracker()
     started = time.monotonic()
     for index in range(count):
         customer = f"live{index % live_customers}"
@@ -393,12 +391,12 @@ def live_latency(
             }
         )
         produced_at[event_id] = time.time()
-        producer.produce(topics.events, value, customer.encode())
+        produce(producer, topics.events, customer.encode(), value, tracker)
         producer.poll(0)
         ahead = (index + 1) / rate - (time.monotonic() - started)
         if ahead > 0:
             time.sleep(ahead)
-    producer.flush(30)
+    flush(producer, tracker, topic=topics.events, timeout_s=30)
     achieved = count / (time.monotonic() - started)
     time.sleep(3.0)
     tail.stop()
@@ -420,6 +418,7 @@ def recovery_times(
     results: dict[str, Any] = {}
     encode = codec(UsageEvent).encode
     producer = Producer({**config, "enable.idempotence": True, **MURMUR2})
+    tracker = DeliveryTracker()
     for label, wipe in (
         ("recovery_after_sigkill_s", False),
         ("recovery_after_sigkill_wiped_data_dir_s", True),
@@ -437,8 +436,8 @@ def recovery_times(
             quantity=Decimal(1),
             timestamp=datetime.now(UTC),
         )
-        producer.produce(topics.events, encode(event), b"c1")
-        producer.flush(10)
+        produce(producer, topics.events, b"c1", encode(event), tracker)
+        flush(producer, tracker, topic=topics.events, timeout_s=10)
         done = wait_committed(config, group, topics.events, before + 1, timeout_s=300)
         results[label] = round(done - restarted, 2)
     return results
