@@ -244,7 +244,7 @@ class TopicFollower:
             self._on_records(good)
         if not self.caught_up.is_set():
             self._check_caught_up(now)
-        if now >= self._next_probe or self._waiting:
+        if now >= self._next_probe or (self._waiting and self.caught_up.is_set()):
             self._next_probe = now + self._probe_interval_s
             self._probe()
         return len(good)
@@ -293,6 +293,7 @@ class TopicFollower:
                     partitions += [
                         TopicPartition(topic, p, OFFSET_BEGINNING) for p in sorted(described.partitions)
                     ]
+            consumer.assign(partitions)  # fetching starts while the watermarks are asked for
             targets = {}
             for tp in partitions:
                 _, high = prober.get_watermark_offsets(
@@ -304,7 +305,6 @@ class TopicFollower:
             consumer.close()
             prober.close()
             return False
-        consumer.assign(partitions)
         self._consumer = consumer
         self._prober = prober
         self._partitions = [TopicPartition(tp.topic, tp.partition) for tp in partitions]
@@ -340,6 +340,8 @@ class TopicFollower:
             log.info("%s: caught up (%d records)", self.name, self.records)
 
     def _probe(self) -> None:
+        """Watermarks now; while a thread waits in wait_current() (and the start-up catch-up is
+        done), once per poll."""
         started, started_mono = self._clock(), time.monotonic()
         highs = self._watermarks(self._probe_timeout_s)
         if highs is None:
