@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import shutil
@@ -34,7 +35,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 import uuid
@@ -44,14 +44,16 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
+from confluent_kafka import OFFSET_END, Consumer, Message, Producer, TopicPartition
 
 from metergate.cli.catalog import publish_catalog
 from metergate.domain.catalog import parse_catalog
 from metergate.domain.records import LimitEvent, UsageEvent
 from metergate.embedded.processes import ChildProcess, free_port
 from metergate.kafka.admin import ensure_topics
+from metergate.kafka.follow import TopicFollower
 from metergate.kafka.partitioner import LIBRDKAFKA_PARTITIONER
+from metergate.kafka.producer import DeliveryTracker, flush, produce
 from metergate.kafka.topics import Topics
 from metergate.wire.codec import codec
 from ops.ceiling import consume_all
@@ -122,16 +124,12 @@ def produce_backlog(config: Mapping[str, Any], topic: str, count: int, customers
     producer = Producer(
         {**config, "linger.ms": 20, "batch.num.messages": 10000, "enable.idempotence": True, **MURMUR2}
     )
+    tracker = DeliveryTracker()
     started = time.monotonic()
     for key, value in backlog(count, customers, datetime.now(UTC)):
-        while True:
-            try:
-                producer.produce(topic, value, key)
-                break
-            except BufferError:
-                producer.poll(0.01)
+        produce(producer, topic, key, value, tracker)
         producer.poll(0)
-    assert producer.flush(60) == 0
+    flush(producer, tracker, topic=topic, timeout_s=60)
     return time.monotonic() - started
 
 
@@ -268,16 +266,19 @@ def committed(config: Mapping[str, Any], group: str, topic: str) -> int:
 
 
 def total_records(config: Mapping[str, Any], topic: str) -> int:
-    """Records on the topic, counted by reading it (end offsets can be short on the embedded broker)."""
-    consumer = Consumer({**config, "group.id": f"bench-{uuid.uuid4().hex}", "enable.auto.commit": False})
-    consumer.assign([TopicPartition(topic, p, 0) for p in range(PARTITIONS)])
-    seen, idle_since = 0, time.monotonic()
-    while time.monotonic() - idle_since < 1.0:
-        messages = consumer.consume(10000, timeout=0.2)
-        if messages:
-            seen += len(messages)
-            idle_since = time.monotonic()
-    consumer.close()
+    """Records on the topic, counted by reading it to its true end (`metergate.kafka.follow`)."""
+    seen = 0
+
+    def count(messages: list[Message]) -> None:
+        nonlocal seen
+        seen += len(messages)
+
+    reader = TopicFollower(config, [topic], count, name="bench-count", idle_s=1.0, probe_interval_s=math.inf)
+    try:
+        if not reader.catch_up(300):
+            raise TimeoutError(f"{topic} not read to its end in 300 s")
+    finally:
+        reader.close()
     return seen
 
 
@@ -389,31 +390,29 @@ def live_latency(
 ) -> dict[str, Any]:
     produced_at: dict[str, float] = {}
     received: list[tuple[str, float]] = []
-    stop = threading.Event()
-    tail = Consumer(
-        # fetch.wait.max.ms: the embedded broker holds a fetch for the full wait even with records there
-        {
-            **config,
-            "group.id": f"bench-{uuid.uuid4().hex}",
-            "enable.auto.commit": False,
-            "fetch.wait.max.ms": 10,
-        }
-    )
-    tail.assign([TopicPartition(topics.limits, p, OFFSET_END) for p in range(PARTITIONS)])
     limit_codec = codec(LimitEvent)
 
-    def follow() -> None:
-        while not stop.is_set():
-            for message in tail.consume(1000, timeout=0.05):
-                if not message.error() and message.value():
-                    received.append((limit_codec.decode(message.value()).event_id or "", time.time()))
+    def arrived(messages: list[Message]) -> None:
+        at = time.time()
+        received.extend((limit_codec.decode(m.value()).event_id or "", at) for m in messages if m.value())
 
-    follower = threading.Thread(target=follow, daemon=True)
-    follower.start()
+    tail = TopicFollower(
+        config,
+        (),
+        arrived,
+        partitions=[(topics.limits, p, OFFSET_END) for p in range(PARTITIONS)],
+        name="bench-limits",
+        batch_size=1000,
+        probe_interval_s=math.inf,
+        # the embedded broker holds a fetch for the full wait even with records there
+        consumer_overrides={"fetch.wait.max.ms": 10},
+    )
+    tail.start()
     time.sleep(1.0)
     encode = codec(UsageEvent).encode_dict
     # linger 5 ms like the SDK (make_producer), so records reach the broker in batches as they would
     producer = Producer({**config, "linger.ms": 5, "enable.idempotence": True, **MURMUR2})
+    tracker = DeliveryTracker()
     started = time.monotonic()
     for index in range(count):
         customer = f"live{index % live_customers}"
@@ -431,17 +430,15 @@ def live_latency(
             }
         )
         produced_at[event_id] = time.time()
-        producer.produce(topics.events, value, customer.encode())
+        produce(producer, topics.events, customer.encode(), value, tracker)
         producer.poll(0)
         ahead = (index + 1) / rate - (time.monotonic() - started)
         if ahead > 0:
             time.sleep(ahead)
-    producer.flush(30)
+    flush(producer, tracker, topic=topics.events, timeout_s=30)
     achieved = count / (time.monotonic() - started)
     time.sleep(3.0)
-    stop.set()
-    follower.join(5)
-    tail.close()
+    tail.stop()
     latencies = sorted(at - produced_at[event_id] for event_id, at in received if event_id in produced_at)
     if not latencies:
         return {"live_rate_per_s": round(achieved), "limit_events": 0}
@@ -460,6 +457,7 @@ def recovery_times(
     results: dict[str, Any] = {}
     encode = codec(UsageEvent).encode
     producer = Producer({**config, "enable.idempotence": True, **MURMUR2})
+    tracker = DeliveryTracker()
     for label, wipe in (
         ("recovery_after_sigkill_s", False),
         ("recovery_after_sigkill_wiped_data_dir_s", True),
@@ -477,8 +475,8 @@ def recovery_times(
             quantity=Decimal(1),
             timestamp=datetime.now(UTC),
         )
-        producer.produce(topics.events, encode(event), b"c1")
-        producer.flush(10)
+        produce(producer, topics.events, b"c1", encode(event), tracker)
+        flush(producer, tracker, topic=topics.events, timeout_s=10)
         done = wait_committed(config, group, topics.events, before + 1, timeout_s=300)
         results[label] = round(done - restarted, 2)
     return results

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -15,12 +16,13 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
 from metergate.cli.catalog import publish_catalog
 from metergate.domain.catalog import parse_catalog
 from metergate.domain.records import DeadLetter, DuplicateReceipt, LimitEvent, UsageAggregate, UsageEvent
 from metergate.embedded.processes import ChildProcess
+from metergate.kafka.follow import TopicFollower
 from metergate.kafka.partitioner import LIBRDKAFKA_PARTITIONER
 from metergate.kafka.topics import Topics
 from metergate.testing.topics import read_topic
@@ -287,30 +289,29 @@ class AggregateWatcher:
     """Follows usage.aggregates and keeps the highest version per key, to wait for expected totals."""
 
     def __init__(self, kafka_config: Mapping[str, Any], topics: Topics) -> None:
-        self.consumer = Consumer(
-            {
-                **kafka_config,
-                "group.id": f"watcher-{time.monotonic_ns()}",
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-            }
-        )
-        partitions = (
-            self.consumer.list_topics(topics.aggregates, timeout=10).topics[topics.aggregates].partitions
-        )
-        self.consumer.assign([TopicPartition(topics.aggregates, p, 0) for p in partitions])
         self.latest: dict[str, UsageAggregate] = {}
         self._codec = codec(UsageAggregate)
+        self.follower = TopicFollower(
+            kafka_config,
+            [topics.aggregates],
+            self._apply,
+            name="aggregate-watcher",
+            batch_size=20_000,
+            probe_interval_s=math.inf,
+        )
 
-    def poll(self) -> None:
-        for message in self.consumer.consume(20_000, timeout=0.2):
-            if message.error() or message.value() is None:
+    def _apply(self, messages: list[Message]) -> None:
+        for message in messages:
+            if message.value() is None:
                 continue
             aggregate = self._codec.decode(message.value())
             key = message.key().decode()
             known = self.latest.get(key)
             if known is None or aggregate.version > known.version:
                 self.latest[key] = aggregate
+
+    def poll(self) -> None:
+        self.follower.poll(0.2)
 
     def figures(self) -> dict[str, tuple[Decimal, int]]:
         return {key: (a.value, a.event_count) for key, a in self.latest.items()}
@@ -337,7 +338,7 @@ class AggregateWatcher:
         )
 
     def close(self) -> None:
-        self.consumer.close()
+        self.follower.close()
 
 
 def durable_accounting(kafka_config: Mapping[str, Any], changelog_topic: str) -> dict[int, dict[str, int]]:

@@ -144,6 +144,9 @@ class TopicFollower:
         self._retry_s = retry_s
         self._clock = clock
         self._consumer: Consumer | None = None
+        # watermark queries go through a client of their own: on the reading client they queue
+        # behind its fetch, which the embedded broker holds for the full fetch.wait.max.ms
+        self._prober: Consumer | None = None
         self._partitions: list[TopicPartition] = []
         self._targets: dict[tuple[str, int], int] = {}  # start-up watermarks still to reach
         self._positions: dict[tuple[str, int], int] = {}  # next offset to read, per partition
@@ -190,6 +193,9 @@ class TopicFollower:
         if self._consumer is not None:
             self._consumer.close()
             self._consumer = None
+        if self._prober is not None:
+            self._prober.close()
+            self._prober = None
 
     def wait_caught_up(self, timeout_s: float) -> bool:
         return self.caught_up.wait(timeout_s)
@@ -238,7 +244,7 @@ class TopicFollower:
             self._on_records(good)
         if not self.caught_up.is_set():
             self._check_caught_up(now)
-        if now >= self._next_probe or self._waiting:
+        if now >= self._next_probe or (self._waiting and self.caught_up.is_set()):
             self._next_probe = now + self._probe_interval_s
             self._probe()
         return len(good)
@@ -278,6 +284,7 @@ class TopicFollower:
     # -- internals ---------------------------------------------------------------------------------
     def _assign(self) -> bool:
         consumer = Consumer(dict(self._config))
+        prober = Consumer({**self._config, "group.id": f"{self._config['group.id']}-probe"})
         try:
             if self._explicit is not None:
                 partitions = [TopicPartition(t, p, start) for t, p, start in self._explicit]
@@ -291,13 +298,15 @@ class TopicFollower:
                     partitions += [
                         TopicPartition(topic, p, OFFSET_BEGINNING) for p in sorted(described.partitions)
                     ]
-            targets = high_watermarks(consumer, partitions, self._probe_timeout_s * 5)
+            consumer.assign(partitions)  # fetching starts while the watermarks are asked for
+            targets = high_watermarks(prober, partitions, self._probe_timeout_s * 5)
         except KafkaException as exc:
             log.warning("%s: cannot read %s yet (%s); retrying", self.name, ",".join(self.topics), exc)
             consumer.close()
+            prober.close()
             return False
-        consumer.assign(partitions)
         self._consumer = consumer
+        self._prober = prober
         self._partitions = [TopicPartition(tp.topic, tp.partition) for tp in partitions]
         self._positions = {(tp.topic, tp.partition): max(tp.offset, 0) for tp in partitions}
         self._targets = targets
@@ -311,11 +320,11 @@ class TopicFollower:
         return all(self._positions.get(key, 0) >= high for key, high in targets.items())
 
     def _watermarks(self, timeout_s: float) -> dict[tuple[str, int], int] | None:
-        consumer = self._consumer
-        if consumer is None:
+        prober = self._prober
+        if prober is None:
             return None
         try:
-            return high_watermarks(consumer, self._partitions, timeout_s)
+            return high_watermarks(prober, self._partitions, timeout_s)
         except KafkaException as exc:
             log.debug("%s: broker did not answer the watermark query: %s", self.name, exc)
             return None
@@ -329,6 +338,8 @@ class TopicFollower:
             log.info("%s: caught up (%d records)", self.name, self.records)
 
     def _probe(self) -> None:
+        """Watermarks now; while a thread waits in wait_current() (and the start-up catch-up is
+        done), once per poll."""
         started, started_mono = self._clock(), time.monotonic()
         highs = self._watermarks(self._probe_timeout_s)
         if highs is None:

@@ -1,7 +1,7 @@
 """Read what is on a topic, the way a test wants it: everything, to its true end.
 
 The reader is the project's one (`metergate.kafka.follow.read_topic`, which says how the true end is
-found on a broker whose end offsets are short); it is named here for the tests that import it.
+found); it is named here for the tests that import it.
 """
 
 from __future__ import annotations
