@@ -370,7 +370,9 @@ def _money(value: Decimal, field: str) -> Decimal:
 
 def _currency(value: str) -> str:
     if len(value) != 3 or not value.isascii() or not value.isalpha():
-        raise SubscriptionError(f"currency: expected an ISO 4217 code such as USD, got {value!r}", field="currency")
+        raise SubscriptionError(
+            f"currency: expected an ISO 4217 code such as USD, got {value!r}", field="currency"
+        )
     return value.upper()
 
 
@@ -403,7 +405,8 @@ def publish_plan_version(
             found = store.load_add_on(conn, key)
             if found is None:
                 raise SubscriptionError(
-                    f"add_ons.{index}: no published add-on {key!r} (publish it first)", field=f"add_ons.{index}"
+                    f"add_ons.{index}: no published add-on {key!r} (publish it first)",
+                    field=f"add_ons.{index}",
                 )
             allowed[key] = found
         published = PublishedPlan(
