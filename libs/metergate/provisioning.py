@@ -21,8 +21,8 @@ from sqlalchemy.exc import IntegrityError
 
 from metergate.db import subscription_store as store
 from metergate.domain import subscriptions as rules
-from metergate.domain.catalog import Catalog, PlanVersion
-from metergate.domain.records import FeatureEntitlement, Pricing, ResetPeriod
+from metergate.domain.catalog import Catalog, FeatureDefinition, PlanVersion
+from metergate.domain.records import FeatureEntitlement, FeatureKind, Pricing, ResetPeriod
 from metergate.domain.subscriptions import AddOn, History, PriceOverrides, PublishedPlan, When
 from metergate.errors import SubscriptionError
 
@@ -484,3 +484,26 @@ def customer_audit_trail(engine: Engine, customer_id: str) -> list[Any]:
                 f"customer_id: no customer {customer_id!r}", field="customer_id", reason=NOT_FOUND
             )
         return list(store.audit_trail(conn, "customer", customer_id))
+
+
+def list_features(engine: Engine) -> list[FeatureDefinition]:
+    with engine.begin() as conn:
+        return [found for _, found in sorted(store.load_features(conn).items())]
+
+
+def publish_feature(
+    engine: Engine, *, feature: str, kind: FeatureKind, meter: str | None, description: str | None, who: str
+) -> tuple[FeatureDefinition, bool]:
+    """Define a feature once (its kind and meter never change; the same definition again: False)."""
+    del who  # features carry no author column; the plan versions that use them do
+    rules.check_id("feature", feature)
+    if (kind is FeatureKind.METERED) != (meter is not None):
+        raise SubscriptionError(
+            "meter: a metered feature names its meter; a boolean or config feature has none", field="meter"
+        )
+    if meter is not None:
+        rules.check_id("meter", meter)
+    definition = FeatureDefinition(feature=feature, kind=kind, meter=meter, description=description)
+    with engine.begin() as conn:
+        created = store.publish_feature(conn, definition)
+    return definition, created

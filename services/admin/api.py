@@ -76,6 +76,13 @@ class AddOnIn(Body):
     features: Features = Field(default_factory=dict)
 
 
+class FeatureIn(Body):
+    feature: Identifier
+    kind: FeatureKind
+    meter: Identifier | None = None  # metered features only
+    description: Annotated[str, Field(max_length=1024)] | None = None
+
+
 class CustomerIn(Body):
     customer_id: Identifier
     name: Annotated[str, Field(max_length=256)] | None = None
@@ -149,6 +156,21 @@ class FeatureBody(Body):
     enforcement: Enforcement
     thresholds: list[int]
     pricing: PricingBody
+
+
+class FeatureDefinitionBody(Body):
+    feature: str
+    kind: FeatureKind
+    meter: str | None
+    description: str | None
+
+
+class FeatureListBody(Body):
+    features: list[FeatureDefinitionBody]
+
+
+class PublishedFeatureBody(FeatureDefinitionBody):
+    created: bool
 
 
 class AddOnBody(Body):
@@ -286,8 +308,10 @@ def _schema(
     return {"$ref": f"#/components/schemas/{model.__name__}"}
 
 
-REQUESTS = (PlanVersionIn, AddOnIn, CustomerIn, SubscriptionIn, ChangeIn, CancelIn)
+REQUESTS = (FeatureIn, PlanVersionIn, AddOnIn, CustomerIn, SubscriptionIn, ChangeIn, CancelIn)
 RESPONSES = (
+    FeatureListBody,
+    PublishedFeatureBody,
     PlanListBody,
     PlanBody,
     PlanVersionBody,
@@ -383,6 +407,22 @@ def openapi() -> dict[str, Any]:
             },
         },
         "paths": {
+            "/v1/features": {
+                "get": operation(
+                    "listFeatures",
+                    "Every feature plans and add-ons may grant",
+                    (200, "the features", "FeatureListBody"),
+                    errors=(401, 403),
+                ),
+                "post": operation(
+                    "publishFeature",
+                    "Define a feature (its kind and meter never change)",
+                    (201, "defined (created true)", "PublishedFeatureBody"),
+                    body="FeatureIn",
+                    errors=(400, 401, 403, 409),
+                    again="defined before the same way: nothing written (created false)",
+                ),
+            },
             "/v1/plans": {
                 "get": operation(
                     "listPlans",

@@ -39,6 +39,7 @@ from metergate_services.admin.api import (
     CancelIn,
     ChangeIn,
     CustomerIn,
+    FeatureIn,
     OverridesIn,
     PlanVersionIn,
     PricingIn,
@@ -273,7 +274,32 @@ def create_app(engine: Engine, keys: KeyStore, *, clock: Clock) -> Starlette:
     def call(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Awaitable[Any]:
         return run_in_threadpool(function, engine, *args, **kwargs)
 
-    # -- plans and add-ons
+    # -- features, plans and add-ons
+
+    def feature_definition(found: Any) -> dict[str, Any]:
+        return {
+            "feature": found.feature,
+            "kind": found.kind,
+            "meter": found.meter,
+            "description": found.description,
+        }
+
+    @handler
+    async def list_features(request: Request, key: ApiKey) -> Response:
+        return reply({"features": [feature_definition(f) for f in await call(provisioning.list_features)]})
+
+    @handler
+    async def publish_feature(request: Request, key: ApiKey) -> Response:
+        body = await parsed(request, FeatureIn)
+        found, created = await call(
+            provisioning.publish_feature,
+            feature=body.feature,
+            kind=body.kind,
+            meter=body.meter,
+            description=body.description,
+            who=key.name,
+        )
+        return reply({**feature_definition(found), "created": created}, 201 if created else 200)
 
     @handler
     async def list_plans(request: Request, key: ApiKey) -> Response:
@@ -534,6 +560,8 @@ def create_app(engine: Engine, keys: KeyStore, *, clock: Clock) -> Starlette:
     subscription = "/v1/subscriptions/{subscription_id}"
     return Starlette(
         routes=[
+            Route("/v1/features", list_features, methods=["GET"]),
+            Route("/v1/features", publish_feature, methods=["POST"]),
             Route("/v1/plans", list_plans, methods=["GET"]),
             Route("/v1/plans/{plan}", show_plan, methods=["GET"]),
             Route("/v1/plans/{plan}/versions", publish_plan_version, methods=["POST"]),
