@@ -9,17 +9,47 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema
 
 from metergate.domain.records import Enforcement, FeatureKind, PricingModel, ResetPeriod
+from metergate.domain.subscriptions import When
 from metergate_services.entitlements.api import DecimalText, ErrorBody, Identifier, Units
 
 Currency = Annotated[str, Field(pattern=r"^[A-Za-z]{3}$", description="ISO 4217, e.g. USD")]
 Version = Annotated[int, Field(ge=1, le=2_147_483_647)]
 Quantity = Annotated[int, Field(ge=0, le=1_000_000_000)]
 Value = Annotated[str, Field(min_length=1, max_length=1024)] | Annotated[int, Field(ge=0, le=10**29)]
+
+
+def _at(value: Any) -> When | datetime:
+    if isinstance(value, str) and value in (When.IMMEDIATELY.value, When.PERIOD_END.value):
+        return When(value)
+    moment = None
+    if isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            moment = None
+    if moment is None or moment.tzinfo is None:
+        raise ValueError(
+            "expected immediately, period_end or an RFC 3339 moment with an offset such as 2026-12-15T00:00:00Z"
+        )
+    return moment
+
+
 #: when a change takes effect: now, at the end of the current billing period, or a later moment
-At = Literal["immediately", "period_end"] | AwareDatetime
+At = Annotated[
+    When | datetime,
+    PlainValidator(_at),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "enum": ["immediately", "period_end"]},
+                {"type": "string", "format": "date-time"},
+            ]
+        }
+    ),
+]
 
 
 class Body(BaseModel):
@@ -121,11 +151,11 @@ class ChangeIn(Body):
         default=None, max_length=200
     )
     overrides: OverrideUpdateIn | None = None
-    at: At = "immediately"
+    at: At = When.IMMEDIATELY
 
 
 class CancelIn(Body):
-    at: At = "immediately"
+    at: At = When.IMMEDIATELY
 
 
 # ---------------------------------------------------------------------------------------------

@@ -211,8 +211,8 @@ def terms_of(features: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {name: terms.model_dump(exclude_none=True) for name, terms in features.items()}
 
 
-def when_of(at: Any) -> When | datetime:
-    return When(at) if isinstance(at, str) else at
+def when_of(at: When | datetime) -> When | datetime:
+    return at
 
 
 def values_of(values: dict[str, Any] | None) -> dict[str, Decimal | str] | None:
