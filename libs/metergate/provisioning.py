@@ -29,6 +29,7 @@ from metergate.errors import SubscriptionError
 At = When | datetime
 
 NOT_FOUND, CONFLICT = store.NOT_FOUND, store.CONFLICT
+MAX_VERSION = 2_147_483_647  # a plan version number is a PostgreSQL integer
 
 
 @dataclass(frozen=True)
@@ -400,6 +401,10 @@ def publish_plan_version(
     with engine.begin() as conn:
         conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": f"plan:{plan}"})
         number = version if version is not None else max(store.plan_versions(conn, plan), default=0) + 1
+        if number > MAX_VERSION:
+            raise SubscriptionError(
+                f"version: expected a whole number up to {MAX_VERSION}, got {number}", field="version"
+            )
         allowed: dict[str, AddOn] = {}
         for index, key in enumerate(add_ons):
             found = store.load_add_on(conn, key)

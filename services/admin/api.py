@@ -7,18 +7,28 @@ Quantities and money travel as JSON integers or decimal strings, never as floats
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    StrictBool,
+    StrictInt,
+    WithJsonSchema,
+)
 
 from metergate.domain.records import Enforcement, FeatureKind, PricingModel, ResetPeriod
 from metergate.domain.subscriptions import When
 from metergate_services.entitlements.api import DecimalText, ErrorBody, Identifier, Units
 
 Currency = Annotated[str, Field(pattern=r"^[A-Za-z]{3}$", description="ISO 4217, e.g. USD")]
-Version = Annotated[int, Field(ge=1, le=2_147_483_647)]
-Quantity = Annotated[int, Field(ge=0, le=1_000_000_000)]
-Value = Annotated[str, Field(min_length=1, max_length=1024)] | Annotated[int, Field(ge=0, le=10**29)]
+Version = Annotated[StrictInt, Field(ge=1, le=2_147_483_647)]
+Quantity = Annotated[StrictInt, Field(ge=0, le=1_000_000_000)]
+Value = Annotated[str, Field(min_length=1, max_length=1024)] | Annotated[StrictInt, Field(ge=0, le=10**29)]
 
 
 def _at(value: Any) -> When | datetime:
@@ -59,25 +69,25 @@ class Body(BaseModel):
 class TierIn(Body):
     up_to: Units | None = None
     unit_price: Units
-    flat_fee: Units = 0  # type: ignore[assignment]
+    flat_fee: Units = Decimal(0)
 
 
 class PricingIn(Body):
     model: PricingModel = PricingModel.NONE
-    unit_price: Units = 0  # type: ignore[assignment]
-    package_size: Units = 1  # type: ignore[assignment]
+    unit_price: Units = Decimal(0)
+    package_size: Units = Decimal(1)
     tiers: list[TierIn] = Field(default_factory=list, max_length=100)
 
 
 class FeatureTermsIn(Body):
     """A feature's terms in a plan version or an add-on (its kind and meter are the feature's own)."""
 
-    enabled: bool | None = None
+    enabled: StrictBool | None = None
     config_value: Annotated[str, Field(max_length=1024)] | None = None
     included: Units | None = None
     limit: Units | None = None
     enforcement: Enforcement | None = None
-    thresholds: list[Annotated[int, Field(ge=1, le=1000)]] | None = Field(default=None, max_length=20)
+    thresholds: list[Annotated[StrictInt, Field(ge=1, le=1000)]] | None = Field(default=None, max_length=20)
     pricing: PricingIn | None = None
 
 
@@ -88,7 +98,7 @@ class PlanVersionIn(Body):
     version: Version | None = None  # default: the next number
     name: Annotated[str, Field(max_length=256)] | None = None
     currency: Currency = "USD"
-    base_fee: Units = 0  # type: ignore[assignment]
+    base_fee: Units = Decimal(0)
     reset_period: ResetPeriod = ResetPeriod.MONTHLY
     features: Features = Field(default_factory=dict)
     variable: list[Annotated[str, Field(min_length=1, max_length=300)]] = Field(
@@ -101,8 +111,8 @@ class AddOnIn(Body):
     key: Identifier
     name: Annotated[str, Field(max_length=256)] | None = None
     currency: Currency = "USD"
-    fee: Units = 0  # type: ignore[assignment]
-    max_quantity: Annotated[int, Field(ge=1, le=1_000_000_000)] | None = None
+    fee: Units = Decimal(0)
+    max_quantity: Annotated[StrictInt, Field(ge=1, le=1_000_000_000)] | None = None
     features: Features = Field(default_factory=dict)
 
 
@@ -125,7 +135,7 @@ class OverridesIn(Body):
 
 
 class OverrideUpdateIn(OverridesIn):
-    clear: bool = False  # drop the subscription's overrides first
+    clear: StrictBool = False  # drop the subscription's overrides first
 
 
 class SubscriptionIn(Body):

@@ -173,7 +173,7 @@ def _no_floats(value: Any, path: str) -> None:
 async def parsed(request: Request, model: type[M]) -> M:
     raw = await request.body()
     try:
-        data = json.loads(raw) if raw.strip() else {}
+        data = json.loads(raw)
     except ValueError as exc:
         raise Problem(400, "invalid_json", f"body: not JSON ({exc})", "body") from None
     if not isinstance(data, dict):
@@ -557,17 +557,28 @@ def create_app(engine: Engine, keys: KeyStore, *, clock: Clock) -> Starlette:
             response.headers["Allow"] = allow
         return response
 
+    def by_method(
+        **endpoints: Callable[[Request], Awaitable[Response]],
+    ) -> Callable[[Request], Awaitable[Response]]:
+        """One route per path (so a 405 lists every method of the path in `Allow`)."""
+
+        async def dispatch(request: Request) -> Response:
+            method = "GET" if request.method == "HEAD" else request.method
+            return await endpoints[method](request)
+
+        return dispatch
+
     subscription = "/v1/subscriptions/{subscription_id}"
     return Starlette(
         routes=[
-            Route("/v1/features", list_features, methods=["GET"]),
-            Route("/v1/features", publish_feature, methods=["POST"]),
+            Route(
+                "/v1/features", by_method(GET=list_features, POST=publish_feature), methods=["GET", "POST"]
+            ),
             Route("/v1/plans", list_plans, methods=["GET"]),
             Route("/v1/plans/{plan}", show_plan, methods=["GET"]),
             Route("/v1/plans/{plan}/versions", publish_plan_version, methods=["POST"]),
             Route("/v1/plans/{plan}/versions/{version}", show_plan_version, methods=["GET"]),
-            Route("/v1/add-ons", list_add_ons, methods=["GET"]),
-            Route("/v1/add-ons", publish_add_on, methods=["POST"]),
+            Route("/v1/add-ons", by_method(GET=list_add_ons, POST=publish_add_on), methods=["GET", "POST"]),
             Route("/v1/add-ons/{key}", show_add_on, methods=["GET"]),
             Route("/v1/customers", create_customer, methods=["POST"]),
             Route("/v1/customers/{customer_id}", show_customer, methods=["GET"]),
