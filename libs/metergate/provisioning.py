@@ -22,6 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from metergate.db import subscription_store as store
 from metergate.domain import subscriptions as rules
 from metergate.domain.catalog import Catalog, FeatureDefinition, PlanVersion
+from metergate.domain.catalog_diff import Action, Planned, Subscribed, diff_catalog, target_of
 from metergate.domain.records import FeatureEntitlement, FeatureKind, Pricing, ResetPeriod
 from metergate.domain.subscriptions import AddOn, History, PriceOverrides, PublishedPlan, When
 from metergate.errors import SubscriptionError
@@ -512,3 +513,109 @@ def publish_feature(
     with engine.begin() as conn:
         created = store.publish_feature(conn, definition)
     return definition, created
+
+
+# ---------------------------------------------------------------------------------------------
+# a catalog file as code: `metergate catalog plan` (the diff) and `catalog apply` (the diff, done)
+
+
+def _held(conn: Connection, now: datetime) -> dict[str, Subscribed]:
+    held: dict[str, Subscribed] = {}
+    for customer, (subscription_id, plan, version) in store.plans_in_force(conn, now).items():
+        history = store.load_history(conn, subscription_id)
+        in_force = None if history is None else history.in_force(now)
+        overrides = in_force.overrides if in_force is not None else PriceOverrides()
+        held[customer] = Subscribed(subscription_id, plan, version, overrides)
+    return held
+
+
+def plan_catalog(engine: Engine, catalog: Catalog, *, now: datetime) -> list[Planned]:
+    """What applying `catalog` at `now` would add, change or refuse (nothing is written)."""
+    with engine.begin() as conn:
+        return diff_catalog(
+            catalog,
+            features=store.load_features(conn),
+            plans=store.published_terms(conn),
+            subscriptions=_held(conn, now),
+        )
+
+
+def apply_catalog(
+    engine: Engine,
+    catalog: Catalog,
+    *,
+    who: str,
+    now: datetime,
+    on_each: Callable[[Planned], None] | None = None,
+) -> list[Planned]:
+    """Apply the diff of `catalog` against PostgreSQL: new features and plan versions in one
+    transaction (a published version is never edited), then each subscription to add or change
+    in a transaction of its own (created from `now`, or a new dated version from `now`), with its
+    audit row and outbox rows. Refuses the whole file, writing nothing, when the diff refuses
+    anything (the planned items are returned; the caller names them). `on_each` is called with
+    each item done, in order."""
+    with engine.begin() as conn:
+        published = store.published_terms(conn)
+    targets = {c: target_of(sub, catalog, published) for c, sub in catalog.subscriptions.items()}
+    planned = plan_catalog(engine, catalog, now=now)
+    if any(item.action is Action.REFUSED for item in planned):
+        return planned
+    with engine.begin() as conn:
+        for feature in catalog.features.values():
+            store.publish_feature(conn, feature)
+        for _plan_key, numbered in sorted(catalog.plans.items()):
+            for _number, terms in sorted(numbered.items()):
+                store.publish_plan_version(conn, PublishedPlan(terms), who=who, now=now)
+        for target in targets.values():
+            if target.contract is not None:  # a contract that changes more than prices: its own plan
+                store.publish_plan_version(conn, PublishedPlan(target.contract), who=who, now=now)
+        held = _held(conn, now)
+    for item in planned:
+        customer = (
+            item.subject.removeprefix("subscription of ")
+            if item.subject.startswith("subscription of ")
+            else None
+        )
+        if customer is not None and item.action in (Action.ADD, Action.CHANGE):
+            sub = catalog.subscriptions[customer]
+            target = targets[customer]
+            overrides = target.overrides
+            if item.action is Action.ADD:
+                with engine.begin() as conn:
+                    if store.get_customer(conn, customer) is None:
+                        store.create_customer(conn, customer, name=None, who=who, now=now)
+                create_subscription(
+                    engine,
+                    subscription_id=sub.subscription_id,
+                    customer_id=customer,
+                    plan=target.plan,
+                    version=target.version,
+                    start=now,
+                    anchor=sub.anchor,
+                    reset_period=sub.reset_period,
+                    add_ons={},
+                    variables={},
+                    overrides=overrides,
+                    who=who,
+                    now=now,
+                )
+            else:
+                current = held[customer]
+                moved = (current.plan, current.version) != (target.plan, target.version)
+                change_subscription(
+                    engine,
+                    current.subscription_id,
+                    Change(
+                        plan=target.plan if moved else None,
+                        version=target.version if moved else None,
+                        overrides=OverrideUpdate(
+                            base_fee=overrides.base_fee, pricing=overrides.pricing, clear=True
+                        ),
+                    ),
+                    at=When.IMMEDIATELY,
+                    who=who,
+                    now=now,
+                )
+        if on_each is not None:
+            on_each(item)
+    return planned
