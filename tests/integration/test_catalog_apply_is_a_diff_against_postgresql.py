@@ -23,7 +23,9 @@ from metergate.wire.codec import codec
 
 pytestmark = pytest.mark.integration
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "catalog.yaml"
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "catalog.yaml"
+DEMO = ROOT / "libs" / "metergate" / "demo" / "catalog.yaml"
 
 
 def test_catalog_apply_is_a_diff_against_postgresql(
@@ -135,3 +137,20 @@ def test_catalog_apply_is_a_diff_against_postgresql(
         assert len(provisioning.show_subscription(engine, "acme:pro").versions) == 2
     finally:
         engine.dispose()
+
+
+def test_the_demo_catalog_applies_as_it_is(database_url, db_schema, kafka_bootstrap, topics):
+    env = {
+        "METERGATE_DATABASE_URL": database_url,
+        "METERGATE_DATABASE_SCHEMA": db_schema,
+        "METERGATE_KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "METERGATE_KAFKA_TOPIC_PREFIX": topics.prefix,
+    }
+    result = CliRunner().invoke(main, ["catalog", "apply", str(DEMO)], env=env)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    catalog = load_catalog(DEMO)
+    assert not [line for line in lines if line.startswith(("!", "~", "="))]
+    assert lines[-1].endswith(
+        f"; published {len(catalog.meters)} meters and {len(catalog.subscriptions)} snapshots."
+    )
