@@ -153,8 +153,9 @@ def fees_body(bill: PeriodBill) -> dict[str, Any]:
 # bodies in
 
 
-def _no_floats(value: Any, path: str) -> None:
-    """JSON fractions are binary floats: money and quantities travel as decimal strings."""
+def _storable(value: Any, path: str) -> None:
+    """What PostgreSQL can store exactly: no JSON fractions (binary floats: money and quantities
+    travel as decimal strings), no NUL character and no lone surrogate in any text or key."""
     if isinstance(value, float):
         raise Problem(
             400,
@@ -162,12 +163,24 @@ def _no_floats(value: Any, path: str) -> None:
             f'{path}: a fraction must travel as a decimal string (e.g. "{value!r}"): JSON fractions are binary floats',
             path,
         )
-    if isinstance(value, dict):
+    if isinstance(value, str):
+        for position, char in enumerate(value):
+            if char == "\x00" or "\ud800" <= char <= "\udfff":
+                raise Problem(
+                    400,
+                    "invalid_field",
+                    f"{path}: contains {'a NUL character' if char == chr(0) else 'a lone surrogate'} "
+                    f"(U+{ord(char):04X}) at position {position}: give text without it",
+                    path,
+                )
+    elif isinstance(value, dict):
         for key, item in value.items():
-            _no_floats(item, f"{path}.{key}" if path != "body" else str(key))
+            where = f"{path}.{key}" if path != "body" else str(key)
+            _storable(str(key), where)
+            _storable(item, where)
     elif isinstance(value, list):
         for index, item in enumerate(value):
-            _no_floats(item, f"{path}.{index}" if path != "body" else str(index))
+            _storable(item, f"{path}.{index}" if path != "body" else str(index))
 
 
 async def parsed(request: Request, model: type[M]) -> M:
@@ -178,7 +191,7 @@ async def parsed(request: Request, model: type[M]) -> M:
         raise Problem(400, "invalid_json", f"body: not JSON ({exc})", "body") from None
     if not isinstance(data, dict):
         raise Problem(400, "invalid_body", "body: expected a JSON object", "body")
-    _no_floats(data, "body")
+    _storable(data, "body")
     try:
         return model.model_validate(data)
     except ValidationError as exc:

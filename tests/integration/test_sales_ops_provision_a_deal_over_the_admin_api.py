@@ -286,6 +286,16 @@ def test_sales_ops_provision_a_deal_over_the_admin_api(database_url, db_schema, 
                 ("get", "/v1/plans/growth/versions/x", None, 400, "version", None),
                 ("post", "/v1/customers", {"customer_id": "acme", "name": "Other"}, 409, "customer_id", None),
             ]
+            bad.append(
+                (
+                    "post",
+                    "/v1/customers",
+                    {"customer_id": "initech", "name": "Ini\x00tech"},
+                    400,
+                    "name",
+                    "name: contains a NUL character (U+0000) at position 3: give text without it",
+                )
+            )
             for method, path, body, status, field, message in bad:
                 answer = http.request(method.upper(), path, json=body)
                 assert (answer.status_code, answer.json().get("field")) == (status, field), (
