@@ -6,11 +6,12 @@ Quantities and money travel as JSON integers or decimal strings, never as floats
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
@@ -30,6 +31,21 @@ Version = Annotated[StrictInt, Field(ge=1, le=2_147_483_647)]
 Quantity = Annotated[StrictInt, Field(ge=0, le=1_000_000_000)]
 Value = Annotated[str, Field(min_length=1, max_length=1024)] | Annotated[StrictInt, Field(ge=0, le=10**29)]
 
+#: moments a billing period can be computed around: later ones overflow the calendar
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9000, 1, 1, tzinfo=UTC)
+
+
+def bounded(moment: datetime) -> datetime:
+    if moment.tzinfo is None:
+        raise ValueError("expected an RFC 3339 moment with an offset such as 2026-12-15T00:00:00Z")
+    if not EARLIEST <= moment < LATEST:
+        raise ValueError(f"expected a moment from {EARLIEST.year} to before {LATEST.year}")
+    return moment
+
+
+Moment = Annotated[AwareDatetime, AfterValidator(bounded)]
+
 
 def _at(value: Any) -> When | datetime:
     if isinstance(value, str) and value in (When.IMMEDIATELY.value, When.PERIOD_END.value):
@@ -44,7 +60,7 @@ def _at(value: Any) -> When | datetime:
         raise ValueError(
             "expected immediately, period_end or an RFC 3339 moment with an offset such as 2026-12-15T00:00:00Z"
         )
-    return moment
+    return bounded(moment)
 
 
 #: when a change takes effect: now, at the end of the current billing period, or a later moment
@@ -143,8 +159,8 @@ class SubscriptionIn(Body):
     customer_id: Identifier
     plan: Identifier
     version: Version | None = None  # default: the latest published
-    start: AwareDatetime | None = None  # default: now
-    anchor: AwareDatetime | None = None  # default: the start
+    start: Moment | None = None  # default: now
+    anchor: Moment | None = None  # default: the start
     reset_period: ResetPeriod | None = None  # default: the plan version's
     add_ons: dict[Identifier, Quantity] = Field(default_factory=dict, max_length=200)
     variables: dict[Annotated[str, Field(min_length=1, max_length=300)], Value] = Field(

@@ -44,6 +44,7 @@ from metergate_services.admin.api import (
     PlanVersionIn,
     PricingIn,
     SubscriptionIn,
+    bounded,
     openapi,
 )
 from metergate_services.entitlements.api import one_line
@@ -526,16 +527,18 @@ def create_app(engine: Engine, keys: KeyStore, *, clock: Clock) -> Starlette:
         moment = clock()
         if raw is not None:
             try:
-                moment = datetime.fromisoformat(raw.strip().replace("Z", "+00:00"))
+                parsed_moment = datetime.fromisoformat(raw.strip().replace("Z", "+00:00"))
             except ValueError:
-                moment = None  # type: ignore[assignment]
-            if moment is None or moment.tzinfo is None:
                 raise Problem(
                     400,
                     "invalid_field",
                     f"period_of: expected an RFC 3339 moment with an offset such as 2026-12-01T00:00:00Z, got {raw!r}",
                     "period_of",
-                )
+                ) from None
+            try:
+                moment = bounded(parsed_moment)
+            except ValueError as exc:
+                raise Problem(400, "invalid_field", f"period_of: {exc}, got {raw!r}", "period_of") from None
         return reply(fees_body(await call(provisioning.preview_fees, subscription_id, moment)))
 
     # -- the rest

@@ -306,6 +306,14 @@ def test_sales_ops_provision_a_deal_over_the_admin_api(database_url, db_schema, 
                 assert "\n" not in answer.json()["message"]
                 if message is not None:
                     assert answer.json()["message"] == message
-            fees_bad = http.get("/v1/subscriptions/acme/fees", params={"period_of": "2026-13-01"})
-            assert (fees_bad.status_code, fees_bad.json()["field"]) == (400, "period_of")
+            for moment in ("2026-13-01", "9999-12-31T23:00:00Z", "2026-12-01T00:00:00"):
+                fees_bad = http.get("/v1/subscriptions/acme/fees", params={"period_of": moment})
+                assert (fees_bad.status_code, fees_bad.json()["field"]) == (400, "period_of"), fees_bad.text
+            far = http.post(
+                "/v1/subscriptions", json={**deal, "subscription_id": "x", "start": "9999-12-31T00:00:00Z"}
+            )
+            assert (far.status_code, far.json()["message"]) == (
+                400,
+                "start: expected a moment from 1970 to before 9000 (got '9999-12-31T00:00:00Z')",
+            )
             assert len(http.get("/v1/subscriptions/acme/audit").json()["entries"]) == 2
