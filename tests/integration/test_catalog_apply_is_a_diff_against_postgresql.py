@@ -154,3 +154,15 @@ def test_the_demo_catalog_applies_as_it_is(database_url, db_schema, kafka_bootst
     assert lines[-1].endswith(
         f"; published {len(catalog.meters)} meters and {len(catalog.subscriptions)} snapshots."
     )
+
+
+def test_catalog_apply_to_kafka_still_publishes_the_file_straight_to_the_topics(
+    kafka_bootstrap, kafka_config, topics
+):
+    env = {"METERGATE_KAFKA_BOOTSTRAP": kafka_bootstrap, "METERGATE_KAFKA_TOPIC_PREFIX": topics.prefix}
+    result = CliRunner().invoke(main, ["catalog", "apply", "--to", "kafka", str(EXAMPLE)], env=env)
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[-1].startswith("published 4 meters and 3 snapshots (version ")
+    records = read_topic(kafka_config, topics.snapshots, expect=3, idle_s=1.0)
+    relayed = {s.customer_id: s for s in (codec(EntitlementSnapshot).decode(v) for _, v, _, _ in records)}
+    assert (relayed["globex"].plan_key, relayed["globex"].base_fee) == ("pro", D("39.00"))
