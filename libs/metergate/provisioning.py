@@ -330,6 +330,15 @@ def list_plans(engine: Engine) -> list[store.PlanListing]:
         return store.list_plans(conn)
 
 
+def show_plan(engine: Engine, plan: str) -> store.PlanListing:
+    rules.check_id("plan", plan)
+    with engine.begin() as conn:
+        for listed in store.list_plans(conn):
+            if listed.plan == plan:
+                return listed
+    raise SubscriptionError(f"plan: no published plan {plan!r}", field="plan", reason=NOT_FOUND)
+
+
 def show_plan_version(engine: Engine, plan: str, version: int | None) -> PublishedPlan:
     """A published plan version (the latest when `version` is None)."""
     rules.check_id("plan", plan)
@@ -481,15 +490,6 @@ def publish_add_on(
         )
         created = store.publish_add_on(conn, add_on, who=who, now=now)
     return add_on, created
-
-
-def customer_audit_trail(engine: Engine, customer_id: str) -> list[Any]:
-    with engine.begin() as conn:
-        if store.get_customer(conn, customer_id) is None:
-            raise SubscriptionError(
-                f"customer_id: no customer {customer_id!r}", field="customer_id", reason=NOT_FOUND
-            )
-        return list(store.audit_trail(conn, "customer", customer_id))
 
 
 def list_features(engine: Engine) -> list[FeatureDefinition]:

@@ -329,18 +329,15 @@ def create_app(engine: Engine, keys: KeyStore, *, clock: Clock) -> Starlette:
 
     @handler
     async def show_plan(request: Request, key: ApiKey) -> Response:
-        plan = path_id(request, "plan")
-        for listed in await call(provisioning.list_plans):
-            if listed.plan == plan:
-                return reply(
-                    {
-                        "plan": listed.plan,
-                        "name": listed.name,
-                        "product": listed.product,
-                        "versions": list(listed.versions),
-                    }
-                )
-        raise Problem(404, "not_found", f"plan: no published plan {plan!r}", "plan")
+        listed = await call(provisioning.show_plan, path_id(request, "plan"))
+        return reply(
+            {
+                "plan": listed.plan,
+                "name": listed.name,
+                "product": listed.product,
+                "versions": list(listed.versions),
+            }
+        )
 
     @handler
     async def show_plan_version(request: Request, key: ApiKey) -> Response:

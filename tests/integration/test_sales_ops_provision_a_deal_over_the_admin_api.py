@@ -284,6 +284,7 @@ def test_sales_ops_provision_a_deal_over_the_admin_api(database_url, db_schema, 
                     "version: plan growth has versions 1, not 7",
                 ),
                 ("get", "/v1/plans/growth/versions/x", None, 400, "version", None),
+                ("get", "/v1/plans/enterprise", None, 404, "plan", "plan: no published plan 'enterprise'"),
                 ("post", "/v1/customers", {"customer_id": "acme", "name": "Other"}, 409, "customer_id", None),
             ]
             bad.append(
