@@ -9,23 +9,28 @@ recorded in the audit (a CLI user, an API key's name).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, Engine
+from pydantic import ValidationError
+from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import IntegrityError
 
 from metergate.db import subscription_store as store
 from metergate.domain import subscriptions as rules
-from metergate.domain.catalog import Catalog
-from metergate.domain.records import Pricing, ResetPeriod
-from metergate.domain.subscriptions import History, PriceOverrides, PublishedPlan, When
+from metergate.domain.catalog import Catalog, FeatureDefinition, PlanVersion
+from metergate.domain.catalog_diff import Action, Planned, Subscribed, diff_catalog, target_of
+from metergate.domain.records import FeatureEntitlement, FeatureKind, Pricing, ResetPeriod
+from metergate.domain.subscriptions import AddOn, History, PriceOverrides, PublishedPlan, When
 from metergate.errors import SubscriptionError
 
 At = When | datetime
+
+NOT_FOUND, CONFLICT = store.NOT_FOUND, store.CONFLICT
+MAX_VERSION = 2_147_483_647  # a plan version number is a PostgreSQL integer
 
 
 @dataclass(frozen=True)
@@ -43,15 +48,16 @@ def _plan(conn: Connection, plan: str, version: int | None, *, field: str = "pla
         raise SubscriptionError(
             f"version: plan {plan} has versions {', '.join(map(str, versions))}, not {version}",
             field="version",
+            reason=NOT_FOUND,
         )
-    raise SubscriptionError(f"{field}: no published plan {plan!r}", field=field)
+    raise SubscriptionError(f"{field}: no published plan {plan!r}", field=field, reason=NOT_FOUND)
 
 
 def _history(conn: Connection, subscription_id: str, *, for_update: bool) -> History:
     history = store.load_history(conn, subscription_id, for_update=for_update)
     if history is None:
         raise SubscriptionError(
-            f"subscription_id: no subscription {subscription_id!r}", field="subscription_id"
+            f"subscription_id: no subscription {subscription_id!r}", field="subscription_id", reason=NOT_FOUND
         )
     return history
 
@@ -70,7 +76,9 @@ def show_customer(engine: Engine, customer_id: str) -> tuple[store.Customer, lis
     with engine.begin() as conn:
         customer = store.get_customer(conn, customer_id)
         if customer is None:
-            raise SubscriptionError(f"customer_id: no customer {customer_id!r}", field="customer_id")
+            raise SubscriptionError(
+                f"customer_id: no customer {customer_id!r}", field="customer_id", reason=NOT_FOUND
+            )
         histories = [_history(conn, s, for_update=False) for s in store.subscriptions_of(conn, customer_id)]
     return customer, histories
 
@@ -97,11 +105,13 @@ def create_subscription(
                 raise SubscriptionError(
                     f"customer: no customer {customer_id!r} (create it first: metergate customers create {customer_id})",
                     field="customer",
+                    reason=NOT_FOUND,
                 )
             if store.load_history(conn, subscription_id) is not None:
                 raise SubscriptionError(
                     f"subscription_id: {subscription_id!r} exists already (change it with `subscriptions change`)",
                     field="subscription_id",
+                    reason=CONFLICT,
                 )
             history = rules.create(
                 subscription_id=subscription_id,
@@ -120,6 +130,7 @@ def create_subscription(
         raise SubscriptionError(
             f"subscription_id: {subscription_id!r} exists already (change it with `subscriptions change`)",
             field="subscription_id",
+            reason=CONFLICT,
         ) from None
     return Changed(history, outbox_ids)
 
@@ -308,3 +319,303 @@ def publish_catalog(engine: Engine, catalog: Catalog, *, who: str, now: datetime
             for _number, terms in sorted(numbered.items()):
                 versions += store.publish_plan_version(conn, PublishedPlan(terms), who=who, now=now)
     return features, versions
+
+
+# ---------------------------------------------------------------------------------------------
+# plans and add-ons (the admin API publishes them one at a time; a catalog file all at once)
+
+
+def list_plans(engine: Engine) -> list[store.PlanListing]:
+    with engine.begin() as conn:
+        return store.list_plans(conn)
+
+
+def show_plan(engine: Engine, plan: str) -> store.PlanListing:
+    rules.check_id("plan", plan)
+    with engine.begin() as conn:
+        for listed in store.list_plans(conn):
+            if listed.plan == plan:
+                return listed
+    raise SubscriptionError(f"plan: no published plan {plan!r}", field="plan", reason=NOT_FOUND)
+
+
+def show_plan_version(engine: Engine, plan: str, version: int | None) -> PublishedPlan:
+    """A published plan version (the latest when `version` is None)."""
+    rules.check_id("plan", plan)
+    with engine.begin() as conn:
+        return _plan(conn, plan, version)
+
+
+def _entitlements(
+    conn: Connection, terms: Mapping[str, Mapping[str, Any]], *, field: str
+) -> dict[str, FeatureEntitlement]:
+    """Feature terms as given (`enabled`, `config_value`, `included`, `limit`, `enforcement`,
+    `thresholds`, `pricing`), completed with each feature's kind and meter as published."""
+    known = store.load_features(conn)
+    found: dict[str, FeatureEntitlement] = {}
+    for name, given in sorted(terms.items()):
+        definition = known.get(name)
+        if definition is None:
+            shown = ", ".join(sorted(known)) or "none published yet"
+            raise SubscriptionError(
+                f"{field}.{name}: no published feature {name!r} (published: {shown})", field=f"{field}.{name}"
+            )
+        try:
+            found[name] = FeatureEntitlement.model_validate(
+                {**given, "feature": name, "kind": definition.kind, "meter": definition.meter}
+            )
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join([field, name, *(str(part) for part in first["loc"])])
+            raise SubscriptionError(
+                f"{where}: {first['msg'].removeprefix('Value error, ')}", field=where
+            ) from None
+    return found
+
+
+def _money(value: Decimal, field: str) -> Decimal:
+    if not value.is_finite() or value < 0:
+        raise SubscriptionError(f'{field}: expected an amount >= 0 such as "49.00", got {value}', field=field)
+    return value
+
+
+def _currency(value: str) -> str:
+    if len(value) != 3 or not value.isascii() or not value.isalpha():
+        raise SubscriptionError(
+            f"currency: expected an ISO 4217 code such as USD, got {value!r}", field="currency"
+        )
+    return value.upper()
+
+
+def publish_plan_version(
+    engine: Engine,
+    *,
+    plan: str,
+    version: int | None,
+    currency: str,
+    base_fee: Decimal,
+    reset_period: ResetPeriod,
+    features: Mapping[str, Mapping[str, Any]],
+    variable: Sequence[str] = (),
+    add_ons: Sequence[str] = (),
+    name: str | None = None,
+    who: str,
+    now: datetime,
+) -> tuple[PublishedPlan, bool]:
+    """Publish a new version of `plan` (the next number when `version` is None). A published version
+    is never edited: the same content again changes nothing (False), other content under a
+    published number is refused (reason `conflict`) naming the next free number."""
+    rules.check_id("plan", plan)
+    if version is not None and version < 1:
+        raise SubscriptionError(f"version: expected a whole number >= 1, got {version}", field="version")
+    with engine.begin() as conn:
+        conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": f"plan:{plan}"})
+        number = version if version is not None else max(store.plan_versions(conn, plan), default=0) + 1
+        if number > MAX_VERSION:
+            raise SubscriptionError(
+                f"version: expected a whole number up to {MAX_VERSION}, got {number}", field="version"
+            )
+        allowed: dict[str, AddOn] = {}
+        for index, key in enumerate(add_ons):
+            found = store.load_add_on(conn, key)
+            if found is None:
+                raise SubscriptionError(
+                    f"add_ons.{index}: no published add-on {key!r} (publish it first)",
+                    field=f"add_ons.{index}",
+                )
+            allowed[key] = found
+        published = PublishedPlan(
+            PlanVersion(
+                plan=plan,
+                version=number,
+                currency=_currency(currency),
+                base_fee=_money(base_fee, "base_fee"),
+                reset_period=reset_period,
+                features=_entitlements(conn, features, field="features"),
+            ),
+            variable=frozenset(variable),
+            add_ons=allowed,
+        )
+        for key, add_on in allowed.items():
+            if add_on.currency != published.terms.currency:
+                raise SubscriptionError(
+                    f"add_ons: {key} is priced in {add_on.currency}, the plan in {published.terms.currency}",
+                    field="add_ons",
+                )
+        created = store.publish_plan_version(conn, published, who=who, now=now, name=name)
+    return published, created
+
+
+def list_add_ons(engine: Engine) -> list[AddOn]:
+    with engine.begin() as conn:
+        return store.list_add_ons(conn)
+
+
+def show_add_on(engine: Engine, key: str) -> AddOn:
+    rules.check_id("add_on", key)
+    with engine.begin() as conn:
+        found = store.load_add_on(conn, key)
+    if found is None:
+        raise SubscriptionError(f"add_on: no published add-on {key!r}", field="add_on", reason=NOT_FOUND)
+    return found
+
+
+def publish_add_on(
+    engine: Engine,
+    *,
+    key: str,
+    currency: str,
+    fee: Decimal,
+    features: Mapping[str, Mapping[str, Any]],
+    name: str | None = None,
+    max_quantity: int | None = None,
+    who: str,
+    now: datetime,
+) -> tuple[AddOn, bool]:
+    """Publish an add-on once: the same terms again change nothing (False); other terms under its
+    key are refused (reason `conflict`): published add-ons are never edited."""
+    rules.check_id("key", key)
+    if max_quantity is not None and max_quantity < 1:
+        raise SubscriptionError(
+            f"max_quantity: expected a whole number >= 1 (or none), got {max_quantity}", field="max_quantity"
+        )
+    with engine.begin() as conn:
+        add_on = AddOn(
+            key=key,
+            currency=_currency(currency),
+            fee=_money(fee, "fee"),
+            features=_entitlements(conn, features, field="features"),
+            name=name,
+            max_quantity=max_quantity,
+        )
+        created = store.publish_add_on(conn, add_on, who=who, now=now)
+    return add_on, created
+
+
+def list_features(engine: Engine) -> list[FeatureDefinition]:
+    with engine.begin() as conn:
+        return [found for _, found in sorted(store.load_features(conn).items())]
+
+
+def publish_feature(
+    engine: Engine, *, feature: str, kind: FeatureKind, meter: str | None, description: str | None, who: str
+) -> tuple[FeatureDefinition, bool]:
+    """Define a feature once (its kind and meter never change; the same definition again: False)."""
+    del who  # features carry no author column; the plan versions that use them do
+    rules.check_id("feature", feature)
+    if (kind is FeatureKind.METERED) != (meter is not None):
+        raise SubscriptionError(
+            "meter: a metered feature names its meter; a boolean or config feature has none", field="meter"
+        )
+    if meter is not None:
+        rules.check_id("meter", meter)
+    definition = FeatureDefinition(feature=feature, kind=kind, meter=meter, description=description)
+    with engine.begin() as conn:
+        created = store.publish_feature(conn, definition)
+    return definition, created
+
+
+# ---------------------------------------------------------------------------------------------
+# a catalog file as code: `metergate catalog plan` (the diff) and `catalog apply` (the diff, done)
+
+
+def _held(conn: Connection, now: datetime) -> dict[str, Subscribed]:
+    held: dict[str, Subscribed] = {}
+    for customer, (subscription_id, plan, version) in store.plans_in_force(conn, now).items():
+        history = store.load_history(conn, subscription_id)
+        in_force = None if history is None else history.in_force(now)
+        overrides = in_force.overrides if in_force is not None else PriceOverrides()
+        held[customer] = Subscribed(subscription_id, plan, version, overrides)
+    return held
+
+
+def plan_catalog(engine: Engine, catalog: Catalog, *, now: datetime) -> list[Planned]:
+    """What applying `catalog` at `now` would add, change or refuse (nothing is written)."""
+    with engine.begin() as conn:
+        return diff_catalog(
+            catalog,
+            features=store.load_features(conn),
+            plans=store.published_terms(conn),
+            subscriptions=_held(conn, now),
+        )
+
+
+def apply_catalog(
+    engine: Engine,
+    catalog: Catalog,
+    *,
+    who: str,
+    now: datetime,
+    on_each: Callable[[Planned], None] | None = None,
+) -> list[Planned]:
+    """Apply the diff of `catalog` against PostgreSQL: new features and plan versions in one
+    transaction (a published version is never edited), then each subscription to add or change
+    in a transaction of its own (created from `now`, or a new dated version from `now`), with its
+    audit row and outbox rows. Refuses the whole file, writing nothing, when the diff refuses
+    anything (the planned items are returned; the caller names them). `on_each` is called with
+    each item done, in order."""
+    with engine.begin() as conn:
+        published = store.published_terms(conn)
+    targets = {c: target_of(sub, catalog, published) for c, sub in catalog.subscriptions.items()}
+    planned = plan_catalog(engine, catalog, now=now)
+    if any(item.action is Action.REFUSED for item in planned):
+        return planned
+    with engine.begin() as conn:
+        for feature in catalog.features.values():
+            store.publish_feature(conn, feature)
+        for _plan_key, numbered in sorted(catalog.plans.items()):
+            for _number, terms in sorted(numbered.items()):
+                store.publish_plan_version(conn, PublishedPlan(terms), who=who, now=now)
+        for target in targets.values():
+            if target.contract is not None:  # a contract that changes more than prices: its own plan
+                store.publish_plan_version(conn, PublishedPlan(target.contract), who=who, now=now)
+        held = _held(conn, now)
+    for item in planned:
+        customer = (
+            item.subject.removeprefix("subscription of ")
+            if item.subject.startswith("subscription of ")
+            else None
+        )
+        if customer is not None and item.action in (Action.ADD, Action.CHANGE):
+            sub = catalog.subscriptions[customer]
+            target = targets[customer]
+            overrides = target.overrides
+            if item.action is Action.ADD:
+                with engine.begin() as conn:
+                    if store.get_customer(conn, customer) is None:
+                        store.create_customer(conn, customer, name=None, who=who, now=now)
+                create_subscription(
+                    engine,
+                    subscription_id=sub.subscription_id,
+                    customer_id=customer,
+                    plan=target.plan,
+                    version=target.version,
+                    start=now,
+                    anchor=sub.anchor,
+                    reset_period=sub.reset_period,
+                    add_ons={},
+                    variables={},
+                    overrides=overrides,
+                    who=who,
+                    now=now,
+                )
+            else:
+                current = held[customer]
+                moved = (current.plan, current.version) != (target.plan, target.version)
+                change_subscription(
+                    engine,
+                    current.subscription_id,
+                    Change(
+                        plan=target.plan if moved else None,
+                        version=target.version if moved else None,
+                        overrides=OverrideUpdate(
+                            base_fee=overrides.base_fee, pricing=overrides.pricing, clear=True
+                        ),
+                    ),
+                    at=When.IMMEDIATELY,
+                    who=who,
+                    now=now,
+                )
+        if on_each is not None:
+            on_each(item)
+    return planned

@@ -33,10 +33,10 @@ def test_catalog_plan_prints_what_applying_the_file_would_do(database_url, db_sc
     code, lines = plan(EXAMPLE)
     assert code == 0
     assert (
-        lines[-1] == "Plan: 12 to add, 0 to change, 0 refused, 0 unchanged."
-    )  # 6 features, 3 versions, 3 subs
+        lines[-1] == "Plan: 13 to add, 0 to change, 0 refused, 0 unchanged."
+    )  # 6 features, 3 versions, globex's contract (it overrides included units: a plan of its own), 3 subs
     assert "+ plan pro v2: base fee 59 USD, 6 features" in lines
-    assert "+ subscription of globex: pro v1 from now" in lines
+    assert "+ subscription of globex: pro@sub_globex_2023 v1 from now" in lines
 
     now = datetime.now(UTC)
     engine = make_engine(database_url, db_schema)
@@ -67,10 +67,11 @@ def test_catalog_plan_prints_what_applying_the_file_would_do(database_url, db_sc
     assert code == 0
     assert [line for line in lines if line.startswith(("+", "~"))] == [
         "~ subscription of acme: pro v1 -> pro v2, a new version from now (acme)",
+        "+ plan pro@sub_globex_2023 v1: the contract of globex: pro v1 with its overrides",
+        "~ subscription of globex: pro v1 -> pro@sub_globex_2023 v1, a new version from now (globex)",
         "+ subscription of initech: free v1 from now",
     ]
-    assert "= subscription of globex: pro v1 (globex)" in lines
-    assert lines[-1] == "Plan: 1 to add, 1 to change, 0 refused, 10 unchanged."
+    assert lines[-1] == "Plan: 2 to add, 2 to change, 0 refused, 9 unchanged."
 
     edited = yaml.safe_load(EXAMPLE.read_text())
     edited["plans"]["pro"]["versions"][1]["base_fee"] = "45.00"
@@ -86,7 +87,7 @@ def test_catalog_plan_prints_what_applying_the_file_would_do(database_url, db_sc
         "    base_fee: 49 -> 45",
         "    features.api_calls.included: 10000 -> 12000",
     ]
-    assert lines[-2] == "Plan: 1 to add, 1 to change, 1 refused, 9 unchanged."
+    assert lines[-2] == "Plan: 2 to add, 2 to change, 1 refused, 8 unchanged."
     assert lines[-1].startswith(
         f"Error: {changed}: 1 change refused: published plan versions are never edited"
     )

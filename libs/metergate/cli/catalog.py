@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 import yaml
@@ -11,7 +12,7 @@ import yaml
 from metergate.cli.reporting import BadSetup
 from metergate.domain.catalog import Catalog, parse_catalog
 from metergate.domain.records import EntitlementSnapshot, MeterDefinition, now_utc
-from metergate.errors import CatalogError
+from metergate.errors import CatalogError, InvalidInput
 from metergate.settings import KafkaSettings
 from metergate.wire.codec import codec
 
@@ -103,17 +104,95 @@ def validate(file: Path) -> None:
 
 @catalog.command("apply")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-def apply(file: Path) -> None:
-    """Validate FILE, then publish its meters and one entitlement snapshot per subscribed customer."""
+@click.option(
+    "--to",
+    "target",
+    type=click.Choice(["auto", "postgres", "kafka"]),
+    default="auto",
+    show_default=True,
+    help="postgres: a diff against PostgreSQL (`catalog plan FILE` prints it first), new versions only, "
+    "then the outbox relayed; kafka: publish the file's snapshots straight to Kafka (no system of record); "
+    "auto: postgres when a database is configured (METERGATE_DATABASE_URL or a running `metergate dev up`).",
+)
+def apply(file: Path, target: str) -> None:
+    """Apply FILE: features and plan versions it adds, subscriptions it adds or changes."""
+    from metergate.settings import DatabaseSettings
+
     try:
         parsed = load_catalog(file)
     except CatalogError as exc:
-        raise BadSetup(str(exc)) from None
+        raise BadSetup(str(exc).splitlines()[0]) from None
+    if target == "auto":
+        target = "postgres" if DatabaseSettings().url is not None else "kafka"
+    if target == "postgres":
+        _apply_to_postgres(file, parsed)
+        return
     settings = KafkaSettings()
     version = publish_catalog(parsed, settings.client_config(), prefix=settings.topic_prefix)
     _summary(parsed)
     click.echo(
-        f"published {len(parsed.meters)} meters and {len(parsed.subscriptions)} snapshots (version {version})"
+        f"published {len(parsed.meters)} meters and {len(parsed.subscriptions)} snapshots (version {version}) "
+        "straight to Kafka (no system of record: `--to postgres` applies the file to PostgreSQL)"
+    )
+
+
+def _apply_to_postgres(file: Path, parsed: Catalog) -> None:
+    """The diff, done: PostgreSQL first (features, new plan versions, subscriptions with their
+    outbox rows), then the meters to catalog.meters and one relay round of the outbox, so the
+    terms in force reach entitlements.snapshots at once (a scheduled change is relayed when it
+    takes effect, by `metergate subscriptions publish --follow` or the admin service)."""
+    from datetime import UTC, datetime
+
+    from metergate import provisioning
+    from metergate.cli.subscriptions import who
+    from metergate.db.engine import make_engine
+    from metergate.domain.catalog_diff import Action, summary
+    from metergate.kafka.producer import make_producer, send
+    from metergate.kafka.topics import Topics
+    from metergate.settings import DatabaseSettings
+    from metergate.snapshot_relay import relay_once
+
+    database = DatabaseSettings()
+    kafka = KafkaSettings()
+    config = kafka.client_config()  # before anything is written: a missing broker is one line
+    engine = make_engine(database.sqlalchemy_url(), database.schema_name)
+    now = datetime.now(UTC)
+
+    def done(item: Any) -> None:
+        for line in item.lines():
+            click.echo(line)
+
+    try:
+        try:
+            planned = provisioning.apply_catalog(engine, parsed, who=who(), now=now, on_each=done)
+        except InvalidInput as exc:
+            raise BadSetup(f"{file}: {str(exc).splitlines()[0]}") from None
+        refused = [item for item in planned if item.action is Action.REFUSED]
+        if refused:
+            for item in planned:
+                done(item)
+            click.echo(summary(planned))
+            raise BadSetup(
+                f"{file}: {len(refused)} change{'' if len(refused) == 1 else 's'} refused, nothing written: "
+                "published plan versions are never edited and a feature's kind never changes (give a new "
+                "version number)"
+            )
+        producer = make_producer(config)
+        topics = Topics(kafka.topic_prefix)
+        meter_codec = codec(MeterDefinition)
+        send(
+            producer,
+            topics.meters,
+            ((meter.meter.encode(), meter_codec.encode(meter)) for meter in parsed.meters.values()),
+        )
+        relayed = relay_once(engine, producer, topics, clock=lambda: datetime.now(UTC))
+    finally:
+        engine.dispose()
+    counts = {action: sum(1 for p in planned if p.action is action) for action in Action}
+    click.echo(
+        f"Apply complete: {counts[Action.ADD]} added, {counts[Action.CHANGE]} changed, "
+        f"{counts[Action.SAME]} unchanged; published {len(parsed.meters)} meters and "
+        f"{len(relayed)} snapshot{'' if len(relayed) == 1 else 's'}."
     )
 
 

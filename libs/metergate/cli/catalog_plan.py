@@ -13,7 +13,7 @@ import click
 
 from metergate.cli.catalog import catalog, load_catalog
 from metergate.cli.reporting import BadSetup
-from metergate.domain.catalog_diff import Action, Subscribed, diff_catalog, summary
+from metergate.domain.catalog_diff import Action, summary
 from metergate.errors import CatalogError
 
 __all__ = ["catalog"]
@@ -23,7 +23,7 @@ __all__ = ["catalog"]
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def plan(file: Path) -> None:
     """Print what applying FILE would add, change or refuse in PostgreSQL (nothing is written)."""
-    from metergate.db import subscription_store as store
+    from metergate import provisioning
     from metergate.db.engine import make_engine
     from metergate.settings import DatabaseSettings
 
@@ -34,16 +34,9 @@ def plan(file: Path) -> None:
     settings = DatabaseSettings()
     engine = make_engine(settings.sqlalchemy_url(), settings.schema_name)
     try:
-        with engine.connect() as conn:
-            features = store.load_features(conn)
-            plans = store.published_terms(conn)
-            held = {
-                customer: Subscribed(*found)
-                for customer, found in store.plans_in_force(conn, datetime.now(UTC)).items()
-            }
+        planned = provisioning.plan_catalog(engine, parsed, now=datetime.now(UTC))
     finally:
         engine.dispose()
-    planned = diff_catalog(parsed, features=features, plans=plans, subscriptions=held)
     for item in planned:
         for line in item.lines():
             click.echo(line)
@@ -52,5 +45,6 @@ def plan(file: Path) -> None:
     if refused:
         raise BadSetup(
             f"{file}: {refused} change{'' if refused == 1 else 's'} refused: published plan versions are never "
-            "edited and a feature's kind never changes (give a new version number)"
+            "edited, a feature's kind never changes (give a new version number), and a subscription's "
+            "overrides are kept as prices only"
         )

@@ -6,12 +6,13 @@ import importlib
 
 import click
 
-SERVICES = ("metering", "rating", "entitlements")
+SERVICES = ("metering", "rating", "entitlements", "admin")
 
 
 @click.command("run")
 @click.argument("service", type=click.Choice(SERVICES))
 def run(service: str) -> None:
-    """Run a metergate service: metering (Faust worker), rating (consumer) or entitlements (sidecar HTTP)."""
+    """Run a metergate service: metering (Faust worker), rating (consumer), entitlements (sidecar HTTP)
+    or admin (the admin HTTP API)."""
     module = importlib.import_module(f"metergate_services.{service}.main")
     module.run()

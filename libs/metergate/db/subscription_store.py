@@ -43,6 +43,11 @@ from metergate.errors import SubscriptionError
 
 SNAPSHOTS_TOPIC = "entitlements.snapshots"
 
+#: `SubscriptionError.reason` of what names something that does not exist, and of what exists already
+#: with other content (the admin API answers them 404 and 409; any other SubscriptionError is a 400)
+NOT_FOUND = "not_found"
+CONFLICT = "conflict"
+
 
 # ---------------------------------------------------------------------------------------------
 # (de)serialisation: decimals as text, never floats
@@ -88,6 +93,7 @@ def publish_feature(conn: Connection, feature: FeatureDefinition) -> bool:
                 + (f" on meter {row.meter}" if row.meter else "")
                 + f", got {feature.kind.value}: a feature's kind and meter never change",
                 field=f"features.{feature.feature}",
+                reason=CONFLICT,
             )
         return False
     conn.execute(
@@ -116,6 +122,7 @@ def publish_add_on(conn: Connection, add_on: AddOn, *, who: str, now: datetime) 
                 f"add_ons.{add_on.key}: published already with other terms; published add-ons are "
                 "never edited: publish it under a new key",
                 field=f"add_ons.{add_on.key}",
+                reason=CONFLICT,
             )
         return False
     conn.execute(
@@ -202,6 +209,7 @@ def publish_plan_version(
                 f"plans.{terms.plan}.versions.{terms.version}: published already with other terms; "
                 f"published versions are never edited: publish version {latest + 1}",
                 field=f"plans.{terms.plan}.versions.{terms.version}",
+                reason=CONFLICT,
             )
         return False
     for add_on in plan.add_ons.values():
@@ -309,6 +317,31 @@ def plan_versions(conn: Connection, plan: str) -> list[int]:
     )
 
 
+@dataclass(frozen=True)
+class PlanListing:
+    plan: str
+    name: str | None
+    product: str | None
+    versions: tuple[int, ...]
+
+
+def list_plans(conn: Connection) -> list[PlanListing]:
+    """Every plan with its published version numbers, by key."""
+    rows = conn.execute(
+        text(
+            "SELECT p.plan_key, p.name, p.product_key, coalesce(array_agg(v.version ORDER BY v.version) "
+            "FILTER (WHERE v.version IS NOT NULL), '{}') AS versions FROM plans p LEFT JOIN plan_versions v "
+            "USING (plan_key) GROUP BY p.plan_key, p.name, p.product_key ORDER BY p.plan_key"
+        )
+    ).all()
+    return [PlanListing(r.plan_key, r.name, r.product_key, tuple(r.versions)) for r in rows]
+
+
+def list_add_ons(conn: Connection) -> list[AddOn]:
+    keys = conn.execute(text("SELECT add_on_key FROM add_ons ORDER BY 1")).scalars().all()
+    return [found for key in keys if (found := load_add_on(conn, key)) is not None]
+
+
 # ---------------------------------------------------------------------------------------------
 # customers
 
@@ -327,7 +360,9 @@ def create_customer(conn: Connection, customer_id: str, *, name: str | None, who
     if existing is not None:
         if existing.name != name:
             raise SubscriptionError(
-                f"customer_id: {customer_id!r} exists already (name {existing.name!r})", field="customer_id"
+                f"customer_id: {customer_id!r} exists already (name {existing.name!r})",
+                field="customer_id",
+                reason=CONFLICT,
             )
         return False
     conn.execute(

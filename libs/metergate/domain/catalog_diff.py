@@ -11,19 +11,25 @@ what PostgreSQL holds and lists, in order, features, plan versions and subscript
   never edited: the file must give it a new version number), or a feature whose kind or meter
   changed. The differing fields are listed.
 
-Subscriptions are matched by customer and compared by plan and version; the per-contract
-`overrides` of a file's subscription are not compared yet (they are not part of the plan).
+Subscriptions are matched by customer and compared by plan, version and price overrides
+(`target_of`). A file subscription's `overrides` that change only prices (`base_fee`, a feature's
+`pricing`) are kept as the subscription's price overrides on the plan version. Overrides of
+anything else (included units, a limit, a config value, the currency) make a contract of its own:
+a plan `<plan>@<subscription id>` whose versions hold the contract's whole terms (published like
+any version, never edited: a contract changed in the file is a new version of it), and the
+subscription is pinned to it.
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
-from metergate.domain.catalog import Catalog, FeatureDefinition, PlanVersion
+from metergate.domain.catalog import Catalog, FeatureDefinition, PlanVersion, Subscription
+from metergate.domain.subscriptions import PriceOverrides
 
 
 class Action(enum.StrEnum):
@@ -52,6 +58,7 @@ class Subscribed:
     subscription_id: str
     plan: str
     version: int
+    overrides: PriceOverrides = field(default_factory=PriceOverrides)
 
 
 def _shown(value: Any) -> str:
@@ -101,6 +108,86 @@ def plan_version_changes(published: PlanVersion, wanted: PlanVersion) -> list[st
         for key in sorted(set(old) | set(new))
         if not _same(old.get(key), new.get(key))
     ]
+
+
+def contract_of(subscription: Subscription, plan: PlanVersion) -> tuple[PriceOverrides, list[str]]:
+    """The price overrides a file subscription's `overrides` amount to over its plan version, and
+    `overrides.<field>: plan -> file` for each overridden field that is not a price."""
+    others: list[str] = []
+    if subscription.currency != plan.currency:
+        others.append(f"overrides.currency: {plan.currency} -> {subscription.currency}")
+    base_fee = None if subscription.base_fee == plan.base_fee else subscription.base_fee
+    pricing = {}
+    mine = {feature.feature: feature for feature in subscription.features}
+    for name in sorted(set(mine) | set(plan.features)):
+        given, planned = mine.get(name), plan.features.get(name)
+        if given is None or planned is None:
+            others.append(f"overrides.features.{name}: {'added' if planned is None else 'removed'}")
+            continue
+        if given.pricing != planned.pricing:
+            pricing[name] = given.pricing
+        old = _flat("", planned.model_dump(exclude={"pricing"}))
+        new = _flat("", given.model_dump(exclude={"pricing"}))
+        others += [
+            f"overrides.features.{name}.{key}: {_shown(old.get(key))} -> {_shown(new.get(key))}"
+            for key in sorted(set(old) | set(new))
+            if not _same(old.get(key), new.get(key))
+        ]
+    return PriceOverrides(base_fee=base_fee, pricing=pricing), others
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a file subscription is applied as: a plan version and price overrides, and, for a
+    contract that changes more than prices, the contract's plan version to publish first (None
+    when it is published already, or not needed)."""
+
+    plan: str
+    version: int
+    overrides: PriceOverrides
+    contract: PlanVersion | None = None
+    changes: tuple[str, ...] = ()  # the contract's non-price overrides, `field: plan -> file`
+
+
+def target_of(
+    subscription: Subscription, file: Catalog, plans: Mapping[tuple[str, int], PlanVersion]
+) -> Target:
+    base = file.plans[subscription.plan][subscription.version]
+    overrides, others = contract_of(subscription, base)
+    if not others:
+        return Target(subscription.plan, subscription.version, overrides)
+    key = f"{subscription.plan}@{subscription.subscription_id}"
+    terms = PlanVersion(
+        plan=key,
+        version=1,
+        currency=subscription.currency,
+        base_fee=subscription.base_fee,
+        reset_period=base.reset_period,
+        features={feature.feature: feature for feature in subscription.features},
+    )
+    published = sorted(v for p, v in plans if p == key)
+    for number in published:
+        if not plan_version_changes(plans[(key, number)], terms):
+            return Target(key, number, PriceOverrides(), None, tuple(others))
+    number = (published[-1] + 1) if published else 1
+    contract = PlanVersion(
+        plan=key,
+        version=number,
+        currency=terms.currency,
+        base_fee=terms.base_fee,
+        reset_period=terms.reset_period,
+        features=terms.features,
+    )
+    return Target(key, number, PriceOverrides(), contract, tuple(others))
+
+
+def _prices(overrides: PriceOverrides) -> str:
+    shown = [f"base fee {_shown(overrides.base_fee)}"] if overrides.base_fee is not None else []
+    shown += [
+        f"{name} {pricing.model.value} {_shown(pricing.unit_price)}"
+        for name, pricing in sorted(overrides.pricing.items())
+    ]
+    return f" at {', '.join(shown)}" if shown else ""
 
 
 def diff_catalog(
@@ -156,20 +243,46 @@ def diff_catalog(
     for customer, sub in sorted(file.subscriptions.items()):
         subject = f"subscription of {customer}"
         held = subscriptions.get(customer)
+        target = target_of(sub, file, plans)
+        if target.contract is not None:
+            planned.append(
+                Planned(
+                    Action.ADD,
+                    f"plan {target.plan} v{target.version}",
+                    f"the contract of {customer}: {sub.plan} v{sub.version} with its overrides",
+                    target.changes,
+                )
+            )
+        elif target.changes:
+            planned.append(
+                Planned(Action.SAME, f"plan {target.plan} v{target.version}", f"the contract of {customer}")
+            )
+        sub = replace(sub, plan=target.plan, version=target.version)
+        overrides = target.overrides
+        prices = _prices(overrides)
         if held is None:
-            planned.append(Planned(Action.ADD, subject, f"{sub.plan} v{sub.version} from now"))
+            planned.append(Planned(Action.ADD, subject, f"{sub.plan} v{sub.version}{prices} from now"))
         elif (held.plan, held.version) != (sub.plan, sub.version):
             planned.append(
                 Planned(
                     Action.CHANGE,
                     subject,
-                    f"{held.plan} v{held.version} -> {sub.plan} v{sub.version}, a new version from now "
+                    f"{held.plan} v{held.version} -> {sub.plan} v{sub.version}{prices}, a new version from now "
                     f"({held.subscription_id})",
+                )
+            )
+        elif held.overrides.as_dict() != overrides.as_dict():
+            planned.append(
+                Planned(
+                    Action.CHANGE,
+                    subject,
+                    f"{held.plan} v{held.version}{_prices(held.overrides) or ' at list prices'} -> "
+                    f"{prices.removeprefix(' at ') or 'list prices'}, a new version from now ({held.subscription_id})",
                 )
             )
         else:
             planned.append(
-                Planned(Action.SAME, subject, f"{held.plan} v{held.version} ({held.subscription_id})")
+                Planned(Action.SAME, subject, f"{held.plan} v{held.version}{prices} ({held.subscription_id})")
             )
     return planned
 
