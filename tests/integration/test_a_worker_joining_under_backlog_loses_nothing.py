@@ -1,5 +1,6 @@
-"""A second metering worker joins and leaves (SIGTERM) several times while the first has a backlog:
-totals, duplicate receipts and limit events are exact, and every record is accounted for."""
+"""A second metering worker joins and leaves (SIGTERM) several times while the first has a backlog,
+and the first, stalled past its session timeout, joins again: totals, duplicate receipts and limit
+events are exact, and every record is accounted for."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from decimal import Decimal
 import pytest
 
 from metergate.domain.records import UsageEvent
+from metergate.wire.codec import codec
 from tests.integration.metering_support import (
     AggregateWatcher,
     EventProducer,
@@ -62,18 +64,27 @@ def test_a_second_worker_joining_and_leaving_under_a_backlog_loses_nothing(
     sent: list[UsageEvent] = []
     duplicates = 0
 
-    def produce(batch: list[UsageEvent]) -> None:
+    encode = codec(UsageEvent).encode
+
+    def encoded(batch: list[UsageEvent]) -> list[tuple[bytes, bytes, UsageEvent]]:
+        """The records of `batch`, 3% of them twice (a producer retry), encoded ahead of sending."""
         nonlocal duplicates
+        records = []
         for event in batch:
-            producer.send(event)
-            sent.append(event)
-            if rng.random() < 0.03:  # a producer retry: the same event again
-                producer.send(event)
-                sent.append(event)
+            record = (event.customer_id.encode(), encode(event), event)
+            records.append(record)
+            if rng.random() < 0.03:
+                records.append(record)
                 duplicates += 1
+        return records
+
+    def produce(records: list[tuple[bytes, bytes, UsageEvent]]) -> None:
+        for key, value, event in records:
+            producer.raw(key, value, event)
+            sent.append(event)
         producer.flush()
 
-    produce(events_of(rng, 0, FIRST_BACKLOG, now))
+    produce(encoded(events_of(rng, 0, FIRST_BACKLOG, now)))
     first = Worker(kafka_bootstrap, topics, tmp_path / "first", metrics_port=free_port(), batch_size=1000)
     second = Worker(kafka_bootstrap, topics, tmp_path / "second", metrics_port=free_port(), batch_size=1000)
     watcher = AggregateWatcher(kafka_config, topics)
@@ -82,9 +93,13 @@ def test_a_second_worker_joining_and_leaving_under_a_backlog_loses_nothing(
         first.start()
         wait_until(lambda: first.consumed() > 0, "the first worker to start counting")
         for join in range(JOINS):
-            batch = events_of(rng, FIRST_BACKLOG + join * EACH_JOIN, EACH_JOIN, now)
-            # the first worker is held (SIGSTOP, well inside its session timeout) while the burst
-            # lands, so the second one joins a group whose member is far behind
+            batch = encoded(events_of(rng, FIRST_BACKLOG + join * EACH_JOIN, EACH_JOIN, now))
+            # The first worker is held (SIGSTOP) while the burst lands and until the second one has
+            # joined and counts: the group puts the silent member out after its session timeout,
+            # the second takes every partition under the backlog, and the first, let go, joins
+            # again while the second is far behind (two rebalances under a backlog per round). Let
+            # go earlier, the first could count the whole burst before the second got a partition
+            # (the group holds a join for seconds on the embedded broker).
             first.process.send_signal(signal.SIGSTOP)
             try:
                 produce(batch)
@@ -92,9 +107,11 @@ def test_a_second_worker_joining_and_leaving_under_a_backlog_loses_nothing(
                     len(sent) - first.committed_count(kafka_config, topics.events, range(4))
                 )
                 second.start()
+                wait_until(
+                    lambda: second.consumed() > 0, "the second worker to take partitions and count", 120
+                )
             finally:
                 first.process.send_signal(signal.SIGCONT)
-            wait_until(lambda: second.consumed() > 0, "the second worker to take partitions and count", 120)
             assert second.stop() == 0, second.tail()
         watcher.wait_for(expected_totals(sent, ANCHOR), workers=[first])
         assert first.stop() == 0, first.tail()
