@@ -1,12 +1,12 @@
-"""A second metering worker joins and leaves (SIGTERM) several times while the first has a backlog,
-and the first, stalled past its session timeout, joins again: totals, duplicate receipts and limit
-events are exact, and every record is accounted for."""
+"""A second metering worker joins and leaves (SIGTERM) several times while the first has a backlog:
+totals, duplicate receipts and limit events are exact, and every record is accounted for."""
 
 from __future__ import annotations
 
 import random
 import signal
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -39,6 +39,8 @@ FIRST_BACKLOG = 20_000
 #: ~5 s of work for one worker here: the join (~3 s) and the leave happen while it is behind
 EACH_JOIN = 100_000
 JOINS = 3
+#: event numbers of the trickle sent while a join is under way (after every burst's)
+TRICKLE_FROM = 10_000_000
 
 
 def events_of(rng: random.Random, start: int, count: int, now: datetime) -> list[UsageEvent]:
@@ -84,6 +86,18 @@ def test_a_second_worker_joining_and_leaving_under_a_backlog_loses_nothing(
             sent.append(event)
         producer.flush()
 
+    def counting(worker: Worker, first_event: int) -> Callable[[], bool]:
+        """True once `worker` counts; until then each call sends 200 new events."""
+        numbers = iter(range(first_event, 10**9, 200))
+
+        def check() -> bool:
+            if worker.consumed() > 0:
+                return True
+            produce(encoded(events_of(rng, next(numbers), 200, now)))
+            return False
+
+        return check
+
     produce(encoded(events_of(rng, 0, FIRST_BACKLOG, now)))
     first = Worker(kafka_bootstrap, topics, tmp_path / "first", metrics_port=free_port(), batch_size=1000)
     second = Worker(kafka_bootstrap, topics, tmp_path / "second", metrics_port=free_port(), batch_size=1000)
@@ -94,12 +108,9 @@ def test_a_second_worker_joining_and_leaving_under_a_backlog_loses_nothing(
         wait_until(lambda: first.consumed() > 0, "the first worker to start counting")
         for join in range(JOINS):
             batch = encoded(events_of(rng, FIRST_BACKLOG + join * EACH_JOIN, EACH_JOIN, now))
-            # The first worker is held (SIGSTOP) while the burst lands and until the second one has
-            # joined and counts: the group puts the silent member out after its session timeout,
-            # the second takes every partition under the backlog, and the first, let go, joins
-            # again while the second is far behind (two rebalances under a backlog per round). Let
-            # go earlier, the first could count the whole burst before the second got a partition
-            # (the group holds a join for seconds on the embedded broker).
+            # the first worker is held (SIGSTOP, well inside its session timeout: the burst is
+            # encoded before, only sent meanwhile) while the burst lands, so the second one joins a
+            # group whose member is far behind
             first.process.send_signal(signal.SIGSTOP)
             try:
                 produce(batch)
@@ -107,11 +118,18 @@ def test_a_second_worker_joining_and_leaving_under_a_backlog_loses_nothing(
                     len(sent) - first.committed_count(kafka_config, topics.events, range(4))
                 )
                 second.start()
-                wait_until(
-                    lambda: second.consumed() > 0, "the second worker to take partitions and count", 120
-                )
             finally:
                 first.process.send_signal(signal.SIGCONT)
+
+            # the group holds a join for seconds on the embedded broker: the first may count the
+            # whole burst meanwhile, so a trickle of new events gives the second something to count
+            # on whichever partitions it gets
+            wait_until(
+                counting(second, TRICKLE_FROM + join * 100_000),
+                "the second worker to take partitions and count",
+                120,
+                every_s=0.3,
+            )
             assert second.stop() == 0, second.tail()
         watcher.wait_for(expected_totals(sent, ANCHOR), workers=[first])
         assert first.stop() == 0, first.tail()
