@@ -27,16 +27,20 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from metergate.db import credit_store, rating_store
 from metergate.db.engine import make_engine
-from metergate.domain.ledger import BalanceRow, balances_to_publish, depletion_event_id
-from metergate.domain.rating import AggregateUpdate, Line, RatingFold, check_aggregate
-from metergate.domain.records import (
-    CreditBalance,
-    DeadLetter,
-    KafkaPosition,
-    LimitEvent,
-    LimitKind,
-    now_utc,
+from metergate.domain.ledger import BalanceRow, Depletion, balances_to_publish
+from metergate.domain.rating import (
+    AggregateUpdate,
+    Line,
+    RatingFold,
+    RatingInput,
+    Rejected,
+    check_aggregate,
+    dead_letter,
+    depletion_event,
+    rate_records,
+    record_outcomes,
 )
+from metergate.domain.records import CreditBalance, DeadLetter, LimitEvent, now_utc
 from metergate.errors import DeliveryError, InvalidInput
 from metergate.faults import Fault
 from metergate.kafka.producer import DeliveryTracker, make_producer, produce
@@ -50,8 +54,6 @@ from metergate_services.rating.snapshots import SnapshotCache
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-SERVICE = "rating"
 
 #: Tests only: "STEP@N" makes the process SIGKILL itself the first time it reaches STEP in its Nth
 #: batch or later, to prove that a crash between any two steps of the commit order loses and
@@ -109,7 +111,7 @@ class Ahead:
     after: InFlight  # batch N, whose outcome it starts from
     fold: RatingFold
     customers: set[str]
-    rejections: list[tuple[int, DeadLetter]]  # (index in batch.records, dead letter)
+    rejections: list[Rejected]  # what the DLQ must hear of (index in batch.records, message, why)
     stored: set[str]  # line keys known to exist
 
 
@@ -477,7 +479,6 @@ class RatingConsumer:
                 lines.update(stored_lines)
                 credits.update(stored_credits)
             stored = {line_key for key_lines in lines.values() for line_key in key_lines}
-            records = newest_per_key(ahead, with_credit=set())
             mark = self._tick("load ahead", mark)
             fold = RatingFold(
                 lines=lines,
@@ -491,8 +492,7 @@ class RatingConsumer:
                     else self._base_fees
                 ),
             )
-            fold.stale += len(ahead) - len(records)
-            rejections = self._fold(fold, records)
+            rejections = self._fold(fold, ahead, with_credit=set())
         except Exception as exc:  # whatever it is, the fold in the transaction decides
             log.debug("rating: not folding ahead (%s)", _first_line(exc))
             return None
@@ -658,17 +658,15 @@ class RatingConsumer:
                 lines.update(stored_lines)
                 credits.update(stored_credits)
             stored = {line_key for key_lines in lines.values() for line_key in key_lines}
-            records = newest_per_key(here, with_credit=with_credit)
             mark = self._tick("load", mark)
             fold = RatingFold(lines=lines, wallets=wallets, credits=credits, known_base_fees=self._base_fees)
-            fold.stale += len(here) - len(records)
-            rejections = self._fold(fold, records)
+            rejections = self._fold(fold, here, with_credit=with_credit)
             if ahead is not None:
                 fold.absorb(ahead.fold)
                 rejections += ahead.rejections
                 stored |= ahead.stored
-            rejections.sort(key=lambda item: item[0])  # offset order, as one fold would have found them
-            dead_letters = [*batch.rejected, *(dead_letter for _, dead_letter in rejections)]
+            rejections.sort(key=lambda item: item.position)  # offset order, as one fold would have found them
+            dead_letters = [*batch.rejected, *(self._dead_letter(r.source, r.rejection) for r in rejections)]
             snapshot_rejects, self._snapshot_rejects = self._snapshot_rejects, []
             dead_letters.extend(snapshot_rejects)
             mark = self._tick("fold", mark)
@@ -721,8 +719,8 @@ class RatingConsumer:
         self._base_fees.update(fold.base_fees)
         self.line_cache.store(inflight.key_partitions, fold.lines, fold.credits)
         self.expected.update(batch.next_offsets)
-        for dead_letter in inflight.dead_letters:
-            metrics.REJECTED.labels(dead_letter.reason).inc()
+        for letter in inflight.dead_letters:
+            metrics.REJECTED.labels(letter.reason).inc()
         metrics.UPDATES.inc(fold.updates)
         metrics.STALE.inc(fold.stale)
         self._account(batch, fold)
@@ -739,13 +737,9 @@ class RatingConsumer:
     def _account(self, batch: Batch, fold: RatingFold) -> None:
         """Count a committed batch's records by outcome (`metrics.RECORDS`); a sum that does not
         add up is a bug of ours: stop loudly rather than bill from a miscount."""
-        outcomes = {
-            "accepted": fold.updates,
-            "duplicate": fold.stale,
-            "rejected": len(batch.rejected) + fold.rejected,
-            "tombstone": batch.tombstones,
-        }
-        if sum(outcomes.values()) != batch.consumed:
+        counted = record_outcomes(fold, rejected_at_decode=len(batch.rejected), tombstones=batch.tombstones)
+        outcomes = counted.as_dict()
+        if not counted.accounts_for(batch.consumed):
             raise rating_store.IntegrityFault(
                 f"accounting: {batch.consumed} record(s) consumed but {outcomes} accounted for"
             )
@@ -763,49 +757,29 @@ class RatingConsumer:
         self.timings[step] += now - since
         return now
 
-    def _depletion_event(self, depletion: Any, aggregate: Any, line: Any) -> tuple[Any, str, bytes]:
-        event_id = depletion_event_id(depletion.customer_id, depletion.currency, depletion.sequence)
-        event = LimitEvent(
-            limit_event_id=event_id,
-            kind=LimitKind.CREDITS_DEPLETED,
-            customer_id=depletion.customer_id,
-            feature=line.feature,
-            meter=aggregate.meter,
-            period_start=aggregate.period_start,
-            period_end=aggregate.period_end,
-            usage=aggregate.value,
-            limit=None,
-            event_id=aggregate.last_event_id,
-            occurred_at=aggregate.last_event_at,
-        )
-        return depletion, event_id, self._limits.encode(event)
+    def _depletion_event(
+        self, depletion: Depletion, aggregate: RatingInput, line: Line
+    ) -> tuple[Any, str, bytes]:
+        event = depletion_event(depletion, aggregate, line)
+        return depletion, event.limit_event_id, self._limits.encode(event)
 
     # -- side outputs ---------------------------------------------------------------------------
 
-    def _fold(self, fold: RatingFold, records: list[tuple[Any, Any]]) -> list[tuple[int, DeadLetter]]:
-        """Fold each ((index, message), aggregate) in order; what cannot be rated comes back as DLQ records."""
-        rejections: list[tuple[int, DeadLetter]] = []
-        for (index, message), aggregate in records:
-            try:
-                applied = fold.apply(aggregate, self.snapshots.get(aggregate.customer_id))
-            except InvalidInput as exc:
-                fold.rejected += 1
-                rejections.append((index, self._dead_letter(message, exc)))
-                continue
-            if applied.rejection is not None:
-                rejections.append((index, self._dead_letter(message, applied.rejection)))
-        return rejections
+    def _fold(
+        self, fold: RatingFold, records: list[tuple[tuple[int, Message], Any]], *, with_credit: set[str]
+    ) -> list[Rejected]:
+        """Fold each ((index, message), aggregate) in order (`rate_records`: newest per key, the
+        per-record rejection rule); returns what the DLQ must hear of."""
+        return rate_records(fold, records, self.snapshots.get, with_credit)
 
     def _dead_letter(self, message: Message, exc: InvalidInput) -> DeadLetter:
-        return DeadLetter(
-            reason=exc.reason,
-            message=str(exc),
-            original_key=message.key(),
-            original_value=message.value(),
-            source=KafkaPosition(
-                topic=message.topic() or "", partition=message.partition() or 0, offset=message.offset() or 0
-            ),
-            service=SERVICE,
+        return dead_letter(
+            exc,
+            topic=message.topic() or "",
+            partition=message.partition() or 0,
+            offset=message.offset() or 0,
+            key=message.key(),
+            value=message.value(),
             rejected_at=now_utc(),
         )
 
@@ -815,12 +789,12 @@ class RatingConsumer:
     def _send_dead_letters(self, dead_letters: list[DeadLetter]) -> None:
         if not dead_letters:
             return
-        for dead_letter in dead_letters:
+        for letter in dead_letters:
             produce(
                 self.producer,
                 self.topics.dlq,
-                dead_letter.original_key,
-                self._dead_letters.encode(dead_letter),
+                letter.original_key,
+                self._dead_letters.encode(letter),
                 self.tracker,
             )
         self._flush()
@@ -1050,24 +1024,6 @@ class RatingConsumer:
 
     def _sleep(self, seconds: float) -> None:
         self._stop.wait(seconds)
-
-
-def newest_per_key(records: list[tuple[Any, Any]], with_credit: set[str]) -> list[tuple[Any, Any]]:
-    """The batch's records to rate, in order: every version of a customer with credit (each version
-    may draw or return credit: rule 4 of metergate.domain.ledger), only the newest version of every
-    other key (its intermediate versions within one batch change nothing the newest does not)."""
-    newest: dict[str, int] = {}
-    for index, (_, aggregate) in enumerate(records):
-        if aggregate.customer_id in with_credit:
-            continue
-        key = aggregate.key
-        held = newest.get(key)
-        if held is None or aggregate.version >= records[held][1].version:
-            newest[key] = index
-    if len(newest) == len(records):
-        return records
-    keep = set(newest.values())
-    return [r for index, r in enumerate(records) if index in keep or r[1].customer_id in with_credit]
 
 
 def _first_line(exc: BaseException) -> str:

@@ -9,8 +9,7 @@ from typing import Any
 import pytest
 
 from metergate.domain.pricing import ChargeStatus, ChargeType
-from metergate.domain.rating import Line
-from metergate_services.rating.consumer import newest_per_key
+from metergate.domain.rating import Line, newest_per_key
 from metergate_services.rating.line_cache import LineCache
 from tests.unit.test_rating_fold import P0, P1, aggregate
 

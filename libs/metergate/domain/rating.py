@@ -17,6 +17,24 @@ order, and writes what the fold changed in one transaction. The rules:
 - The period's base fee of the subscription becomes a line of its own the first time usage of that
   period is rated (and follows newer snapshot versions). It is invoiced, not paid from credits.
 
+The rules of a batch around the fold (`rate_records` and the functions beside it), each decided here
+and carried out by the consumer:
+
+- **Newest per key** (`newest_per_key`): of the versions of one aggregate key in a batch only the
+  newest is rated, except for customers with credit, every version of whom is rated (each may draw
+  or return credit: rule 4 of `metergate.domain.ledger`); the collapsed ones count as stale.
+- **Per-record rejection**: a record whose value cannot be rated at all (`InvalidInput` from the
+  fold) changes nothing and is *rejected*; a record rated with a reason to report (unpriced, a
+  negative base fee) is *accepted* and also dead-lettered. Either way the batch goes on.
+- **Dead letters** (`dead_letter`) carry the reason, the message, the original bytes and position,
+  `service="rating"` and the time the caller's clock gave; they go to the DLQ in offset order.
+- **The depletion event** (`depletion_event`): a credit depletion the ledger recorded becomes one
+  `credits_depleted` LimitEvent with the id `ledger.depletion_event_id` gives (stable: a re-sent
+  copy is deduplicated by it), naming the line's feature and the aggregate that drew the credit.
+- **Accounting** (`record_outcomes`): every consumed record is exactly one of accepted (a newer
+  version rated), duplicate (stale or collapsed), rejected (at decode or by the fold) or tombstone;
+  a batch whose outcomes do not add up to what it consumed is a fault of ours, never committed.
+
 What rating will not store (`check_aggregate`, `check_snapshot`, applied when a record is decoded):
 ids that break the metering worker's id rule (`metergate.domain.usage.check_identifier`: NUL,
 control or invisible characters, more than 256 characters), a running total outside
@@ -26,14 +44,21 @@ capital letters. Such a record goes to the DLQ with its reason; every other cust
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from types import MappingProxyType
-from typing import NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
-from metergate.domain.ledger import CreditChange, Depletion, Entry, Wallet, change_line_amount
+from metergate.domain.ledger import (
+    CreditChange,
+    Depletion,
+    Entry,
+    Wallet,
+    change_line_amount,
+    depletion_event_id,
+)
 from metergate.domain.pricing import (
     Charge,
     ChargeStatus,
@@ -45,7 +70,11 @@ from metergate.domain.pricing import (
 )
 from metergate.domain.records import (
     MAX_QUANTITY,
+    DeadLetter,
     EntitlementSnapshot,
+    KafkaPosition,
+    LimitEvent,
+    LimitKind,
     UsageAggregate,
     aggregate_key,
 )
@@ -54,6 +83,8 @@ from metergate.errors import InvalidInput
 
 ZERO = Decimal(0)
 BASE_FEE = "base_fee"  # the feature name of a base-fee line
+SERVICE = "rating"  # what rating's dead letters name as their `service`
+S = TypeVar("S")  # the caller's handle on a consumed record (a Kafka message, a test's label)
 
 
 class AggregateUpdate(NamedTuple):
@@ -427,3 +458,120 @@ def _totals_differ(old: Line, new: Line) -> bool:
         or old.subscription_id != new.subscription_id
         or old.period_end != new.period_end
     )
+
+
+# -- the rules of a batch around the fold ------------------------------------------------------------
+
+
+def newest_per_key(
+    records: Sequence[tuple[S, RatingInput]], with_credit: set[str]
+) -> list[tuple[S, RatingInput]]:
+    """The batch's records to rate, in order: every version of a customer with credit (each version
+    may draw or return credit: rule 4 of metergate.domain.ledger), only the newest version of every
+    other key (its intermediate versions within one batch change nothing the newest does not)."""
+    newest: dict[str, int] = {}
+    for index, (_, aggregate) in enumerate(records):
+        if aggregate.customer_id in with_credit:
+            continue
+        key = aggregate.key
+        held = newest.get(key)
+        if held is None or aggregate.version >= records[held][1].version:
+            newest[key] = index
+    if len(newest) == len(records):
+        return list(records)
+    keep = set(newest.values())
+    return [r for index, r in enumerate(records) if index in keep or r[1].customer_id in with_credit]
+
+
+class Rejected(NamedTuple):
+    """A record of the batch the DLQ must hear of: where it was (`position` in the batch's
+    records, offset order), the caller's handle on it, and why."""
+
+    position: int
+    source: Any
+    rejection: InvalidInput
+
+
+def rate_records(
+    fold: RatingFold,
+    records: Sequence[tuple[tuple[int, S], RatingInput]],
+    snapshot_of: Callable[[str], EntitlementSnapshot | None],
+    with_credit: set[str],
+) -> list[Rejected]:
+    """Fold ((index, source), aggregate) records of one batch into `fold`, in order, after keeping
+    the newest version per key (`newest_per_key`; the collapsed count as stale). Returns what the
+    DLQ must hear of, in the order found: records rejected (counted in `fold.rejected`, nothing
+    changed) and records rated with a reason to report (counted as updates)."""
+    kept = newest_per_key(records, with_credit)
+    fold.stale += len(records) - len(kept)
+    rejected: list[Rejected] = []
+    for (index, source), aggregate in kept:
+        try:
+            applied = fold.apply(aggregate, snapshot_of(aggregate.customer_id))
+        except InvalidInput as exc:
+            fold.rejected += 1
+            rejected.append(Rejected(index, source, exc))
+            continue
+        if applied.rejection is not None:
+            rejected.append(Rejected(index, source, applied.rejection))
+    return rejected
+
+
+def dead_letter(
+    rejection: InvalidInput,
+    *,
+    topic: str,
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    value: bytes | None,
+    rejected_at: datetime,
+) -> DeadLetter:
+    """The DLQ record of a record rating cannot take (or can only rate with a reason to report)."""
+    return DeadLetter(
+        reason=rejection.reason,
+        message=str(rejection),
+        original_key=key,
+        original_value=value,
+        source=KafkaPosition(topic=topic, partition=partition, offset=offset),
+        service=SERVICE,
+        rejected_at=rejected_at,
+    )
+
+
+def depletion_event(depletion: Depletion, aggregate: RatingInput, line: Line) -> LimitEvent:
+    """The `credits_depleted` signal of a depletion the ledger recorded (rule 7 of
+    metergate.domain.ledger): its id is stable, so a re-sent copy is deduplicated by it."""
+    return LimitEvent(
+        limit_event_id=depletion_event_id(depletion.customer_id, depletion.currency, depletion.sequence),
+        kind=LimitKind.CREDITS_DEPLETED,
+        customer_id=depletion.customer_id,
+        feature=line.feature,
+        meter=aggregate.meter,
+        period_start=aggregate.period_start,
+        period_end=aggregate.period_end,
+        usage=aggregate.value,
+        limit=None,
+        event_id=aggregate.last_event_id,
+        occurred_at=aggregate.last_event_at,
+    )
+
+
+class RecordOutcomes(NamedTuple):
+    """What became of a batch's consumed records; each is exactly one of these."""
+
+    accepted: int  # a newer version rated (an unpriced one is also dead-lettered)
+    duplicate: int  # a version not newer than the stored one, or collapsed into a newer one
+    rejected: int  # refused at decode or by the fold: dead-lettered only
+    tombstone: int  # a tombstone of the compacted topic: nothing to rate
+
+    def as_dict(self) -> dict[str, int]:
+        return self._asdict()
+
+    def accounts_for(self, consumed: int) -> bool:
+        return sum(self) == consumed
+
+
+def record_outcomes(fold: RatingFold, *, rejected_at_decode: int, tombstones: int) -> RecordOutcomes:
+    """The outcomes of a folded batch (`accounts_for(consumed)` must hold before it commits)."""
+    return RecordOutcomes(fold.updates, fold.stale, rejected_at_decode + fold.rejected, tombstones)
