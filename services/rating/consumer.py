@@ -90,6 +90,8 @@ class Batch:
     first_offsets: dict[int, int] = field(default_factory=dict)  # partition -> first offset in the batch
     consumed: int = 0  # records of assigned partitions not committed before (what the batch accounts for)
     tombstones: int = 0
+    key_partitions: dict[str, int] = field(default_factory=dict)  # aggregate key -> partition, of records
+    customers: set[str] = field(default_factory=set)  # of records
 
     @property
     def partitions(self) -> set[int]:
@@ -233,6 +235,8 @@ class RatingConsumer:
             log.info(
                 "rating: %d entitlement snapshots loaded from %s", len(self.snapshots), self.snapshots.topic
             )
+            if self.gc_policy is not None:
+                self.gc_policy.after_batch()  # the start-up state (snapshots) collected once, then frozen
             self.consumer.subscribe(
                 [self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
             )
@@ -382,6 +386,8 @@ class RatingConsumer:
                 batch.rejected.append(self._dead_letter(message, exc))
                 continue
             batch.records.append((message, aggregate))
+            batch.key_partitions[aggregate.key] = partition
+            batch.customers.add(aggregate.customer_id)
         return batch
 
     def _prepare_timed(self, messages: list[Message]) -> Batch:
@@ -405,7 +411,8 @@ class RatingConsumer:
 
     def _catch_up_unknown(self, batch: Batch) -> bool:
         """Read new snapshots first when the batch has a customer without one (at most once a second)."""
-        if any(self.snapshots.get(a.customer_id) is None for _, a in batch.records) and (
+        known = self.snapshots.get
+        if any(known(customer) is None for customer in batch.customers) and (
             time.monotonic() - self.snapshots.last_caught_up > 1.0
         ):
             # a customer unknown so far: its snapshot may just have been published
@@ -588,7 +595,7 @@ class RatingConsumer:
                 refused = InvalidInput(
                     f"PostgreSQL cannot store this record: {_first_line(exc)}", reason="unwritable"
                 )
-                single.records = []
+                single.records, single.key_partitions, single.customers = [], {}, set()
                 single.rejected.append(self._dead_letter(message, refused))
                 inflight = self._rate(single)
                 committed_at = self._write(inflight)
@@ -635,9 +642,7 @@ class RatingConsumer:
             transaction = conn.begin()
             rating_store.lock_offsets(conn, self.group, self.topic, expected)  # 1
             self._fault("locked")
-            key_partitions = {aggregate.key: message.partition() for message, aggregate in batch.records}
-            customers = {aggregate.customer_id for _, aggregate in batch.records}
-            wallets = rating_store.load_credit(conn, customers)  # 2
+            wallets = rating_store.load_credit(conn, batch.customers)  # 2
             with_credit = {customer for customer, _ in wallets}
             if len(self._credit_customers) > 1_000_000:
                 self._credit_customers.clear()  # a hint only
@@ -684,7 +689,15 @@ class RatingConsumer:
             conn.close()  # rolls back
             raise
         return InFlight(
-            batch, fold, conn, transaction, key_partitions, staged, dead_letters, snapshot_rejects, started
+            batch,
+            fold,
+            conn,
+            transaction,
+            batch.key_partitions,
+            staged,
+            dead_letters,
+            snapshot_rejects,
+            started,
         )
 
     def _write(self, inflight: InFlight) -> float:
