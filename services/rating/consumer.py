@@ -411,7 +411,7 @@ class RatingConsumer:
 
     def _catch_up_unknown(self, batch: Batch) -> bool:
         """Read new snapshots first when the batch has a customer without one (at most once a second)."""
-        known = self.snapshots.get
+        known = self.snapshots.lookup
         if any(known(customer) is None for customer in batch.customers) and (
             time.monotonic() - self.snapshots.last_caught_up > 1.0
         ):
@@ -783,7 +783,7 @@ class RatingConsumer:
     ) -> list[Rejected]:
         """Fold each ((index, message), aggregate) in order (`rate_records`: newest per key, the
         per-record rejection rule); returns what the DLQ must hear of."""
-        return rate_records(fold, records, self.snapshots.get, with_credit)
+        return rate_records(fold, records, self.snapshots.lookup, with_credit)
 
     def _dead_letter(self, message: Message, exc: InvalidInput) -> DeadLetter:
         return dead_letter(

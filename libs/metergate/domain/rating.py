@@ -232,19 +232,22 @@ class Applied(NamedTuple):
 _STALE = Applied(stale=True)
 _NO_CREDITS: Mapping[str, Decimal] = MappingProxyType({})
 
-#: (customer, subscription, feature, period, charge) -> line_key: every version of a key rates the
-#: same lines, and building a key (escaping each part) costs several times a lookup
-_LINE_KEYS: dict[tuple[str, str, str, str, ChargeType], str] = {}
+#: charge -> (customer, subscription, feature, period) -> line_key: every version of a key rates the
+#: same lines, and building a key (escaping each part) costs several times a lookup. One memo per
+#: charge type, found by identity: an enum member hashes in Python, a tuple of strings in C.
+_LINE_KEYS: dict[ChargeType, dict[tuple[str, str, str, str], str]] = {charge: {} for charge in ChargeType}
+_USAGE_KEYS = _LINE_KEYS[ChargeType.USAGE]
 _MAX_LINE_KEYS = 500_000
 
 
 def _line_key(customer_id: str, subscription: str, feature: str, period: str, charge: ChargeType) -> str:
-    parts = (customer_id, subscription, feature, period, charge)
-    found = _LINE_KEYS.get(parts)
+    memo = _USAGE_KEYS if charge is ChargeType.USAGE else _LINE_KEYS[charge]
+    parts = (customer_id, subscription, feature, period)
+    found = memo.get(parts)
     if found is None:
-        if len(_LINE_KEYS) >= _MAX_LINE_KEYS:
-            _LINE_KEYS.clear()
-        found = _LINE_KEYS[parts] = line_key(customer_id, subscription, feature, period, charge)
+        if len(memo) >= _MAX_LINE_KEYS:
+            memo.clear()
+        found = memo[parts] = line_key(customer_id, subscription, feature, period, charge)
     return found
 
 
@@ -290,10 +293,14 @@ class RatingFold:
         self.rejected += other.rejected
 
     def version_of(self, key: str) -> int | None:
+        lines = self.lines.get(key)
+        if not lines:
+            return None
         newest: int | None = None
-        for line in self.lines.get(key, {}).values():
-            if line.aggregate_version is not None and (newest is None or line.aggregate_version > newest):
-                newest = line.aggregate_version
+        for line in lines.values():
+            version = line.aggregate_version
+            if version is not None and (newest is None or version > newest):
+                newest = version
         return newest
 
     def apply(self, aggregate: RatingInput, snapshot: EntitlementSnapshot | None) -> Applied:
