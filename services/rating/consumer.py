@@ -208,6 +208,9 @@ class RatingConsumer:
         self.timings: defaultdict[str, float] = defaultdict(float)
         self.first_batch_at: float | None = None  # perf_counter() when the first batch arrived
         self.last_commit_at: float | None = None
+        #: CPU seconds (this thread; the whole process) at the first batch and at the last commit
+        self.first_batch_cpu: tuple[float, float] | None = None
+        self.last_commit_cpu: tuple[float, float] | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -394,6 +397,7 @@ class RatingConsumer:
         started = time.perf_counter()
         if self.first_batch_at is None:
             self.first_batch_at = started
+            self.first_batch_cpu = (time.thread_time(), time.process_time())
         batch = self._prepare(messages)
         self.timings["decode"] += time.perf_counter() - started
         return batch
@@ -744,6 +748,7 @@ class RatingConsumer:
         self.committed_updates += fold.updates
         self.committed_records += len(batch.messages)
         self.last_commit_at = committed_at
+        self.last_commit_cpu = (time.thread_time(), time.process_time())
         if fold.depletions or fold.entries:  # a limit event, or a balance: step 6 follows in run()
             self._outbox_pending = True
 
