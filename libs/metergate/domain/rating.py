@@ -237,7 +237,7 @@ _NO_CREDITS: Mapping[str, Decimal] = MappingProxyType({})
 #: charge type, found by identity: an enum member hashes in Python, a tuple of strings in C.
 _LINE_KEYS: dict[ChargeType, dict[tuple[str, str, str, str], str]] = {charge: {} for charge in ChargeType}
 _USAGE_KEYS = _LINE_KEYS[ChargeType.USAGE]
-_MAX_LINE_KEYS = 500_000
+_MAX_LINE_KEYS = 100_000  # per charge type (~35 MB at most, measured); a clear costs one rebuild a key
 
 
 def _line_key(customer_id: str, subscription: str, feature: str, period: str, charge: ChargeType) -> str:
