@@ -7,6 +7,8 @@ from datetime import UTC, datetime
 from decimal import Decimal as D
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from metergate.domain.ledger import Wallet
 from metergate.domain.rating import (
@@ -14,12 +16,14 @@ from metergate.domain.rating import (
     AggregateUpdate,
     RatingFold,
     RecordOutcomes,
+    check_aggregate,
     dead_letter,
     depletion_event,
     rate_records,
     record_outcomes,
 )
 from metergate.domain.records import KafkaPosition, LimitKind
+from metergate.domain.usage import check_identifier
 from metergate.errors import InvalidInput
 from tests.unit.test_rating_fold import P0, P1, Store, aggregate, snapshot, with_credit
 
@@ -112,3 +116,47 @@ def test_credit_running_out_becomes_one_credits_depleted_event_naming_the_usage_
     assert (event.period_start, event.period_end, event.usage, event.limit) == (P0, P1, D(110), None)
     assert (event.event_id, event.occurred_at) == ("e2", records[1][1].last_event_at)
     assert isinstance(fold.wallets[("acme", "USD")], Wallet)
+
+
+_ids = st.one_of(
+    st.text(max_size=300),
+    st.text(alphabet=st.characters(categories=["Cc", "Cf", "Zl", "Zp", "Co", "Cn", "Zs"]), max_size=4),
+    st.just(""),
+)
+
+
+@given(customer=_ids, meter=_ids, last_event_id=_ids, subscription=st.none() | _ids, plan=st.none() | _ids)
+@settings(max_examples=400, deadline=None)
+def test_check_aggregate_refuses_exactly_what_the_identifier_rule_refuses(
+    customer: str, meter: str, last_event_id: str, subscription: str | None, plan: str | None
+) -> None:
+    """The common case is decided in one expression; whatever it lets through, the full rule
+    (`usage.check_identifier`, field by field) lets through too, and the other way round."""
+    record = AggregateUpdate.of(aggregate("acme", "5", 1))._replace(
+        customer_id=customer,
+        meter=meter,
+        last_event_id=last_event_id,
+        subscription_id=subscription,
+        plan_key=plan,
+    )
+    fields = (
+        ("customer_id", customer, True),
+        ("meter", meter, True),
+        ("last_event_id", last_event_id, True),
+        ("subscription_id", subscription, False),
+        ("plan_key", plan, False),
+    )
+    first_refused = next(
+        (
+            rejection
+            for name, value, required in fields
+            if (rejection := check_identifier(name, value, required=required))
+        ),
+        None,
+    )
+    if first_refused is None:
+        check_aggregate(record)
+    else:
+        with pytest.raises(InvalidInput) as refused:
+            check_aggregate(record)
+        assert (refused.value.field, str(refused.value)) == (first_refused.field, first_refused.message)
