@@ -46,6 +46,11 @@ class BenchResult:
     timings: dict[str, float]
     invoice_mismatches: int = 0  # invoice_sync rows that differ from their lines (must be 0)
     billable: bool = False
+    #: CPU microseconds per update between the first batch and the last commit: the consumer
+    #: thread's, and the whole rating process's (less sensitive to other work on the machine than
+    #: the rate; PostgreSQL's own CPU is not in it); 0 when not measured (several workers)
+    consumer_cpu_us: float = 0.0
+    process_cpu_us: float = 0.0
 
     def __str__(self) -> str:
         return (
@@ -54,7 +59,8 @@ class BenchResult:
             f"({self.applied:,} applied one by one, the rest collapsed into a newer version of the same batch) "
             f"({self.rating_s:.1f} s; start-up {self.startup_s:.1f} s; produce {self.produce_s:.1f} s); "
             f"{self.line_items:,} line items, {self.ledger_entries:,} ledger entries, "
-            f"{self.invoice_mismatches} invoice rows differing from their lines\n"
+            f"{self.invoice_mismatches} invoice rows differing from their lines; "
+            f"CPU per update: consumer thread {self.consumer_cpu_us:.1f} us, process {self.process_cpu_us:.1f} us\n"
             f"  time per step (s): {', '.join(f'{k} {v:.2f}' for k, v in self.timings.items())}"
         )
 
@@ -229,6 +235,11 @@ def bench(
         consumer.run(until=lambda c: c.committed_records >= updates)
     assert consumer.first_batch_at is not None and consumer.last_commit_at is not None
     rating_s = consumer.last_commit_at - consumer.first_batch_at
+    assert consumer.first_batch_cpu is not None and consumer.last_commit_cpu is not None
+    consumer_cpu_us, process_cpu_us = (
+        (last - first) / consumer.committed_records * 1e6
+        for first, last in zip(consumer.first_batch_cpu, consumer.last_commit_cpu, strict=True)
+    )
     with engine.begin() as conn:
         line_items = conn.execute(text("SELECT count(*) FROM line_items")).scalar_one()
         entries = conn.execute(text("SELECT count(*) FROM credit_ledger")).scalar_one()
@@ -252,6 +263,8 @@ def bench(
         invoice_mismatches=mismatches,
         billable=billable,
         timings={**consumer.timings, "gc pauses (all steps)": pauses[0]},
+        consumer_cpu_us=consumer_cpu_us,
+        process_cpu_us=process_cpu_us,
     )
 
 

@@ -28,7 +28,7 @@ class GcPolicy:
         # collecting the youngest generation every 100,000 instead of 700 lets most of them be freed
         # by reference counting before any collection walks them
         gc.set_threshold(young_threshold, *self._thresholds[1:])
-        self._next_full = 0.0  # the first batch settles the start-up state (snapshots) at once
+        self._next_full = 0.0  # the first call (the consumer's, after start-up) collects everything once
 
     def after_batch(self) -> None:
         now = time.monotonic()

@@ -27,16 +27,20 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from metergate.db import credit_store, rating_store
 from metergate.db.engine import make_engine
-from metergate.domain.ledger import BalanceRow, balances_to_publish, depletion_event_id
-from metergate.domain.rating import AggregateUpdate, Line, RatingFold, check_aggregate
-from metergate.domain.records import (
-    CreditBalance,
-    DeadLetter,
-    KafkaPosition,
-    LimitEvent,
-    LimitKind,
-    now_utc,
+from metergate.domain.ledger import BalanceRow, Depletion, balances_to_publish
+from metergate.domain.rating import (
+    AggregateUpdate,
+    Line,
+    RatingFold,
+    RatingInput,
+    Rejected,
+    check_aggregate,
+    dead_letter,
+    depletion_event,
+    rate_records,
+    record_outcomes,
 )
+from metergate.domain.records import CreditBalance, DeadLetter, LimitEvent, now_utc
 from metergate.errors import DeliveryError, InvalidInput
 from metergate.faults import Fault
 from metergate.kafka.producer import DeliveryTracker, make_producer, produce
@@ -50,8 +54,6 @@ from metergate_services.rating.snapshots import SnapshotCache
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-SERVICE = "rating"
 
 #: Tests only: "STEP@N" makes the process SIGKILL itself the first time it reaches STEP in its Nth
 #: batch or later, to prove that a crash between any two steps of the commit order loses and
@@ -88,6 +90,8 @@ class Batch:
     first_offsets: dict[int, int] = field(default_factory=dict)  # partition -> first offset in the batch
     consumed: int = 0  # records of assigned partitions not committed before (what the batch accounts for)
     tombstones: int = 0
+    key_partitions: dict[str, int] = field(default_factory=dict)  # aggregate key -> partition, of records
+    customers: set[str] = field(default_factory=set)  # of records
 
     @property
     def partitions(self) -> set[int]:
@@ -109,7 +113,7 @@ class Ahead:
     after: InFlight  # batch N, whose outcome it starts from
     fold: RatingFold
     customers: set[str]
-    rejections: list[tuple[int, DeadLetter]]  # (index in batch.records, dead letter)
+    rejections: list[Rejected]  # what the DLQ must hear of (index in batch.records, message, why)
     stored: set[str]  # line keys known to exist
 
 
@@ -204,6 +208,9 @@ class RatingConsumer:
         self.timings: defaultdict[str, float] = defaultdict(float)
         self.first_batch_at: float | None = None  # perf_counter() when the first batch arrived
         self.last_commit_at: float | None = None
+        #: CPU seconds (this thread; the whole process) at the first batch and at the last commit
+        self.first_batch_cpu: tuple[float, float] | None = None
+        self.last_commit_cpu: tuple[float, float] | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -231,6 +238,8 @@ class RatingConsumer:
             log.info(
                 "rating: %d entitlement snapshots loaded from %s", len(self.snapshots), self.snapshots.topic
             )
+            if self.gc_policy is not None:
+                self.gc_policy.after_batch()  # the start-up state (snapshots) collected once, then frozen
             self.consumer.subscribe(
                 [self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
             )
@@ -380,12 +389,15 @@ class RatingConsumer:
                 batch.rejected.append(self._dead_letter(message, exc))
                 continue
             batch.records.append((message, aggregate))
+            batch.key_partitions[aggregate.key] = partition
+            batch.customers.add(aggregate.customer_id)
         return batch
 
     def _prepare_timed(self, messages: list[Message]) -> Batch:
         started = time.perf_counter()
         if self.first_batch_at is None:
             self.first_batch_at = started
+            self.first_batch_cpu = (time.thread_time(), time.process_time())
         batch = self._prepare(messages)
         self.timings["decode"] += time.perf_counter() - started
         return batch
@@ -403,7 +415,8 @@ class RatingConsumer:
 
     def _catch_up_unknown(self, batch: Batch) -> bool:
         """Read new snapshots first when the batch has a customer without one (at most once a second)."""
-        if any(self.snapshots.get(a.customer_id) is None for _, a in batch.records) and (
+        known = self.snapshots.lookup
+        if any(known(customer) is None for customer in batch.customers) and (
             time.monotonic() - self.snapshots.last_caught_up > 1.0
         ):
             # a customer unknown so far: its snapshot may just have been published
@@ -477,7 +490,6 @@ class RatingConsumer:
                 lines.update(stored_lines)
                 credits.update(stored_credits)
             stored = {line_key for key_lines in lines.values() for line_key in key_lines}
-            records = newest_per_key(ahead, with_credit=set())
             mark = self._tick("load ahead", mark)
             fold = RatingFold(
                 lines=lines,
@@ -491,8 +503,7 @@ class RatingConsumer:
                     else self._base_fees
                 ),
             )
-            fold.stale += len(ahead) - len(records)
-            rejections = self._fold(fold, records)
+            rejections = self._fold(fold, ahead, with_credit=set())
         except Exception as exc:  # whatever it is, the fold in the transaction decides
             log.debug("rating: not folding ahead (%s)", _first_line(exc))
             return None
@@ -588,7 +599,7 @@ class RatingConsumer:
                 refused = InvalidInput(
                     f"PostgreSQL cannot store this record: {_first_line(exc)}", reason="unwritable"
                 )
-                single.records = []
+                single.records, single.key_partitions, single.customers = [], {}, set()
                 single.rejected.append(self._dead_letter(message, refused))
                 inflight = self._rate(single)
                 committed_at = self._write(inflight)
@@ -635,9 +646,7 @@ class RatingConsumer:
             transaction = conn.begin()
             rating_store.lock_offsets(conn, self.group, self.topic, expected)  # 1
             self._fault("locked")
-            key_partitions = {aggregate.key: message.partition() for message, aggregate in batch.records}
-            customers = {aggregate.customer_id for _, aggregate in batch.records}
-            wallets = rating_store.load_credit(conn, customers)  # 2
+            wallets = rating_store.load_credit(conn, batch.customers)  # 2
             with_credit = {customer for customer, _ in wallets}
             if len(self._credit_customers) > 1_000_000:
                 self._credit_customers.clear()  # a hint only
@@ -658,17 +667,15 @@ class RatingConsumer:
                 lines.update(stored_lines)
                 credits.update(stored_credits)
             stored = {line_key for key_lines in lines.values() for line_key in key_lines}
-            records = newest_per_key(here, with_credit=with_credit)
             mark = self._tick("load", mark)
             fold = RatingFold(lines=lines, wallets=wallets, credits=credits, known_base_fees=self._base_fees)
-            fold.stale += len(here) - len(records)
-            rejections = self._fold(fold, records)
+            rejections = self._fold(fold, here, with_credit=with_credit)
             if ahead is not None:
                 fold.absorb(ahead.fold)
                 rejections += ahead.rejections
                 stored |= ahead.stored
-            rejections.sort(key=lambda item: item[0])  # offset order, as one fold would have found them
-            dead_letters = [*batch.rejected, *(dead_letter for _, dead_letter in rejections)]
+            rejections.sort(key=lambda item: item.position)  # offset order, as one fold would have found them
+            dead_letters = [*batch.rejected, *(self._dead_letter(r.source, r.rejection) for r in rejections)]
             snapshot_rejects, self._snapshot_rejects = self._snapshot_rejects, []
             dead_letters.extend(snapshot_rejects)
             mark = self._tick("fold", mark)
@@ -686,7 +693,15 @@ class RatingConsumer:
             conn.close()  # rolls back
             raise
         return InFlight(
-            batch, fold, conn, transaction, key_partitions, staged, dead_letters, snapshot_rejects, started
+            batch,
+            fold,
+            conn,
+            transaction,
+            batch.key_partitions,
+            staged,
+            dead_letters,
+            snapshot_rejects,
+            started,
         )
 
     def _write(self, inflight: InFlight) -> float:
@@ -721,8 +736,8 @@ class RatingConsumer:
         self._base_fees.update(fold.base_fees)
         self.line_cache.store(inflight.key_partitions, fold.lines, fold.credits)
         self.expected.update(batch.next_offsets)
-        for dead_letter in inflight.dead_letters:
-            metrics.REJECTED.labels(dead_letter.reason).inc()
+        for letter in inflight.dead_letters:
+            metrics.REJECTED.labels(letter.reason).inc()
         metrics.UPDATES.inc(fold.updates)
         metrics.STALE.inc(fold.stale)
         self._account(batch, fold)
@@ -733,19 +748,16 @@ class RatingConsumer:
         self.committed_updates += fold.updates
         self.committed_records += len(batch.messages)
         self.last_commit_at = committed_at
+        self.last_commit_cpu = (time.thread_time(), time.process_time())
         if fold.depletions or fold.entries:  # a limit event, or a balance: step 6 follows in run()
             self._outbox_pending = True
 
     def _account(self, batch: Batch, fold: RatingFold) -> None:
         """Count a committed batch's records by outcome (`metrics.RECORDS`); a sum that does not
         add up is a bug of ours: stop loudly rather than bill from a miscount."""
-        outcomes = {
-            "accepted": fold.updates,
-            "duplicate": fold.stale,
-            "rejected": len(batch.rejected) + fold.rejected,
-            "tombstone": batch.tombstones,
-        }
-        if sum(outcomes.values()) != batch.consumed:
+        counted = record_outcomes(fold, rejected_at_decode=len(batch.rejected), tombstones=batch.tombstones)
+        outcomes = counted.as_dict()
+        if not counted.accounts_for(batch.consumed):
             raise rating_store.IntegrityFault(
                 f"accounting: {batch.consumed} record(s) consumed but {outcomes} accounted for"
             )
@@ -763,49 +775,29 @@ class RatingConsumer:
         self.timings[step] += now - since
         return now
 
-    def _depletion_event(self, depletion: Any, aggregate: Any, line: Any) -> tuple[Any, str, bytes]:
-        event_id = depletion_event_id(depletion.customer_id, depletion.currency, depletion.sequence)
-        event = LimitEvent(
-            limit_event_id=event_id,
-            kind=LimitKind.CREDITS_DEPLETED,
-            customer_id=depletion.customer_id,
-            feature=line.feature,
-            meter=aggregate.meter,
-            period_start=aggregate.period_start,
-            period_end=aggregate.period_end,
-            usage=aggregate.value,
-            limit=None,
-            event_id=aggregate.last_event_id,
-            occurred_at=aggregate.last_event_at,
-        )
-        return depletion, event_id, self._limits.encode(event)
+    def _depletion_event(
+        self, depletion: Depletion, aggregate: RatingInput, line: Line
+    ) -> tuple[Any, str, bytes]:
+        event = depletion_event(depletion, aggregate, line)
+        return depletion, event.limit_event_id, self._limits.encode(event)
 
     # -- side outputs ---------------------------------------------------------------------------
 
-    def _fold(self, fold: RatingFold, records: list[tuple[Any, Any]]) -> list[tuple[int, DeadLetter]]:
-        """Fold each ((index, message), aggregate) in order; what cannot be rated comes back as DLQ records."""
-        rejections: list[tuple[int, DeadLetter]] = []
-        for (index, message), aggregate in records:
-            try:
-                applied = fold.apply(aggregate, self.snapshots.get(aggregate.customer_id))
-            except InvalidInput as exc:
-                fold.rejected += 1
-                rejections.append((index, self._dead_letter(message, exc)))
-                continue
-            if applied.rejection is not None:
-                rejections.append((index, self._dead_letter(message, applied.rejection)))
-        return rejections
+    def _fold(
+        self, fold: RatingFold, records: list[tuple[tuple[int, Message], Any]], *, with_credit: set[str]
+    ) -> list[Rejected]:
+        """Fold each ((index, message), aggregate) in order (`rate_records`: newest per key, the
+        per-record rejection rule); returns what the DLQ must hear of."""
+        return rate_records(fold, records, self.snapshots.lookup, with_credit)
 
     def _dead_letter(self, message: Message, exc: InvalidInput) -> DeadLetter:
-        return DeadLetter(
-            reason=exc.reason,
-            message=str(exc),
-            original_key=message.key(),
-            original_value=message.value(),
-            source=KafkaPosition(
-                topic=message.topic() or "", partition=message.partition() or 0, offset=message.offset() or 0
-            ),
-            service=SERVICE,
+        return dead_letter(
+            exc,
+            topic=message.topic() or "",
+            partition=message.partition() or 0,
+            offset=message.offset() or 0,
+            key=message.key(),
+            value=message.value(),
             rejected_at=now_utc(),
         )
 
@@ -815,12 +807,12 @@ class RatingConsumer:
     def _send_dead_letters(self, dead_letters: list[DeadLetter]) -> None:
         if not dead_letters:
             return
-        for dead_letter in dead_letters:
+        for letter in dead_letters:
             produce(
                 self.producer,
                 self.topics.dlq,
-                dead_letter.original_key,
-                self._dead_letters.encode(dead_letter),
+                letter.original_key,
+                self._dead_letters.encode(letter),
                 self.tracker,
             )
         self._flush()
@@ -1050,24 +1042,6 @@ class RatingConsumer:
 
     def _sleep(self, seconds: float) -> None:
         self._stop.wait(seconds)
-
-
-def newest_per_key(records: list[tuple[Any, Any]], with_credit: set[str]) -> list[tuple[Any, Any]]:
-    """The batch's records to rate, in order: every version of a customer with credit (each version
-    may draw or return credit: rule 4 of metergate.domain.ledger), only the newest version of every
-    other key (its intermediate versions within one batch change nothing the newest does not)."""
-    newest: dict[str, int] = {}
-    for index, (_, aggregate) in enumerate(records):
-        if aggregate.customer_id in with_credit:
-            continue
-        key = aggregate.key
-        held = newest.get(key)
-        if held is None or aggregate.version >= records[held][1].version:
-            newest[key] = index
-    if len(newest) == len(records):
-        return records
-    keep = set(newest.values())
-    return [r for index, r in enumerate(records) if index in keep or r[1].customer_id in with_credit]
 
 
 def _first_line(exc: BaseException) -> str:

@@ -11,9 +11,11 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Collection, Mapping
 from decimal import Decimal
+from typing import Any
 
 from metergate.domain.rating import Line
 
+_NONE: dict[str, Any] = {}  # shared, never changed: take() copies lines, reads credits
 LineState = tuple[dict[str, Line], dict[str, dict[str, Decimal]]]  # lines by line_key, credit sources
 
 
@@ -39,9 +41,9 @@ class LineCache:
             if entry is None:
                 missing.add(key)
                 continue
-            self._entries.move_to_end(key)
-            lines[key] = dict(entry[1])
-            credits.update(entry[2])
+            lines[key] = dict(entry[1])  # recency: a key taken is stored again when its batch commits
+            if entry[2]:
+                credits.update(entry[2])
         return lines, credits, missing
 
     def store(
@@ -53,14 +55,12 @@ class LineCache:
         """Remember the committed state of `partitions`' keys (key -> partition)."""
         if self.max_keys <= 0:
             return
+        entries = self._entries
         for key, partition in partitions.items():
-            key_lines = lines.get(key, {})
-            self._entries[key] = (
-                partition,
-                key_lines,
-                {lk: credits[lk] for lk in key_lines if lk in credits},
-            )
-            self._entries.move_to_end(key)
+            key_lines = lines.get(key, _NONE)
+            used = {lk: credits[lk] for lk in key_lines if lk in credits} if credits else _NONE
+            entries[key] = (partition, key_lines, used)
+            entries.move_to_end(key)
         while len(self._entries) > self.max_keys:
             self._entries.popitem(last=False)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from confluent_kafka import Message
@@ -48,6 +48,11 @@ class SnapshotCache:
 
     def get(self, customer_id: str) -> EntitlementSnapshot | None:
         return self._snapshots.get(customer_id)
+
+    @property
+    def lookup(self) -> Callable[[str], EntitlementSnapshot | None]:
+        """`get` without the Python call in between (the fold asks once per record)."""
+        return self._snapshots.get
 
     def __len__(self) -> int:
         return len(self._snapshots)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal as D
@@ -141,11 +141,18 @@ class LoadFeed:
 
 
 class PacedRounds(threading.Thread):
-    """Keeps adding rounds (at most `per_s` records a second) until stopped: a backlog that stays."""
+    """Keeps adding rounds (at most `per_s` records a second) until stopped: a backlog that stays.
 
-    def __init__(self, feed: LoadFeed, per_s: float) -> None:
+    With `backlog` (records produced but not committed yet) and `floor`, a round is also added at
+    once whenever the backlog is below `floor`: however fast the workers rate on this machine,
+    they do not run dry (a precondition a test states, not a speed it assumes)."""
+
+    def __init__(
+        self, feed: LoadFeed, per_s: float, backlog: Callable[[], int] | None = None, floor: int = 0
+    ) -> None:
         super().__init__(name="paced-rounds", daemon=True)
         self.feed, self.per_s = feed, per_s
+        self.backlog, self.floor = backlog, floor
         self.stopped = threading.Event()
 
     def run(self) -> None:
@@ -153,6 +160,8 @@ class PacedRounds(threading.Thread):
             started = time.monotonic()
             self.feed.round()
             self.feed.flush()
+            if self.backlog is not None and self.backlog() < self.floor:
+                continue
             self.stopped.wait(
                 max(0.0, self.feed.plan.keys_per_round / self.per_s - (time.monotonic() - started))
             )

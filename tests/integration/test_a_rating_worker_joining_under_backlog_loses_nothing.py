@@ -4,7 +4,8 @@ record is accounted for exactly once over all the processes, and each credits_de
 published once.
 
 Backlog: 100,000 updates produced before the first worker starts (METERGATE_SOAK=1: 300,000), and
-more rounds paced in while the workers rebalance, so the backlog never runs dry."""
+more rounds paced in while the workers rebalance, at once whenever fewer than five rounds wait, so
+the backlog never runs dry however fast the workers are."""
 
 from __future__ import annotations
 
@@ -79,7 +80,10 @@ def test_a_rating_worker_joining_under_backlog_loses_nothing(
     env = rating_env(metergate_env)
     first = RatingProcess(env, tmp_path / "first.log").start()
     second = RatingProcess(env, tmp_path / "second.log")
-    paced = PacedRounds(feed, per_s=4_000)
+    # the backlog stays above ~5 rounds, however fast the workers are on this machine
+    paced = PacedRounds(
+        feed, per_s=4_000, backlog=lambda: feed.sent - progress(), floor=5 * PLAN.keys_per_round
+    )
     started = time.monotonic()
     try:
         wait_until(lambda: progress() > 0, 60, "the first worker to commit", first.tail)

@@ -70,3 +70,32 @@ def test_credits_grant_records_a_grant_once(database_url, db_schema):
         db_schema,
         "SELECT currency, balance, published_at FROM balance_outbox ORDER BY ledger_position",
     ) == [("USD", D("25.00"), None), ("JPY", D("500"), None), ("USD", D("0.00"), None)]
+
+
+def test_the_credit_use_cases_read_the_clock_they_are_given(database_url, db_schema):
+    """The same use cases the CLI calls, with the clock injected: a grant is made at `now`, and a
+    grant expires when the given clock reaches its expiry, not the machine's."""
+    from metergate.usecases.credits import (
+        GrantRequest,
+        credit_balances,
+        expire_credits,
+        grant_credits,
+        ledger,
+    )
+
+    now = datetime.now(UTC).replace(microsecond=0)
+    expires_at = now + timedelta(days=30)
+    request = GrantRequest("globex", D("12.50"), priority=3, expires_at=expires_at, grant_id="u1")
+    with ledger(database_url, db_schema) as engine:
+        outcome = grant_credits(engine, request, now=now, new_id=lambda: "never-used")
+        assert (outcome.created, outcome.grant.grant_id, outcome.grant.granted_at) == (True, "u1", now)
+        again = grant_credits(engine, request, now=now + timedelta(hours=1))
+        assert (again.created, again.grant.amount) == (False, D("12.50"))
+        fresh = grant_credits(engine, GrantRequest("globex", D("1")), now=now, new_id=lambda: "made-here")
+        assert fresh.grant.grant_id == "made-here"
+
+        assert expire_credits(engine, now=expires_at - timedelta(seconds=1)) == []
+        (entry,) = expire_credits(engine, now=expires_at)
+        assert (entry.grant_id, entry.amount, entry.currency) == ("u1", D("-12.50"), "USD")
+        (balance,) = credit_balances(engine, "globex")
+        assert (balance.balance, balance.granted, balance.expired) == (D("1"), D("13.50"), D("-12.50"))

@@ -9,8 +9,7 @@ from typing import Any
 import pytest
 
 from metergate.domain.pricing import ChargeStatus, ChargeType
-from metergate.domain.rating import Line
-from metergate_services.rating.consumer import newest_per_key
+from metergate.domain.rating import Line, newest_per_key
 from metergate_services.rating.line_cache import LineCache
 from tests.unit.test_rating_fold import P0, P1, aggregate
 
@@ -80,7 +79,10 @@ def test_line_cache_hands_out_copies_forgets_revoked_partitions_and_stays_bounde
     lines["k1"]["k1|line"] = line("k1", "99")  # the fold changes its copy, not the cache
     assert cache.take(["k1"])[0]["k1"]["k1|line"].amount == D(1)
 
-    cache.store({"k3": 1}, {"k3": {}}, {})  # k2 is the least recently used: evicted
+    # recency is that of the commits that stored a key (a key taken is stored again when its batch
+    # commits): k1 committed again, then k3, so k2 is the least recently committed: evicted
+    cache.store({"k1": 0}, {"k1": {"k1|line": line("k1", "1")}}, {"k1|line": {"g": D(1)}})
+    cache.store({"k3": 1}, {"k3": {}}, {})
     assert cache.take(["k1", "k2", "k3"])[2] == {"k2"}
     cache.drop_partitions([1])
     assert cache.take(["k1", "k3"])[2] == {"k3"}

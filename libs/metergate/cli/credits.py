@@ -1,66 +1,32 @@
-"""`metergate credits`: prepaid credit grants, expiry and balances (rules: metergate.domain.ledger)."""
+"""`metergate credits`: prepaid credit grants, expiry and balances.
+
+A shell: it parses arguments, calls the use cases of `metergate.usecases.credits` (rules:
+`metergate.domain.ledger`) with the wall clock, and prints one line per outcome or error.
+"""
 
 from __future__ import annotations
 
-import uuid
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
+from typing import TYPE_CHECKING
 
 import click
 
 from metergate.cli.reporting import BadSetup
-from metergate.domain.ledger import Grant
 from metergate.errors import InvalidInput
 
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
-def _database() -> tuple[str, str]:
+
+def _ledger() -> AbstractContextManager[Engine]:
+    """The ledger's database as the settings name it (imported here: `--help` needs no database)."""
     from metergate.settings import DatabaseSettings
+    from metergate.usecases.credits import ledger
 
     settings = DatabaseSettings()
-    return settings.sqlalchemy_url(), settings.schema_name
-
-
-def grant_credits(
-    database_url: str,
-    schema: str,
-    *,
-    customer_id: str,
-    amount: Decimal,
-    currency: str = "USD",
-    priority: int = 10,
-    expires_at: datetime | None = None,
-    effective_at: datetime | None = None,
-    grant_id: str | None = None,
-    description: str | None = None,
-) -> tuple[Grant, bool]:
-    """Record a grant (and its `credit_grant` ledger entry); returns (grant, created).
-
-    Repeating a grant id with the same terms is a no-op (created False); with other terms it fails.
-    The customer's new balance is recorded in the same transaction; the running rating consumer
-    publishes it to `credits.balances` (within `METERGATE_RATING_OUTBOX_INTERVAL_S`), so the
-    entitlement check sees the credit without reading PostgreSQL.
-    """
-    from metergate.db.credit_store import grant_credit
-    from metergate.db.engine import make_engine
-
-    grant = Grant(
-        grant_id=grant_id or f"grant-{uuid.uuid4().hex[:12]}",
-        customer_id=customer_id,
-        currency=currency,
-        amount=amount,
-        priority=priority,
-        granted_at=datetime.now(UTC),
-        effective_at=effective_at,
-        expires_at=expires_at,
-        description=description,
-    )
-    engine = make_engine(database_url, schema)
-    try:
-        with engine.begin() as conn:
-            result = grant_credit(conn, grant)
-    finally:
-        engine.dispose()
-    return result.grant, result.created
+    return ledger(settings.sqlalchemy_url(), settings.schema_name)
 
 
 class DecimalParam(click.ParamType):
@@ -127,22 +93,24 @@ def grant(
 
     The rating consumer publishes the new balance to credits.balances for the entitlement check.
     """
-    url, schema = _database()
+    from metergate.usecases.credits import GrantRequest, grant_credits
+
+    request = GrantRequest(
+        customer_id=customer_id,
+        amount=amount,
+        currency=currency.upper(),
+        priority=priority,
+        expires_at=_utc(expires_at),
+        effective_at=_utc(effective_at),
+        grant_id=grant_id,
+        description=description,
+    )
     try:
-        recorded, created = grant_credits(
-            url,
-            schema,
-            customer_id=customer_id,
-            amount=amount,
-            currency=currency.upper(),
-            priority=priority,
-            expires_at=_utc(expires_at),
-            effective_at=_utc(effective_at),
-            grant_id=grant_id,
-            description=description,
-        )
+        with _ledger() as engine:
+            outcome = grant_credits(engine, request, now=datetime.now(UTC))
     except InvalidInput as exc:
         raise BadSetup(str(exc)) from None
+    recorded, created = outcome.grant, outcome.created
     verb = "granted" if created else "already granted (nothing written)"
     expiry = recorded.expires_at.isoformat() if recorded.expires_at else "never"
     click.echo(
@@ -154,16 +122,10 @@ def grant(
 @credits.command("expire")
 def expire() -> None:
     """Write the expiry entries of grants whose expiry has passed (the rating consumer does this too)."""
-    from metergate.db.credit_store import expire_due
-    from metergate.db.engine import make_engine
+    from metergate.usecases.credits import expire_credits
 
-    url, schema = _database()
-    engine = make_engine(url, schema)
-    try:
-        with engine.begin() as conn:
-            entries = expire_due(conn, datetime.now(UTC))
-    finally:
-        engine.dispose()
+    with _ledger() as engine:
+        entries = expire_credits(engine, now=datetime.now(UTC))
     for entry in entries:
         click.echo(f"expired {entry.grant_id}: {entry.amount} {entry.currency}")
     click.echo(f"{len(entries)} expiry entr{'y' if len(entries) == 1 else 'ies'} written")
@@ -173,16 +135,10 @@ def expire() -> None:
 @click.argument("customer_id", required=False)
 def balance(customer_id: str | None) -> None:
     """Balances per customer and currency, computed from the ledger entries."""
-    from metergate.db.credit_store import balances
-    from metergate.db.engine import make_engine
+    from metergate.usecases.credits import credit_balances
 
-    url, schema = _database()
-    engine = make_engine(url, schema)
-    try:
-        with engine.begin() as conn:
-            rows = balances(conn, customer_id)
-    finally:
-        engine.dispose()
+    with _ledger() as engine:
+        rows = credit_balances(engine, customer_id)
     if not rows:
         click.echo("no credit" + (f" for {customer_id}" if customer_id else ""))
     for row in rows:

@@ -158,19 +158,14 @@ class Demo:
         return self.report(scenario, catalog.meters)
 
     def grant_credits(self, customer_id: str, amount: Decimal) -> None:
-        from metergate.cli.credits import grant_credits
+        from metergate.usecases.credits import GrantRequest, grant_credits, ledger
 
         assert self.info is not None
-        grant_credits(
-            self.info.database_url,
-            self.info.database_schema,
-            customer_id=customer_id,
-            amount=amount,
-            currency="USD",
-            priority=1,
-            expires_at=None,
-            grant_id=f"demo-{customer_id}",
+        request = GrantRequest(
+            customer_id=customer_id, amount=amount, currency="USD", priority=1, grant_id=f"demo-{customer_id}"
         )
+        with ledger(self.info.database_url, self.info.database_schema) as engine:
+            grant_credits(engine, request, now=now_utc())
 
     def stream(self, scenario: Any) -> None:
         from tqdm import tqdm
