@@ -31,7 +31,9 @@ COMMIT ORDER, and what a crash between two steps does
    offset lags; records at or below the stored input watermark are skipped on re-read.
 
 Fault injection (tests of this order, metergate.faults): `METERGATE_METERING_FAULT=STEP@N`, STEP one
-of `CRASH_POINTS`: the worker SIGKILLs itself at that step of batch N.
+of `CRASH_POINTS`: the worker SIGKILLs itself at that step of batch N (`outputs_partial`: once half of
+the batch's limit events are delivered, or half of its aggregates in a batch without limit events;
+`changelog_partial`: half of its totals written to the changelog).
 """
 
 from __future__ import annotations
@@ -176,8 +178,11 @@ class BatchCommit:
             limit_timestamps.append(event_ts)
             if index == len(fx.limit_events) // 2 and self.fault.step == "outputs_partial":
                 flush(outputs)
-                self._maybe_crash("outputs_partial")
-        for key, (_partition, found) in fx.totals.items():
+                self._maybe_crash("outputs_partial")  # half the limit events out
+        for index, (key, (_partition, found)) in enumerate(fx.totals.items()):
+            if index == len(fx.totals) // 2 and not fx.limit_events and self.fault.step == "outputs_partial":
+                flush(outputs)
+                self._maybe_crash("outputs_partial")  # a batch without limit events: half its aggregates out
             # version = 1 + offset of the last event folded in: strictly increasing per key (a key's
             # events all live in one partition), and the same version always means the same events,
             # whatever batch boundaries a replay after a crash happens to have (a counter per
