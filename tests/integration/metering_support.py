@@ -139,8 +139,15 @@ class Worker:
     def dump_stacks(self) -> None:
         """Ask a stuck worker for every thread's stack (faulthandler on SIGUSR1) into its log."""
         if self.child is not None and self.child.running():
+            before = self.log.stat().st_size if self.log.exists() else 0
             self.child.signal(signal.SIGUSR1)
-            time.sleep(1)  # the worker writes the stacks; nothing to wait on but its log
+            deadline = time.monotonic() + 5  # best effort: the tail is shown either way
+            while time.monotonic() < deadline:
+                with self.log.open("rb") as log:
+                    log.seek(before)
+                    if b"most recent call first" in log.read():
+                        return  # faulthandler's header: the dump is being written
+                time.sleep(0.05)
 
     def kill(self) -> None:
         if self.child is not None:
