@@ -24,16 +24,14 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from confluent_kafka import Message
 
+from metergate.domain.metering import millis
 from metergate.domain.records import EntitlementSnapshot, MeterDefinition
 from metergate.kafka.follow import TopicFollower, apply_each
 from metergate.wire.codec import codec
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class CatalogView:
@@ -123,10 +121,6 @@ class CatalogView:
 
 
 def _interval(snapshot: EntitlementSnapshot) -> tuple[float, float, int, EntitlementSnapshot]:
-    start = -math.inf if snapshot.valid_from is None else _ms(snapshot.valid_from)
-    end = math.inf if snapshot.valid_to is None else _ms(snapshot.valid_to)
+    start = -math.inf if snapshot.valid_from is None else millis(snapshot.valid_from)
+    end = math.inf if snapshot.valid_to is None else millis(snapshot.valid_to)
     return start, end, snapshot.version, snapshot
-
-
-def _ms(moment: datetime) -> int:
-    return (moment - _EPOCH) // timedelta(milliseconds=1)
