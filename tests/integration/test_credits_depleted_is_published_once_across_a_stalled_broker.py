@@ -10,6 +10,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal as D
 from pathlib import Path
@@ -43,21 +44,25 @@ STALL_S = 4 * FLUSH_TIMEOUT_S  # several flush rounds (each one re-sent the even
 
 
 class StallingConsumer(RatingConsumer):
-    """Stops the broker (SIGSTOP) just before it first publishes limit events; SIGCONT later."""
+    """Stops the broker (SIGSTOP) just as it first produces a limit event; SIGCONT later.
+
+    The stop is taken at the produce itself: a check of the outbox before the relay round raced
+    the pipelined writer, whose batch (the depletion) could commit between the check and the claim.
+    """
 
     broker_pid: int
     stalled_at: float | None = None
-    publish_rounds = 0
+    publish_rounds = 0  # relay rounds that began with the depletion in flight
 
-    def _publish_outbox(self) -> None:
-        with self.engine.connect() as conn:
-            pending = conn.exec_driver_sql("SELECT count(*) FROM limit_outbox WHERE published_at IS NULL")
-            has_rows = bool(pending.scalar())
-        if has_rows and self.stalled_at is None:
+    def _produce(self, topic: str, key: str, value: bytes, report: Callable[..., None]) -> None:
+        if topic == self.topics.limits and self.stalled_at is None:
             os.kill(self.broker_pid, signal.SIGSTOP)
             self.stalled_at = time.monotonic()
             threading.Timer(STALL_S, os.kill, (self.broker_pid, signal.SIGCONT)).start()
-        if has_rows:
+        super()._produce(topic, key, value, report)
+
+    def _publish_outbox(self) -> None:
+        if self._limits_in_flight:
             self.publish_rounds += 1
         super()._publish_outbox()
 
