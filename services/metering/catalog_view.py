@@ -7,12 +7,9 @@ and `entitlements.snapshots` from the beginning, outside any group, and keeps ta
 finds the true end, and what it does with a record it cannot decode, is written there). For a
 customer the highest snapshot `version` wins, whatever the order records arrive in.
 
-Dated terms: a snapshot may carry the interval it is in force, `[valid_from, valid_to)` (the
-subscription relay's do; a catalog file's do not: in force always). `snapshot_at(customer, ms)` gives
-the terms in force at an event's time, the highest version among the customer's snapshots whose
-interval holds it (`metergate.domain.subscriptions.snapshot_in_force`), so an event is metered under
-the terms of its own time, whenever it is read: a late event or a replay after an upgrade is counted
-as it was before. A customer whose snapshots are all undated (the common case) costs one lookup.
+Dated terms (`metergate.domain.terms.DatedTerms`): `snapshot_at(customer, ms)` gives the terms in
+force at an event's time, so an event is metered under the terms of its own time, whenever it is
+read: a late event or a replay after an upgrade is counted as it was before.
 
 `wait_until_current()` blocks until the follower has read both topics to their end as the broker
 reports it after the call: the worker calls it before processing and again, at most once a second,
@@ -21,15 +18,14 @@ when an event names a meter it does not know.
 
 from __future__ import annotations
 
-import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from confluent_kafka import Message
 
-from metergate.domain.metering import millis
 from metergate.domain.records import EntitlementSnapshot, MeterDefinition
+from metergate.domain.terms import DatedTerms
 from metergate.kafka.follow import TopicFollower, apply_each
 from metergate.wire.codec import codec
 
@@ -37,9 +33,7 @@ from metergate.wire.codec import codec
 class CatalogView:
     def __init__(self, client_config: Mapping[str, Any], meters_topic: str, snapshots_topic: str) -> None:
         self.meters: dict[str, MeterDefinition] = {}
-        self.snapshots: dict[str, EntitlementSnapshot] = {}
-        #: customers with a dated snapshot -> every snapshot of theirs as (from ms, to ms, version, it)
-        self.dated: dict[str, list[tuple[float, float, int, EntitlementSnapshot]]] = {}
+        self.terms = DatedTerms()
         self._meters_topic = meters_topic
         self._meter_codec, self._snapshot_codec = codec(MeterDefinition), codec(EntitlementSnapshot)
         self._follower = TopicFollower(
@@ -76,18 +70,7 @@ class CatalogView:
             self.remember(self._snapshot_codec.decode(value))
 
     def remember(self, snapshot: EntitlementSnapshot) -> None:
-        """Keep `snapshot`: the newest per customer, and every dated one (see the module docstring)."""
-        customer = snapshot.customer_id
-        known = self.snapshots.get(customer)
-        if known is None or snapshot.version >= known.version:
-            self.snapshots[customer] = snapshot
-        dated = self.dated.get(customer)
-        if dated is None and (snapshot.valid_from is not None or snapshot.valid_to is not None):
-            dated = self.dated[customer] = [] if known is None else [_interval(known)]
-        if dated is not None:
-            # a new list (the worker thread reads the old one meanwhile), highest version first
-            kept = [entry for entry in dated if entry[2] != snapshot.version]
-            self.dated[customer] = sorted([*kept, _interval(snapshot)], key=lambda entry: -entry[2])
+        self.terms.remember(snapshot)
 
     def wait_until_current(self, timeout_s: float = 10.0) -> None:
         """Block until everything the broker reports on both topics has been read."""
@@ -107,20 +90,9 @@ class CatalogView:
 
     def snapshot(self, customer_id: str) -> EntitlementSnapshot | None:
         """The customer's newest terms."""
-        return self.snapshots.get(customer_id)
+        return self.terms.newest(customer_id)
 
-    def snapshot_at(self, customer_id: str, at_ms: int) -> EntitlementSnapshot | None:
-        """The customer's terms in force at `at_ms` (see the module docstring)."""
-        dated = self.dated.get(customer_id)
-        if dated is None:
-            return self.snapshots.get(customer_id)
-        for start, end, _version, snapshot in dated:  # highest version first
-            if start <= at_ms < end:
-                return snapshot
-        return None
-
-
-def _interval(snapshot: EntitlementSnapshot) -> tuple[float, float, int, EntitlementSnapshot]:
-    start = -math.inf if snapshot.valid_from is None else millis(snapshot.valid_from)
-    end = math.inf if snapshot.valid_to is None else millis(snapshot.valid_to)
-    return start, end, snapshot.version, snapshot
+    @property
+    def snapshot_at(self) -> Callable[[str, int], EntitlementSnapshot | None]:
+        """The customer's terms in force at an event's time (ms): `DatedTerms.at`."""
+        return self.terms.at

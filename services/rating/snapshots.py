@@ -1,11 +1,12 @@
-"""The latest EntitlementSnapshot per customer, read from the compacted `entitlements.snapshots`.
+"""Every customer's EntitlementSnapshots over time, read from the compacted `entitlements.snapshots`.
 
 Rating prices with the snapshot (already resolved per customer by the catalog: plan, add-ons,
 contract price overrides). The cache is a `metergate.kafka.follow.TopicFollower` polled by the
 rating loop: it reads the topic from the beginning at start-up until it is caught up (to the true
-end, as follow.py defines it), then keeps reading it between batches. A snapshot with a lower
-`version` than the one held for the customer is ignored (out of order); a tombstone (null value)
-forgets the customer; a snapshot rating cannot use is skipped by follow.py's policy and handed to
+end, as follow.py defines it), then keeps reading it between batches. What is held per customer, and
+which snapshot is in force at a moment, is `metergate.domain.terms.DatedTerms`'s rule (`terms`): the
+newest version for what has no date, the terms in force at each moment for dated snapshots; a
+tombstone (null value) forgets the customer; a snapshot rating cannot use is skipped by follow.py's policy and handed to
 `on_reject` (rating sends it to usage.dlq).
 """
 
@@ -21,6 +22,7 @@ from confluent_kafka import Message
 
 from metergate.domain.rating import check_snapshot
 from metergate.domain.records import EntitlementSnapshot
+from metergate.domain.terms import DatedTerms
 from metergate.kafka.follow import OnReject, TopicFollower, apply_each
 from metergate.wire.codec import codec
 
@@ -34,7 +36,7 @@ class SnapshotCache:
         self.topic = topic
         self._codec = codec(EntitlementSnapshot)
         self._on_reject = on_reject
-        self._snapshots: dict[str, EntitlementSnapshot] = {}
+        self.terms = DatedTerms()
         self._applied = 0
         self._follower = TopicFollower(
             client_config,
@@ -47,15 +49,16 @@ class SnapshotCache:
         self.last_caught_up = 0.0
 
     def get(self, customer_id: str) -> EntitlementSnapshot | None:
-        return self._snapshots.get(customer_id)
+        """The customer's newest snapshot."""
+        return self.terms.newest(customer_id)
 
     @property
     def lookup(self) -> Callable[[str], EntitlementSnapshot | None]:
         """`get` without the Python call in between (the fold asks once per record)."""
-        return self._snapshots.get
+        return self.terms.newest_by_customer.get
 
     def __len__(self) -> int:
-        return len(self._snapshots)
+        return len(self.terms)
 
     def poll(self, max_messages: int = 10000) -> int:
         """Apply whatever has arrived, without waiting."""
@@ -81,14 +84,12 @@ class SnapshotCache:
         if value is None:
             key = message.key()
             if key is not None:
-                self._snapshots.pop(key.decode(), None)
+                self.terms.forget(key.decode())
             return
         snapshot = self._codec.decode(value)
         check_snapshot(snapshot)  # ids and currency rating will store in line items
-        held = self._snapshots.get(snapshot.customer_id)
-        if held is None or snapshot.version >= held.version:
-            self._snapshots[snapshot.customer_id] = snapshot
-            self._applied += 1
+        self.terms.remember(snapshot)
+        self._applied += 1
 
     def close(self) -> None:
         self._follower.close()
