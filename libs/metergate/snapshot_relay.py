@@ -10,7 +10,7 @@ Commit order of one round (`relay_once`):
 
 1. Lock the due rows (`FOR UPDATE SKIP LOCKED`: two relays never take the same row), in outbox
    order, inside one transaction.
-2. Stamp each snapshot's version (the publication time in ms, above the key's previous one) and
+2. Stamp each snapshot's version (the publication time in ms, above the customer's previous one) and
    record it on the row, still uncommitted.
 3. Produce every record and flush: wait until Kafka acknowledged each one. A failure raises
    DeliveryError: the transaction rolls back, the rows stay due, the next round sends them again.
@@ -61,7 +61,7 @@ def relay_once(
         now = clock()
         due = store.due_snapshots(conn, now=now, limit=limit)  # Step 1.
         for pending in due:
-            version = store.stamp_version(conn, pending.key, now=now)  # Step 2.
+            version = store.stamp_version(conn, pending.snapshot.customer_id, now=now)  # Step 2.
             store.mark_published(conn, {pending.outbox_id: version}, now=now)
             snapshot = pending.snapshot.model_copy(update={"version": version, "updated_at": now})
             produce(  # Step 3.

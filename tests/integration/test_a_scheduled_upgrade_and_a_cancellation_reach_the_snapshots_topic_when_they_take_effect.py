@@ -14,6 +14,7 @@ from metergate import provisioning
 from metergate.db import subscription_store as store
 from metergate.db.engine import make_engine
 from metergate.domain.catalog import PlanVersion
+from metergate.domain.metering import millis
 from metergate.domain.records import (
     EntitlementSnapshot,
     FeatureEntitlement,
@@ -23,6 +24,7 @@ from metergate.domain.records import (
     ResetPeriod,
 )
 from metergate.domain.subscriptions import PriceOverrides, PublishedPlan, When
+from metergate.domain.terms import DatedTerms
 from metergate.kafka.producer import make_producer
 from metergate.snapshot_relay import relay_once
 from metergate.testing.topics import read_topic
@@ -88,8 +90,12 @@ def test_a_scheduled_upgrade_and_a_cancellation_reach_the_snapshots_topic_when_t
         assert relay(at(21, month=12)) == []
 
         records = read_topic(kafka_config, topics.snapshots, expect=3, idle_s=1.0)
+        # each key on its own partition: in publication (version) order
+        records.sort(key=lambda record: codec(EntitlementSnapshot).decode(record[1]).version)
         snapshots = [codec(EntitlementSnapshot).decode(value) for _, value, _, _ in records]
-        assert [key for key, _, _, _ in records] == [b"acme"] * 3
+        # keyed by the customer and the start of the terms: a compacted topic keeps every version
+        starts = (at(1), at(1, month=12), at(20, month=12))
+        assert [key for key, _, _, _ in records] == [f"acme|{start.isoformat()}".encode() for start in starts]
         assert [(s.subscription_id, s.plan_key, s.base_fee, s.valid_from, s.valid_to) for s in snapshots] == [
             ("acme", "growth", D(1000), at(1), at(1, month=12)),
             ("acme", "scale", D(2000), at(1, month=12), at(20, month=12)),
@@ -98,6 +104,21 @@ def test_a_scheduled_upgrade_and_a_cancellation_reach_the_snapshots_topic_when_t
         # the version of each is its publication time in ms: increasing, comparable with catalog apply's
         assert [s.version for s in snapshots] == [
             int(moment.timestamp() * 1000) for moment in (at(10), at(1, month=12), at(20, month=12))
+        ]
+        # what log compaction keeps (the last record per key) still answers every moment
+        compacted = {key: value for key, value, _, _ in records}
+        terms = DatedTerms()
+        for value in compacted.values():
+            terms.remember(codec(EntitlementSnapshot).decode(value))
+
+        def plan_at(moment: datetime) -> str | None:
+            found = terms.at("acme", millis(moment))
+            return None if found is None else found.plan_key
+
+        assert [plan_at(moment) for moment in (at(5), at(5, month=12), at(25, month=12))] == [
+            "growth",
+            "scale",
+            None,
         ]
     finally:
         producer.flush(10)
@@ -132,7 +153,11 @@ def test_subscriptions_publish_relays_what_the_cli_provisioned(database_url, db_
     assert runner.invoke(main, ["subscriptions", "publish"], env=env).output == "published 0 snapshots\n"
     (record,) = read_topic(kafka_config, topics.snapshots, expect=1, idle_s=1.0)
     snapshot = codec(EntitlementSnapshot).decode(record[1])
-    assert (record[0], snapshot.plan_key, snapshot.valid_to) == (b"acme", "growth", None)
+    assert (record[0], snapshot.plan_key, snapshot.valid_to) == (
+        f"acme|{snapshot.valid_from.isoformat()}".encode(),
+        "growth",
+        None,
+    )
     assert snapshot.valid_from == snapshot.billing_anchor  # starts now, billed from its start
 
 

@@ -134,10 +134,11 @@ def test_subscriptions_are_stored_as_dated_versions_with_audit_and_outbox(databa
                 )
             ).all()
             # one row per version not over at the change; the create's row, never published, is
-            # superseded by the change's
+            # superseded by the change's; each keyed by the customer and its terms' start, so a
+            # compacted topic keeps every dated version
             assert [(r.outbox_id, r.message_key, r.available_at, r.superseded_by) for r in outbox] == [
-                (first_outbox[0], "acme", at(1), second_outbox[0]),
-                (second_outbox[0], "acme", at(15), None),
+                (first_outbox[0], f"acme|{at(1).isoformat()}", at(1), second_outbox[0]),
+                (second_outbox[0], f"acme|{at(15).isoformat()}", at(15), None),
             ]
             growth_terms, scale_terms = (EntitlementSnapshot.model_validate(r.payload) for r in outbox)
             # growth 1000.00 + 2 x 80.00 (the override) per period; scale 2000.00
@@ -176,7 +177,7 @@ def test_subscriptions_are_stored_as_dated_versions_with_audit_and_outbox(databa
             assert store.due_snapshots(conn, now=datetime(2026, 11, 30, 23, 59, tzinfo=UTC)) == []
             (ended,) = store.due_snapshots(conn, now=at(1, month=12))
             assert (ended.key, ended.snapshot.subscription_id, ended.snapshot.valid_from) == (
-                "acme",
+                f"acme|{at(1, month=12).isoformat()}",
                 None,
                 at(1, month=12),
             )

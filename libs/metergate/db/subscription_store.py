@@ -29,6 +29,8 @@ from metergate.domain.records import (
     FeatureKind,
     Pricing,
     ResetPeriod,
+    key_part,
+    snapshot_key,
     utc_millis,
 )
 from metergate.domain.subscriptions import (
@@ -538,7 +540,7 @@ def enqueue_snapshots(conn: Connection, history: History, *, now: datetime) -> l
     carries the row id until then. Returns the ids, in order.
     """
     first = history.versions[0]
-    rows: list[tuple[datetime, dict[str, Any]]] = []
+    rows: list[tuple[datetime, EntitlementSnapshot]] = []
     ids: list[int] = []
     for version in history.versions:
         if version.effective_to is not None and version.effective_to <= now:
@@ -550,7 +552,7 @@ def enqueue_snapshots(conn: Connection, history: History, *, now: datetime) -> l
             update={"valid_from": version.effective_from, "valid_to": version.effective_to}
         )
         ids.append(outbox_id)
-        rows.append((max(now, version.effective_from), valid.model_dump(mode="json")))
+        rows.append((max(now, version.effective_from), valid))
     if history.end is not None:
         outbox_id = _next_outbox_id(conn)
         ended = EntitlementSnapshot(
@@ -560,7 +562,7 @@ def enqueue_snapshots(conn: Connection, history: History, *, now: datetime) -> l
             valid_from=history.end,
         )
         ids.append(outbox_id)
-        rows.append((max(now, history.end), ended.model_dump(mode="json")))
+        rows.append((max(now, history.end), ended))
     conn.execute(
         text(
             "UPDATE catalog_outbox SET superseded_by = :by WHERE subscription_id = :s "
@@ -568,7 +570,7 @@ def enqueue_snapshots(conn: Connection, history: History, *, now: datetime) -> l
         ),
         {"by": ids[0] if ids else _next_outbox_id(conn), "s": first.subscription_id},
     )
-    for outbox_id, (available_at, payload) in zip(ids, rows, strict=True):
+    for outbox_id, (available_at, snapshot) in zip(ids, rows, strict=True):
         conn.execute(
             text(
                 "INSERT INTO catalog_outbox (outbox_id, created_at, topic, message_key, subscription_id, "
@@ -579,9 +581,9 @@ def enqueue_snapshots(conn: Connection, history: History, *, now: datetime) -> l
                 "id": outbox_id,
                 "now": now,
                 "topic": SNAPSHOTS_TOPIC,
-                "key": first.customer_id,
+                "key": snapshot_key(snapshot),
                 "s": first.subscription_id,
-                "payload": json.dumps(payload),
+                "payload": json.dumps(snapshot.model_dump(mode="json")),
                 "available": available_at,
             },
         )
@@ -623,12 +625,17 @@ def due_snapshots(conn: Connection, *, now: datetime, limit: int = 500) -> list[
     ]
 
 
-def stamp_version(conn: Connection, key: str, *, now: datetime) -> int:
-    """The version of the next snapshot published for `key`: the publication time in milliseconds
-    (what `metergate catalog apply` uses, so the two never go backwards against each other), and
-    more than any version published for the key before."""
+def stamp_version(conn: Connection, customer_id: str, *, now: datetime) -> int:
+    """The version of the next snapshot published for `customer_id`: the publication time in
+    milliseconds (what `metergate catalog apply` uses, so the two never go backwards against each
+    other), and more than any version published for the customer before, under any of its keys
+    (`records.snapshot_key`: the customer id, or the customer and a validity start)."""
     previous = conn.execute(
-        text("SELECT max(published_version) FROM catalog_outbox WHERE message_key = :k"), {"k": key}
+        text(
+            "SELECT max(published_version) FROM catalog_outbox "
+            "WHERE message_key = :c OR starts_with(message_key, :prefix)"
+        ),
+        {"c": customer_id, "prefix": f"{key_part(customer_id)}|"},
     ).scalar_one()
     millis = int(now.timestamp() * 1000)
     return millis if previous is None or millis > previous else int(previous) + 1

@@ -296,6 +296,20 @@ def aggregate_key_from_iso(customer_id: str, meter: str, period_start_iso: str) 
     return f"{key_part(customer_id)}|{key_part(meter)}|{period_start_iso}"
 
 
+def snapshot_key(snapshot: EntitlementSnapshot) -> str:
+    """The key of `snapshot` on the compacted `entitlements.snapshots`.
+
+    Terms without a date (a catalog file's) are keyed by the customer id: compaction keeps the
+    newest. Dated terms are keyed by the customer and the start of their validity, so compaction
+    keeps every dated version (the newest per start) and a reader starting from the beginning, or a
+    replay, still finds the terms in force at any moment. Readers take the customer from the value;
+    a tombstone on a dated key only prunes that version from the topic.
+    """
+    if snapshot.valid_from is None:
+        return snapshot.customer_id
+    return f"{key_part(snapshot.customer_id)}|{utc_millis(snapshot.valid_from).isoformat()}"
+
+
 class LimitEvent(Record):
     """An entitlement signal for enforcement services: `usage.limits`, key = customer_id.
 
