@@ -226,7 +226,7 @@ class FeatureEntitlement(Record):
 
 
 class EntitlementSnapshot(Record):
-    """A customer's resolved entitlements and subscription: compacted `entitlements.snapshots`, key = customer_id."""
+    """A customer's resolved entitlements and subscription: compacted `entitlements.snapshots`, key `snapshot_key`."""
 
     customer_id: Identifier
     subscription_id: str | None = None  # None: no subscription (calendar month UTC, nothing priced)
