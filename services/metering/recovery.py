@@ -4,7 +4,8 @@ what each crash leaves behind). Topics are read to their true end by metergate.k
 
 1. Apply the changelog from the position stored locally (0 with an empty data dir) to its true
    end: totals with a higher applied_offset replace the local ones, dedup groups add their
-   entries, the last watermark record wins.
+   entries, the watermark with the highest input position wins (a stale one, e.g. sent late by a
+   worker paused past its session, changes nothing).
 2. Read usage.limits, usage.duplicates (the partition's own) and usage.dlq (filtered on this
    partition) from the positions in that watermark: whatever an interrupted batch already sent is
    remembered (limit marks per total, receipt and DLQ ids) and not sent again.
