@@ -48,6 +48,11 @@ MARCH = datetime(2026, 3, 1, tzinfo=UTC)
 APRIL = datetime(2026, 4, 1, tzinfo=UTC)
 MAY = datetime(2026, 5, 1, tzinfo=UTC)
 GROUP = "rating-test"
+#: rating's clock in these tests: inside March 2026, the period of the usage they feed, so the base
+#: fees the snapshots call for are March's whatever the date (`RatingSettings.clock_start`)
+CLOCK_START = MARCH + timedelta(days=14)
+#: the same for a rating process started with its own environment
+CLOCK_ENV = {"METERGATE_RATING_CLOCK_START": CLOCK_START.isoformat()}
 
 
 def metered(
@@ -169,6 +174,7 @@ def settings(
         "lag_interval_s": 0,
         "expiry_interval_s": 0,
         "session_timeout_s": 3.0,
+        "clock_start": CLOCK_START,
     }
     values.update(overrides)
     return RatingSettings(
@@ -187,9 +193,14 @@ def caught_up(ends: Mapping[int, int]) -> Callable[[RatingConsumer], bool]:
     return done
 
 
-def run_consumer(rating: RatingSettings, ends: Mapping[int, int], timeout_s: float = 90.0) -> RatingConsumer:
+def run_consumer(
+    rating: RatingSettings,
+    ends: Mapping[int, int],
+    timeout_s: float = 90.0,
+    clock: Callable[[], datetime] | None = None,
+) -> RatingConsumer:
     """Run a consumer in this process until it committed everything up to `ends`."""
-    consumer = RatingConsumer(rating)
+    consumer = RatingConsumer(rating, clock=clock)
     deadline = time.monotonic() + timeout_s
     done = caught_up(ends)
     topic = rating.kafka.topics.aggregates

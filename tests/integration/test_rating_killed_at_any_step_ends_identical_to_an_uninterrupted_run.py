@@ -14,6 +14,7 @@ from metergate.domain.records import LimitKind
 from metergate_services.rating.consumer import FAULT_ENV, FAULT_STEPS
 from tests.integration.rating_load import accounting
 from tests.integration.rating_support import (
+    CLOCK_ENV,
     CREDIT_CUSTOMERS,
     GROUP,
     Feed,
@@ -64,6 +65,7 @@ def test_rating_killed_at_any_step_ends_identical_to_an_uninterrupted_run(
     env = {
         **metergate_env,
         "METERGATE_RATING_GROUP_ID": GROUP,
+        **CLOCK_ENV,
         "METERGATE_RATING_BATCH_SIZE": "50",
         "METERGATE_RATING_POLL_TIMEOUT_S": "0.2",
         "METERGATE_RATING_SNAPSHOT_IDLE_S": "0.3",
