@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -225,6 +226,43 @@ def run_consumer(
     consumer.run(until=until)
     assert_accounted(consumer.accounting, committed() - before)
     return consumer
+
+
+@contextmanager
+def running_consumer(
+    rating: RatingSettings, clock: Callable[[], datetime] | None = None
+) -> Iterator[RatingConsumer]:
+    """A consumer running in a thread of this process until the block ends (then stopped, joined,
+    and whatever it raised raised here)."""
+    consumer = RatingConsumer(rating, clock=clock)
+    failures: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            consumer.run()
+        except BaseException as exc:  # handed to the test below
+            failures.append(exc)
+
+    thread = threading.Thread(target=work, name="rating", daemon=True)
+    thread.start()
+    try:
+        yield consumer
+    finally:
+        consumer.stop()
+        thread.join(60)
+    assert not thread.is_alive(), "rating did not stop within 60 s"
+    if failures:
+        raise failures[0]
+
+
+class Clock:
+    """A clock a test moves by hand."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
 
 
 def assert_accounted(counts: Mapping[str, int], consumed: int) -> None:
