@@ -5,6 +5,10 @@ that with `metergate.db.rating_store`, one transaction per poll batch. The Kafka
 partitions over workers; Kafka offsets are never committed. The authoritative position of every
 partition is the `consumer_offsets` row written in the same transaction as the rows it produced;
 on assignment (start, rebalance) the consumer seeks to it.
+
+Between batches the consumer holding partition 0 also bills the base-fee and add-on fee lines of
+every subscription, with or without usage, from the snapshots (`_bill_fees`, commit order in
+`_write_fees`).
 """
 
 from __future__ import annotations
