@@ -69,11 +69,23 @@ FEE_IDLE_SCAN = timedelta(minutes=1)
 
 #: Tests only: "STEP@N" makes the process SIGKILL itself the first time it reaches STEP in its Nth
 #: batch or later, to prove that a crash between any two steps of the commit order loses and
-#: duplicates nothing. Steps, in order: locked, folded, dlq_sent, written (all before COMMIT),
-#: committed, published (limit events sent, not yet marked published), balance_published (credit
-#: balances sent, not yet marked published).
+#: duplicates nothing. Steps: fees_written (fee lines written, before their COMMIT) and
+#: fees_committed (after it, before the memo), counted in fee transactions that write something
+#: (the first comes before the first batch); then, per batch: locked, folded, dlq_sent, written
+#: (all before COMMIT), committed, published (limit events sent, not yet marked published),
+#: balance_published (credit balances sent, not yet marked published).
 FAULT_ENV = "METERGATE_RATING_FAULT"
-FAULT_STEPS = ("locked", "folded", "dlq_sent", "written", "committed", "published", "balance_published")
+FAULT_STEPS = (
+    "fees_written",
+    "fees_committed",
+    "locked",
+    "folded",
+    "dlq_sent",
+    "written",
+    "committed",
+    "published",
+    "balance_published",
+)
 
 
 def is_data_error(exc: BaseException) -> bool:
@@ -219,6 +231,7 @@ class RatingConsumer:
         self._fees_dirty: set[str] = set()
         #: when the clock next needs every customer's current period looked at (a period ends)
         self._fees_scan_at: datetime | None = None
+        self._fee_writes = 0  # fee transactions that wrote lines (fault injection counts them)
         self._batches = 0
         self._fault_at = Fault.from_env(FAULT_ENV, FAULT_STEPS)
         self.database_failures = 0  # PostgreSQL errors waited out by this process
@@ -1077,13 +1090,17 @@ class RatingConsumer:
                 versions[(customer, start)] = terms_version(snapshots)
                 changes += fee_changes(customer, period, snapshots, stored[(customer, start)])  # 2
             if changes:
+                self._fee_writes += 1
                 known = {key for lines in stored.values() for key in lines}
                 staged = rating_store.stage_lines(conn, changes, {}, known)
                 rating_store.write_lines(conn, staged)  # 3
                 rating_store.refresh_invoices(
                     conn, {(line.customer_id, line.period_start) for line in changes}
                 )
+                self._fault_at.at("fees_written", self._fee_writes)
         # 4: COMMIT (leaving the block)
+        if changes:
+            self._fault_at.at("fees_committed", self._fee_writes)
         if len(self._fees_done) > 1_000_000:
             self._fees_done.clear()  # a memo only: a miss costs one read and a comparison
         self._fees_done.update(versions)  # 5

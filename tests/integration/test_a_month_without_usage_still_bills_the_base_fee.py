@@ -12,7 +12,7 @@ from metergate import provisioning
 from metergate.db.engine import make_engine
 from metergate.domain.subscriptions import PriceOverrides
 from tests.integration.fee_support import Relay, at, fee_lines, invoices, offer, publish
-from tests.integration.rating_support import Clock, running_consumer, settings, wait_until
+from tests.integration.rating_support import Clock, query, running_consumer, settings, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -76,10 +76,15 @@ def test_a_month_without_usage_still_bills_the_base_fee(
                 ("acme", at(1), D("2000.00"), D("0.00"), D("2000.00"), 1),
                 ("acme", at(1, 12), D("2000.00"), D("0.00"), D("2000.00"), 1),
             ]
-        # a restart reads every snapshot again and bills nothing twice
+        # a restart reads every snapshot again and bills nothing twice: it writes nothing at all
+        written = query(database_url, db_schema, "SELECT line_key, updated_at FROM line_items ORDER BY 1")
         with running_consumer(rating, clock=clock) as again:
             wait_until(lambda: ("acme", at(1, 12)) in again._fees_done, 60, "the restart to look at December")
         assert fee_lines(database_url, db_schema, superseded=True) == both
+        assert (
+            query(database_url, db_schema, "SELECT line_key, updated_at FROM line_items ORDER BY 1")
+            == written
+        )
     finally:
         relay.close()
         engine.dispose()
