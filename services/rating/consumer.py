@@ -1029,6 +1029,13 @@ class RatingConsumer:
         self._fees_dirty |= self.snapshots.take_changed()
         if 0 not in self.expected:
             return
+        started = time.perf_counter()
+        try:
+            self._bill_fees_now()
+        finally:
+            self.timings["fees"] += time.perf_counter() - started
+
+    def _bill_fees_now(self) -> None:
         now = self.clock()
         terms = self.snapshots.terms
         lookback = self.settings.fee_lookback_periods
