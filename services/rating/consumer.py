@@ -5,6 +5,10 @@ that with `metergate.db.rating_store`, one transaction per poll batch. The Kafka
 partitions over workers; Kafka offsets are never committed. The authoritative position of every
 partition is the `consumer_offsets` row written in the same transaction as the rows it produced;
 on assignment (start, rebalance) the consumer seeks to it.
+
+Between batches the consumer holding partition 0 also bills the base-fee and add-on fee lines of
+every subscription, with or without usage, from the snapshots (`_bill_fees`, commit order in
+`_write_fees`).
 """
 
 from __future__ import annotations
@@ -12,11 +16,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import ChainMap, defaultdict
+from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -28,6 +32,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from metergate.db import credit_store, rating_store
 from metergate.db.engine import make_engine
 from metergate.domain.ledger import BalanceRow, Depletion, balances_to_publish
+from metergate.domain.periods import Period
 from metergate.domain.rating import (
     AggregateUpdate,
     Line,
@@ -37,8 +42,11 @@ from metergate.domain.rating import (
     check_aggregate,
     dead_letter,
     depletion_event,
+    fee_changes,
+    fee_periods,
     rate_records,
     record_outcomes,
+    terms_version,
 )
 from metergate.domain.records import CreditBalance, DeadLetter, LimitEvent, now_utc
 from metergate.errors import DeliveryError, InvalidInput
@@ -54,14 +62,30 @@ from metergate_services.rating.snapshots import SnapshotCache
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+#: (customer, period) pairs whose fee lines are written in one transaction
+FEE_PAIRS_PER_TRANSACTION = 2000
+#: with no subscription anywhere, how often the clock looks at every customer anyway
+FEE_IDLE_SCAN = timedelta(minutes=1)
 
 #: Tests only: "STEP@N" makes the process SIGKILL itself the first time it reaches STEP in its Nth
 #: batch or later, to prove that a crash between any two steps of the commit order loses and
-#: duplicates nothing. Steps, in order: locked, folded, dlq_sent, written (all before COMMIT),
-#: committed, published (limit events sent, not yet marked published), balance_published (credit
-#: balances sent, not yet marked published).
+#: duplicates nothing. Steps: fees_written (fee lines written, before their COMMIT) and
+#: fees_committed (after it, before the memo), counted in fee transactions that write something
+#: (the first comes before the first batch); then, per batch: locked, folded, dlq_sent, written
+#: (all before COMMIT), committed, published (limit events sent, not yet marked published),
+#: balance_published (credit balances sent, not yet marked published).
 FAULT_ENV = "METERGATE_RATING_FAULT"
-FAULT_STEPS = ("locked", "folded", "dlq_sent", "written", "committed", "published", "balance_published")
+FAULT_STEPS = (
+    "fees_written",
+    "fees_committed",
+    "locked",
+    "folded",
+    "dlq_sent",
+    "written",
+    "committed",
+    "published",
+    "balance_published",
+)
 
 
 def is_data_error(exc: BaseException) -> bool:
@@ -135,9 +159,15 @@ class InFlight:
 
 class RatingConsumer:
     def __init__(
-        self, settings: RatingSettings, engine: Engine | None = None, gc_policy: GcPolicy | None = None
+        self,
+        settings: RatingSettings,
+        engine: Engine | None = None,
+        gc_policy: GcPolicy | None = None,
+        clock: Callable[[], datetime] | None = None,
     ) -> None:
         self.settings = settings
+        #: decides which billing period is current (fee lines); tests inject one
+        self.clock = clock or settings.clock()
         self.gc_policy = gc_policy  # the process's garbage-collection policy (main.run() installs one)
         client = settings.kafka.client_config()
         self.topics = settings.kafka.topics
@@ -195,8 +225,13 @@ class RatingConsumer:
         self._next_expiry = 0.0
         self._next_lag = 0.0
         self.line_cache = LineCache(settings.line_cache_keys)
-        #: base-fee lines this process committed (line_key -> snapshot version): not rewritten each batch
-        self._base_fees: dict[str, int] = {}
+        #: fee lines: (customer, period start) -> terms version committed by this process (a memo)
+        self._fees_done: dict[tuple[str, datetime], int] = {}
+        #: customers whose fees are to be (re)computed: their snapshots changed, or a write failed
+        self._fees_dirty: set[str] = set()
+        #: when the clock next needs every customer's current period looked at (a period ends)
+        self._fees_scan_at: datetime | None = None
+        self._fee_writes = 0  # fee transactions that wrote lines (fault injection counts them)
         self._batches = 0
         self._fault_at = Fault.from_env(FAULT_ENV, FAULT_STEPS)
         self.database_failures = 0  # PostgreSQL errors waited out by this process
@@ -314,6 +349,9 @@ class RatingConsumer:
             offset = stored.get(tp.partition)
             tp.offset = OFFSET_BEGINNING if offset is None else offset
             self.expected[tp.partition] = offset
+        if 0 in numbers:  # this consumer bills fee lines now (`_bill_fees`): every customer's
+            self._fees_dirty |= set(self.snapshots.terms.newest_by_customer)
+            self._fees_scan_at = None
         consumer.assign(partitions)
         log.info(
             "rating: assigned %s", {tp.partition: stored.get(tp.partition, "beginning") for tp in partitions}
@@ -491,18 +529,7 @@ class RatingConsumer:
                 credits.update(stored_credits)
             stored = {line_key for key_lines in lines.values() for line_key in key_lines}
             mark = self._tick("load ahead", mark)
-            fold = RatingFold(
-                lines=lines,
-                wallets={},
-                credits=credits,
-                # batch N's base fees too (usually none: each is written once per period);
-                # ChainMap's lookups are slow, so only when there are some
-                known_base_fees=(
-                    ChainMap(inflight.fold.base_fees, self._base_fees)
-                    if inflight.fold.base_fees
-                    else self._base_fees
-                ),
-            )
+            fold = RatingFold(lines=lines, wallets={}, credits=credits)
             rejections = self._fold(fold, ahead, with_credit=set())
         except Exception as exc:  # whatever it is, the fold in the transaction decides
             log.debug("rating: not folding ahead (%s)", _first_line(exc))
@@ -668,7 +695,7 @@ class RatingConsumer:
                 credits.update(stored_credits)
             stored = {line_key for key_lines in lines.values() for line_key in key_lines}
             mark = self._tick("load", mark)
-            fold = RatingFold(lines=lines, wallets=wallets, credits=credits, known_base_fees=self._base_fees)
+            fold = RatingFold(lines=lines, wallets=wallets, credits=credits)
             rejections = self._fold(fold, here, with_credit=with_credit)
             if ahead is not None:
                 fold.absorb(ahead.fold)
@@ -731,9 +758,6 @@ class RatingConsumer:
         """Record a committed batch in this process's state (this thread), then step 6."""
         fold, batch = inflight.fold, inflight.batch
         self._last_committed = inflight
-        if len(self._base_fees) > 1_000_000:
-            self._base_fees.clear()  # a memo only: a miss costs one guarded upsert
-        self._base_fees.update(fold.base_fees)
         self.line_cache.store(inflight.key_partitions, fold.lines, fold.credits)
         self.expected.update(batch.next_offsets)
         for letter in inflight.dead_letters:
@@ -965,6 +989,7 @@ class RatingConsumer:
     # -- periodic work ---------------------------------------------------------------------------
 
     def _housekeeping(self) -> None:
+        self._bill_fees()
         now = time.monotonic()
         if now >= self._next_outbox:  # what other processes recorded (and leftovers of a crash)
             self._next_outbox = now + self.settings.outbox_interval_s
@@ -984,6 +1009,109 @@ class RatingConsumer:
         if interval and now >= self._next_lag:
             self._next_lag = now + interval
             self._measure_lag()
+
+    # -- fee lines: base fees and add-on fees of every subscription, with or without usage ----------
+
+    def _bill_fees(self) -> None:
+        """Bill the fee lines of the periods that call for it (`metergate.domain.rating.fee_periods`):
+
+        - when a period starts (by `self.clock`): every customer's current period, looked at
+          again each time the earliest current period ends;
+        - whenever a customer's snapshots change (and, at start-up or on gaining partition 0,
+          for every customer): its current period and the periods before it its dated snapshots
+          touch, at most `fee_lookback_periods` back.
+
+        One consumer of the group does it: the one holding partition 0 of usage.aggregates (a
+        rebalance may let two do it for a moment: fee lines only move to a higher terms version,
+        and both compute the same lines from the same snapshots). Runs between batches (nothing
+        in flight), in transactions of its own: `_write_fees`.
+        """
+        self._fees_dirty |= self.snapshots.take_changed()
+        if 0 not in self.expected:
+            return
+        started = time.perf_counter()
+        try:
+            self._bill_fees_now()
+        finally:
+            self.timings["fees"] += time.perf_counter() - started
+
+    def _bill_fees_now(self) -> None:
+        now = self.clock()
+        terms = self.snapshots.terms
+        lookback = self.settings.fee_lookback_periods
+        wanted: dict[tuple[str, datetime], Period] = {}
+        changed, self._fees_dirty = self._fees_dirty, set()
+        scan = self._fees_scan_at is None or now >= self._fees_scan_at  # a current period ended
+        customers = changed | set(terms.newest_by_customer) if scan else changed
+        scan_at = None if scan else self._fees_scan_at
+        for customer in customers:
+            snapshots = terms.of(customer)
+            version = terms_version(snapshots)
+            if customer in changed:
+                periods = fee_periods(snapshots, now, lookback)
+            else:
+                periods = fee_periods(snapshots, now, 0, clock_only=True)
+            for period in periods:
+                if self._fees_done.get((customer, period.start)) != version:
+                    wanted[(customer, period.start)] = period
+            if periods:  # the last is the current one
+                scan_at = periods[-1].end if scan_at is None else min(scan_at, periods[-1].end)
+        self._fees_scan_at = scan_at or now + FEE_IDLE_SCAN
+        if not wanted:
+            return
+        pairs = sorted(wanted.items())
+        for start in range(0, len(pairs), FEE_PAIRS_PER_TRANSACTION):
+            chunk = pairs[start : start + FEE_PAIRS_PER_TRANSACTION]
+            try:
+                self._write_fees(dict(chunk))
+            except (OperationalError, InterfaceError) as exc:
+                log.warning("rating: fee lines not written yet (%s); will retry", _first_line(exc))
+                self._fees_dirty |= {customer for (customer, _), _ in pairs[start:]}
+                return
+
+    def _write_fees(self, pairs: dict[tuple[str, datetime], Period]) -> None:
+        """Write the fee lines of (customer, period start) pairs. The commit order, and what a
+        failure at each step does:
+
+        1. read the fee lines stored for the pairs (`rating_store.load_fee_lines`);
+        2. compute what changes from the snapshots held (pure: `fee_changes`: lines missing or
+           different, lines no longer wanted superseded at 0, each at the customer's terms version);
+        3. write them with the usage lines' guarded upsert (a fee line only ever moves to a higher
+           `snapshot_version`), and refresh the pairs' `invoice_sync` rows, in this transaction;
+        4. COMMIT;
+        5. remember the pairs as billed at their terms version (a memo of this process).
+
+        A failure or crash before 4 writes nothing: a failure leaves the customers to bill at the
+        next round; a restart reads the whole snapshot topic again and looks at every customer's
+        periods. After 4 and before 5: the next look finds the stored lines equal to the wanted
+        ones and writes nothing. No offset is stored: the input is the snapshot topic, read
+        whole at every start, and what is stored is the only state compared with.
+        """
+        terms = self.snapshots.terms
+        with self.engine.begin() as conn:
+            stored = rating_store.load_fee_lines(conn, list(pairs))  # 1
+            changes: list[Line] = []
+            versions: dict[tuple[str, datetime], int] = {}
+            for (customer, start), period in pairs.items():
+                snapshots = terms.of(customer)
+                versions[(customer, start)] = terms_version(snapshots)
+                changes += fee_changes(customer, period, snapshots, stored[(customer, start)])  # 2
+            if changes:
+                self._fee_writes += 1
+                known = {key for lines in stored.values() for key in lines}
+                staged = rating_store.stage_lines(conn, changes, {}, known)
+                rating_store.write_lines(conn, staged)  # 3
+                rating_store.refresh_invoices(
+                    conn, {(line.customer_id, line.period_start) for line in changes}
+                )
+                self._fault_at.at("fees_written", self._fee_writes)
+        # 4: COMMIT (leaving the block)
+        if changes:
+            self._fault_at.at("fees_committed", self._fee_writes)
+        if len(self._fees_done) > 1_000_000:
+            self._fees_done.clear()  # a memo only: a miss costs one read and a comparison
+        self._fees_done.update(versions)  # 5
+        metrics.LINE_ITEMS.inc(len(changes))
 
     def _measure_lag(self) -> None:
         for partition, offset in list(self.expected.items()):

@@ -15,6 +15,8 @@
 | METERGATE_RATING_SESSION_TIMEOUT_S | 6 | Kafka group session timeout, seconds (a killed worker's partitions move after it) |
 | METERGATE_RATING_LINE_CACHE_KEYS | 100000 | aggregate keys whose committed lines stay in memory (0 = always read PostgreSQL) |
 | METERGATE_RATING_OUTBOX_INTERVAL_S | 1 | how often the outboxes are looked at besides after each batch that wrote ledger entries (what `metergate credits grant`/`expire` recorded is published within it) |
+| METERGATE_RATING_FEE_LOOKBACK_PERIODS | 1 | how many periods before the current one a newly read dated snapshot may still bill fee lines in (0 = the current period only) |
+| METERGATE_RATING_CLOCK_START | (the real time) | tests and demos: the clock reads this moment (ISO 8601 with a zone) at start, then runs at the real pace; it decides which billing period is current for base fees |
 | METERGATE_RATING_FLUSH_TIMEOUT_S | 30 | longest wait for the broker's acks of a batch's DLQ records (then the batch is redone) and of limit events per round (they stay in flight, never re-sent) |
 
 Shared: METERGATE_KAFKA_* (bootstrap, topic prefix, security), METERGATE_DATABASE_URL and
@@ -26,11 +28,15 @@ is now `METERGATE_RATING_SESSION_TIMEOUT_S`.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import AwareDatetime, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from metergate.domain.records import now_utc
 from metergate.settings import (
     DatabaseSettings,
     KafkaSettings,
@@ -64,6 +70,8 @@ class RatingSettings(BaseSettings):
     line_cache_keys: int = Field(default=100_000, ge=0)
     flush_timeout_s: float = Field(default=30.0, gt=0)
     outbox_interval_s: float = Field(default=1.0, gt=0)
+    fee_lookback_periods: int = Field(default=1, ge=0, le=24)
+    clock_start: AwareDatetime | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -75,6 +83,14 @@ class RatingSettings(BaseSettings):
         if not self.group_id:
             object.__setattr__(self, "group_id", consumer_group(self.kafka, self.app_id))  # frozen
         return self
+
+    def clock(self) -> Callable[[], datetime]:
+        """The clock that decides which billing period is current: the real time, or one that
+        starts at `clock_start` and runs at the real pace."""
+        if self.clock_start is None:
+            return now_utc
+        start, origin = self.clock_start, time.monotonic()
+        return lambda: start + timedelta(seconds=time.monotonic() - origin)
 
     @property
     def session_timeout_ms(self) -> int:

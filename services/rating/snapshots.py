@@ -37,6 +37,8 @@ class SnapshotCache:
         self._codec = codec(EntitlementSnapshot)
         self._on_reject = on_reject
         self.terms = DatedTerms()
+        #: customers whose snapshots changed since `take_changed` last asked (rating bills their fees)
+        self.changed: set[str] = set()
         self._applied = 0
         self._follower = TopicFollower(
             client_config,
@@ -85,11 +87,18 @@ class SnapshotCache:
             key = message.key()
             if key is not None:
                 self.terms.forget(key.decode())
+                self.changed.add(key.decode())
             return
         snapshot = self._codec.decode(value)
         check_snapshot(snapshot)  # ids and currency rating will store in line items
         self.terms.remember(snapshot)
+        self.changed.add(snapshot.customer_id)
         self._applied += 1
+
+    def take_changed(self) -> set[str]:
+        """The customers whose snapshots changed since the last call (all of them after start-up)."""
+        changed, self.changed = self.changed, set()
+        return changed
 
     def close(self) -> None:
         self._follower.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -48,6 +49,11 @@ MARCH = datetime(2026, 3, 1, tzinfo=UTC)
 APRIL = datetime(2026, 4, 1, tzinfo=UTC)
 MAY = datetime(2026, 5, 1, tzinfo=UTC)
 GROUP = "rating-test"
+#: rating's clock in these tests: inside March 2026, the period of the usage they feed, so the base
+#: fees the snapshots call for are March's whatever the date (`RatingSettings.clock_start`)
+CLOCK_START = MARCH + timedelta(days=14)
+#: the same for a rating process started with its own environment
+CLOCK_ENV = {"METERGATE_RATING_CLOCK_START": CLOCK_START.isoformat()}
 
 
 def metered(
@@ -169,6 +175,7 @@ def settings(
         "lag_interval_s": 0,
         "expiry_interval_s": 0,
         "session_timeout_s": 3.0,
+        "clock_start": CLOCK_START,
     }
     values.update(overrides)
     return RatingSettings(
@@ -187,9 +194,14 @@ def caught_up(ends: Mapping[int, int]) -> Callable[[RatingConsumer], bool]:
     return done
 
 
-def run_consumer(rating: RatingSettings, ends: Mapping[int, int], timeout_s: float = 90.0) -> RatingConsumer:
+def run_consumer(
+    rating: RatingSettings,
+    ends: Mapping[int, int],
+    timeout_s: float = 90.0,
+    clock: Callable[[], datetime] | None = None,
+) -> RatingConsumer:
     """Run a consumer in this process until it committed everything up to `ends`."""
-    consumer = RatingConsumer(rating)
+    consumer = RatingConsumer(rating, clock=clock)
     deadline = time.monotonic() + timeout_s
     done = caught_up(ends)
     topic = rating.kafka.topics.aggregates
@@ -214,6 +226,43 @@ def run_consumer(rating: RatingSettings, ends: Mapping[int, int], timeout_s: flo
     consumer.run(until=until)
     assert_accounted(consumer.accounting, committed() - before)
     return consumer
+
+
+@contextmanager
+def running_consumer(
+    rating: RatingSettings, clock: Callable[[], datetime] | None = None
+) -> Iterator[RatingConsumer]:
+    """A consumer running in a thread of this process until the block ends (then stopped, joined,
+    and whatever it raised raised here)."""
+    consumer = RatingConsumer(rating, clock=clock)
+    failures: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            consumer.run()
+        except BaseException as exc:  # handed to the test below
+            failures.append(exc)
+
+    thread = threading.Thread(target=work, name="rating", daemon=True)
+    thread.start()
+    try:
+        yield consumer
+    finally:
+        consumer.stop()
+        thread.join(60)
+    assert not thread.is_alive(), "rating did not stop within 60 s"
+    if failures:
+        raise failures[0]
+
+
+class Clock:
+    """A clock a test moves by hand."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
 
 
 def assert_accounted(counts: Mapping[str, int], consumed: int) -> None:

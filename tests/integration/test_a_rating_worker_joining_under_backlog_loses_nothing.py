@@ -26,7 +26,7 @@ from tests.integration.rating_load import (
     grant_prepaid,
     written,
 )
-from tests.integration.rating_support import GROUP, RatingProcess, limit_events, wait_until
+from tests.integration.rating_support import CLOCK_ENV, GROUP, RatingProcess, limit_events, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -52,6 +52,7 @@ def rating_env(metergate_env: dict[str, str]) -> dict[str, str]:
     return {
         **metergate_env,
         "METERGATE_RATING_GROUP_ID": GROUP,
+        **CLOCK_ENV,
         "METERGATE_RATING_BATCH_SIZE": "1000",
         "METERGATE_RATING_POLL_TIMEOUT_S": "0.2",
         "METERGATE_RATING_SNAPSHOT_IDLE_S": "0.3",

@@ -14,6 +14,7 @@ from metergate.domain.records import LimitKind
 from metergate_services.rating.consumer import FAULT_ENV, FAULT_STEPS
 from tests.integration.rating_load import accounting
 from tests.integration.rating_support import (
+    CLOCK_ENV,
     CREDIT_CUSTOMERS,
     GROUP,
     Feed,
@@ -64,6 +65,7 @@ def test_rating_killed_at_any_step_ends_identical_to_an_uninterrupted_run(
     env = {
         **metergate_env,
         "METERGATE_RATING_GROUP_ID": GROUP,
+        **CLOCK_ENV,
         "METERGATE_RATING_BATCH_SIZE": "50",
         "METERGATE_RATING_POLL_TIMEOUT_S": "0.2",
         "METERGATE_RATING_SNAPSHOT_IDLE_S": "0.3",
@@ -76,10 +78,12 @@ def test_rating_killed_at_any_step_ends_identical_to_an_uninterrupted_run(
 
     # killed by itself at each step of the commit order, in its 2nd batch (published: at the first
     # depletion it announces, between sending the event and marking it sent; balance_published:
-    # between sending a credit balance and marking it sent)
+    # between sending a credit balance and marking it sent; fees_written / fees_committed: in its
+    # first fee transaction, before and after its COMMIT: the prepaid customers' March base fees)
+    first = ("published", "fees_written", "fees_committed")
     for step in FAULT_STEPS:
         before = committed(database_url, db_schema, topic)
-        process.start(**{FAULT_ENV: f"{step}@{1 if step == 'published' else 2}"})
+        process.start(**{FAULT_ENV: f"{step}@{1 if step in first else 2}"})
         assert process.wait_exit(120) == -signal.SIGKILL, process.tail()
         after = committed(database_url, db_schema, topic)
         assert after < total, f"{step}: the run finished before the fault fired"

@@ -110,18 +110,18 @@ def with_credit(store: Store, customer: str, *amounts: str) -> None:
     store.wallets[(customer, "USD")] = w
 
 
-def test_usage_line_and_base_fee_from_a_running_total() -> None:
+def test_a_running_total_makes_a_usage_line_and_no_fee_line() -> None:
     store = Store()
     store.batch([aggregate("acme", "30", 1), aggregate("acme", "110", 2)], {"acme": snapshot("acme")})
     usage = store.lines["acme|sub-acme|api_calls|2026-03-01T00:00:00+00:00|usage"]
-    base = store.lines["acme|sub-acme|base_fee|2026-03-01T00:00:00+00:00|base_fee"]
     assert (usage.quantity, usage.billable_quantity, usage.amount, usage.aggregate_version) == (
         D(110),
         D(100),
         D("50.00"),
         2,
     )
-    assert (base.charge, base.amount, base.snapshot_version) == (ChargeType.BASE_FEE, D("20.00"), 1)
+    # the base fee is billed from the snapshots alone (test_fee_lines_of_a_period), not from usage
+    assert [line.charge for line in store.lines.values()] == [ChargeType.USAGE]
 
 
 def test_replay_and_older_versions_change_nothing() -> None:
@@ -280,7 +280,6 @@ def test_folding_customers_apart_then_joining_them_is_one_fold(
     )
     assert {e.idempotency_key: e for e in joined.entries} == {e.idempotency_key: e for e in whole.entries}
     assert joined.credits == whole.credits
-    assert joined.base_fees == whole.base_fees
     assert {k: v for k, v in joined.lines.items() if v} == {k: v for k, v in whole.lines.items() if v}
     assert (joined.updates, joined.stale) == (whole.updates, whole.stale)
     assert sorted((d.customer_id, d.sequence) for d, _, _ in joined.depletions) == sorted(
@@ -327,15 +326,13 @@ def test_only_invoices_whose_totals_can_change_are_refreshed(
 
 def test_a_newer_version_that_moves_no_amount_refreshes_no_invoice() -> None:
     lines: dict[str, dict[str, Line]] = {}
-    base_fees: dict[str, int] = {}  # what the consumer remembers of the base-fee lines it wrote
 
     def batch(record: UsageAggregate) -> RatingFold:
-        fold = RatingFold(lines=lines, wallets={}, credits={}, known_base_fees=base_fees)
+        fold = RatingFold(lines=lines, wallets={}, credits={})
         fold.apply(record, snapshot("acme"))
-        base_fees.update(fold.base_fees)
         return fold
 
-    assert batch(aggregate("acme", "3", 1)).invoices == {("acme", P0)}  # new usage and base-fee lines
+    assert batch(aggregate("acme", "3", 1)).invoices == {("acme", P0)}  # a new usage line
     same = batch(aggregate("acme", "7", 2))  # still within the 10 included units: 0.00 again
     assert same.changed and same.invoices == set()
     assert batch(aggregate("acme", "12", 3)).invoices == {("acme", P0)}  # 2 x 0.50 billed

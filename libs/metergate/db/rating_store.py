@@ -284,6 +284,33 @@ def load_lines(
     return lines, credits
 
 
+def load_fee_lines(
+    conn: Connection, pairs: Collection[tuple[str, datetime]]
+) -> dict[tuple[str, datetime], dict[str, Line]]:
+    """The stored base-fee and add-on fee lines (charge `base_fee`) of (customer, period start)
+    pairs, every pair present (maybe empty). They draw no credit, so none is loaded."""
+    found: dict[tuple[str, datetime], dict[str, Line]] = {pair: {} for pair in pairs}
+    if not pairs:
+        return found
+    ordered = sorted(pairs)
+    rows = conn.execute(
+        text(
+            f"SELECT {', '.join(f'l.{name}' for name in _LINE_NAMES if name != 'credit_sources')} "
+            "FROM unnest(CAST(:customers AS text[]), CAST(:periods AS timestamptz[])) AS t(customer_id, period_start) "
+            "JOIN line_items AS l ON l.customer_id = t.customer_id AND l.period_start = t.period_start "
+            "WHERE l.charge = 'base_fee'"
+        ),
+        {"customers": [c for c, _ in ordered], "periods": [p for _, p in ordered]},
+    )
+    for row in rows:
+        values = row._asdict()
+        values["charge"] = ChargeType(values["charge"])
+        values["status"] = ChargeStatus(values["status"])
+        line = Line(**values)
+        found.setdefault((line.customer_id, line.period_start), {})[line.line_key] = line
+    return found
+
+
 @dataclass(frozen=True)
 class StagedLines:
     """A batch's lines formatted for the staging table (binary COPY data), ready to be sent."""

@@ -14,8 +14,9 @@ order, and writes what the fold changed in one transaction. The rules:
   changed) is **superseded**: kept for audit with amount 0, so a running total is never billed
   twice.
 - Every line whose amount changes moves the customer's credit (`ledger.change_line_amount`).
-- The period's base fee of the subscription becomes a line of its own the first time usage of that
-  period is rated (and follows newer snapshot versions). It is invoiced, not paid from credits.
+- Usage lines only: the base-fee and add-on fee lines of a period come from the customer's dated
+  snapshots alone, with or without usage (`fee_periods`, `fee_changes` below), invoiced, never
+  paid from credits.
 
 The rules of a batch around the fold (`rate_records` and the functions beside it), each decided here
 and carried out by the consumer:
@@ -44,9 +45,9 @@ capital letters. Such a record goes to the DLQ with its reason; every other cust
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from types import MappingProxyType
 from typing import Any, NamedTuple, TypeVar
@@ -59,12 +60,12 @@ from metergate.domain.ledger import (
     change_line_amount,
     depletion_event_id,
 )
+from metergate.domain.periods import Period, period_for
 from metergate.domain.pricing import (
     Charge,
     ChargeStatus,
     ChargeType,
     PricingError,
-    base_fee_charge,
     line_key,
     rate_usage,
 )
@@ -78,6 +79,7 @@ from metergate.domain.records import (
     UsageAggregate,
     aggregate_key,
 )
+from metergate.domain.subscriptions import fee_lines_of_snapshots
 from metergate.domain.usage import _plain, check_identifier  # _plain: the identifier rule's common case
 from metergate.errors import InvalidInput
 
@@ -261,10 +263,6 @@ class RatingFold:
     wallets: dict[tuple[str, str], Wallet]
     #: line_key -> credit used per grant (only lines that use credit)
     credits: dict[str, dict[str, Decimal]]
-    #: base-fee line_key -> snapshot version known to be stored already (read-only; may be partial)
-    known_base_fees: Mapping[str, int] = field(default_factory=dict)
-    #: base-fee line_key -> snapshot version this batch writes
-    base_fees: dict[str, int] = field(default_factory=dict)
 
     changed: dict[str, Line] = field(default_factory=dict)
     #: (customer, period start) whose invoice totals may have changed: a line was added, or its
@@ -279,11 +277,10 @@ class RatingFold:
 
     def absorb(self, other: RatingFold) -> None:
         """Add what `other` did: a fold of the same batch over *other customers* (their keys, lines,
-        credit and base fees are disjoint from this fold's, so folding them apart changes nothing)."""
+        and credit are disjoint from this fold's, so folding them apart changes nothing)."""
         self.lines.update(other.lines)
         self.credits.update(other.credits)
         self.wallets.update(other.wallets)
-        self.base_fees.update(other.base_fees)
         self.changed.update(other.changed)
         self.invoices |= other.invoices
         self.entries.extend(other.entries)
@@ -312,7 +309,6 @@ class RatingFold:
             return _STALE
         rating = rate_usage(aggregate.meter, aggregate.value, snapshot)
         rejection = rating.rejection
-        bill_base_fee = snapshot is not None and snapshot.base_fee > 0
         if snapshot is not None and snapshot.base_fee < 0:  # usage is still rated; the record goes to the DLQ
             rejection = rejection or PricingError(
                 f"base_fee: expected >= 0, got {snapshot.base_fee}", field="base_fee"
@@ -341,8 +337,6 @@ class RatingFold:
             previous[lk] = moved
             self.changed[lk] = moved
             changed.append(moved)
-        if snapshot is not None and bill_base_fee and subscription:
-            self._base_fee(aggregate, snapshot, subscription, period)
         self.updates += 1
         return Applied(False, tuple(changed), rejection)
 
@@ -432,50 +426,6 @@ class RatingFold:
             self.credits.pop(line.line_key, None)
         if change.depletion is not None:
             self.depletions.append((change.depletion, aggregate, line))
-
-    def _base_fee(
-        self, aggregate: RatingInput, snapshot: EntitlementSnapshot, subscription: str, period: str
-    ) -> None:
-        lk = _line_key(aggregate.customer_id, subscription, BASE_FEE, period, ChargeType.BASE_FEE)
-        if (
-            self.base_fees.get(lk, 0) >= snapshot.version
-            or self.known_base_fees.get(lk, 0) >= snapshot.version
-        ):
-            return
-        self.base_fees[lk] = snapshot.version
-        charge = base_fee_charge(snapshot)
-        if charge is None:
-            return
-        self.invoices.add((aggregate.customer_id, aggregate.period_start))
-        self.changed[lk] = Line(
-            line_key=lk,
-            aggregate_key=None,
-            customer_id=aggregate.customer_id,
-            subscription_id=subscription,
-            plan_key=snapshot.plan_key,
-            plan_version=snapshot.plan_version,
-            feature=charge.feature,
-            meter=None,
-            charge=charge.charge,
-            status=charge.status,
-            unpriced_reason=None,
-            period_start=aggregate.period_start,
-            period_end=aggregate.period_end,
-            currency=charge.currency,
-            quantity=charge.quantity,
-            included_quantity=charge.included_quantity,
-            billable_quantity=charge.billable_quantity,
-            pricing_model=charge.pricing_model,
-            unit_price=charge.unit_price,
-            amount=charge.amount,
-            credits_applied=ZERO,
-            detail=charge.detail,
-            aggregate_version=None,
-            snapshot_version=snapshot.version,
-            event_count=0,
-            last_event_id=None,
-            last_event_at=None,
-        )
 
 
 def _totals_differ(old: Line, new: Line) -> bool:
@@ -605,3 +555,137 @@ class RecordOutcomes(NamedTuple):
 def record_outcomes(fold: RatingFold, *, rejected_at_decode: int, tombstones: int) -> RecordOutcomes:
     """The outcomes of a folded batch (`accounts_for(consumed)` must hold before it commits)."""
     return RecordOutcomes(fold.updates, fold.stale, rejected_at_decode + fold.rejected, tombstones)
+
+
+# -- fees: the base-fee and add-on fee lines of a customer's periods ----------------------------------
+
+
+def fee_line_key(
+    customer_id: str, subscription_id: str, feature: str, period_start: datetime, stretch_start: datetime
+) -> str:
+    """Identity of a fee line: (customer, subscription, feature, period start, stretch start).
+
+    `line_key` of the charge with the start of the stretch appended (an ISO timestamp, no `|`): the
+    same stretch of terms gives the same key in every run and replay, and a stretch cut shorter by a
+    change later in the period keeps its key (its amount moves)."""
+    stretch = stretch_start.astimezone(UTC).isoformat()
+    return f"{line_key(customer_id, subscription_id, feature, period_start, ChargeType.BASE_FEE)}|{stretch}"
+
+
+def terms_version(snapshots: Iterable[EntitlementSnapshot]) -> int:
+    """The version of what a customer's fee lines are computed from: the highest snapshot version
+    held (every new snapshot has a higher one). Fee lines carry it as `snapshot_version`, and a
+    stored line only ever moves to a higher one, so a worker holding older terms cannot overwrite
+    lines written from newer ones."""
+    return max((snapshot.version for snapshot in snapshots), default=0)
+
+
+_MS = timedelta(milliseconds=1)
+
+
+def fee_periods(
+    snapshots: Sequence[EntitlementSnapshot], now: datetime, lookback: int, *, clock_only: bool = False
+) -> list[Period]:
+    """The periods whose fee lines a customer's snapshots call for at `now`, oldest first.
+
+    - The **current period** (the one containing `now`), by the anchor and reset period of the
+      customer's newest snapshot with a subscription: billed when it starts, usage or not.
+    - With `clock_only` False (the customer's snapshots changed), also every earlier period a
+      **dated** snapshot with a subscription (or a cancellation) overlaps, at most `lookback`
+      periods before the current one: a change, a cancellation or an upgrade whose snapshot is read
+      after a period boundary, and periods that started while rating was not running. An undated
+      snapshot (a catalog file's) is in force "from now on": it bills the current period only, so
+      re-applying a file never rewrites a past period.
+    - A period that has not started yet is never billed (its start will bill it).
+    Empty when the customer never had a subscription.
+    """
+    subscribed = [s for s in snapshots if s.subscription_id is not None]
+    if not subscribed:
+        return []
+    newest = max(subscribed, key=lambda s: s.version)
+    current = period_for(now, newest.billing_anchor, newest.reset_period)
+    periods = [current]
+    if clock_only or lookback <= 0:
+        return periods
+    dated = [s for s in snapshots if s.valid_from is not None or s.valid_to is not None]
+    period = current
+    for _ in range(lookback):
+        period = period_for(period.start - _MS, newest.billing_anchor, newest.reset_period)
+        if any(_overlaps(s, period) for s in dated):
+            periods.append(period)
+    return sorted(periods, key=lambda p: p.start)
+
+
+def _overlaps(snapshot: EntitlementSnapshot, period: Period) -> bool:
+    return (snapshot.valid_from is None or snapshot.valid_from < period.end) and (
+        snapshot.valid_to is None or snapshot.valid_to > period.start
+    )
+
+
+def fee_changes(
+    customer_id: str,
+    period: Period,
+    snapshots: Sequence[EntitlementSnapshot],
+    stored: Mapping[str, Line],
+) -> list[Line]:
+    """The fee lines to write for one customer's `period`, given its snapshots and the fee lines
+    stored for that period (`stored`: line_key -> Line, charge `base_fee`).
+
+    The lines wanted are `subscriptions.fee_lines_of_snapshots` (the period cut where the terms
+    change, each stretch prorated by time in force, rounded once per line), keyed by
+    `fee_line_key`. Returned: each wanted line that is missing or differs from the stored one, and
+    each stored line no longer wanted, **superseded** (kept for audit, amount 0), as usage lines are;
+    all with `snapshot_version` = `terms_version(snapshots)`. A stored line equal to the wanted
+    one is not returned, so a replay or a restart writes nothing. Fee lines draw no credit: they are
+    invoiced (rule 2 of `metergate.domain.ledger`)."""
+    version = terms_version(snapshots)
+    wanted: dict[str, Line] = {}
+    for stretch, charge in fee_lines_of_snapshots(snapshots, period):
+        snapshot = stretch.snapshot
+        subscription = snapshot.subscription_id or ""
+        lk = fee_line_key(customer_id, subscription, charge.feature, period.start, stretch.start)
+        wanted[lk] = Line(
+            lk,  # line_key
+            None,  # aggregate_key
+            customer_id,
+            subscription,
+            snapshot.plan_key,
+            snapshot.plan_version,
+            charge.feature,
+            None,  # meter
+            charge.charge,
+            charge.status,
+            None,  # unpriced_reason
+            period.start,
+            period.end,
+            charge.currency,
+            charge.quantity,
+            charge.included_quantity,
+            charge.billable_quantity,
+            charge.pricing_model,
+            charge.unit_price,
+            charge.amount,
+            ZERO,  # credits_applied
+            charge.detail,
+            None,  # aggregate_version
+            version,  # snapshot_version
+            0,  # event_count
+            None,  # last_event_id
+            None,  # last_event_at
+        )
+    changes: list[Line] = []
+    for lk, line in wanted.items():
+        old = stored.get(lk)
+        if old is None or old._replace(snapshot_version=version) != line:
+            changes.append(line)
+    for lk, old in stored.items():
+        if lk not in wanted and old.status is not ChargeStatus.SUPERSEDED:
+            changes.append(
+                old._replace(
+                    status=ChargeStatus.SUPERSEDED,
+                    amount=ZERO,
+                    detail=f"superseded by snapshot version {version}",
+                    snapshot_version=version,
+                )
+            )
+    return changes

@@ -225,6 +225,14 @@ class FeatureEntitlement(Record):
     pricing: Pricing = Pricing()
 
 
+class AddOnFee(Record):
+    """An add-on of a subscription as its snapshot carries it: the fee is per unit and period."""
+
+    add_on: str
+    quantity: int
+    fee: Decimal  # per unit, per billing period (a price override applied)
+
+
 class EntitlementSnapshot(Record):
     """A customer's resolved entitlements and subscription: compacted `entitlements.snapshots`, key `snapshot_key`."""
 
@@ -243,6 +251,9 @@ class EntitlementSnapshot(Record):
     # Written by the subscription outbox relay; a reader that ignores them applies the newest terms.
     valid_from: datetime | None = None
     valid_to: datetime | None = None
+    # the add-ons `base_fee` includes (base_fee = the plan's fee + each fee x quantity), so that a
+    # reader bills each as a line of its own; a reader that ignores them bills base_fee whole
+    add_on_fees: tuple[AddOnFee, ...] = ()
 
     def metered(self, meter: str) -> tuple[FeatureEntitlement, ...]:
         return tuple(f for f in self.features if f.kind is FeatureKind.METERED and f.meter == meter)

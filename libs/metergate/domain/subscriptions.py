@@ -70,6 +70,7 @@ from metergate.domain.pricing import (
 )
 from metergate.domain.records import (
     QUANTITY_SCALE,
+    AddOnFee,
     Enforcement,
     EntitlementSnapshot,
     FeatureEntitlement,
@@ -640,6 +641,14 @@ def snapshot_at(
     total = base_fee
     for fee in fees.values():
         total = _EXACT.add(total, fee)
+    add_on_fees = tuple(
+        AddOnFee(
+            add_on=key,
+            quantity=sub.add_ons[key],
+            fee=plain(sub.overrides.add_on_fees.get(key, sub.plan.add_ons[key].fee)),
+        )
+        for key in sorted(fees)
+    )
     return EntitlementSnapshot(
         customer_id=sub.customer_id,
         subscription_id=sub.subscription_id,
@@ -652,6 +661,7 @@ def snapshot_at(
         features=features,
         version=version,
         updated_at=utc_millis(updated_at),
+        add_on_fees=add_on_fees,
     )
 
 
@@ -868,11 +878,22 @@ def snapshot_in_force(
     return found
 
 
-def fees_of_snapshots(snapshots: Iterable[EntitlementSnapshot], period: Period) -> list[Charge]:
-    """The base-fee lines of `period` from one customer's dated snapshots: the period is cut where
-    the terms in force change (`snapshot_in_force`), and each stretch bills its snapshot's base fee
-    (plan + add-ons) x its share of the period, rounded once per line. What `bill_period` gives
-    from the history, for readers that only see the topic."""
+class FeeLine(NamedTuple):
+    """A fee line of a period from dated snapshots: the stretch it covers and its charge."""
+
+    stretch: Stretch
+    charge: Charge
+
+
+def fee_lines_of_snapshots(snapshots: Iterable[EntitlementSnapshot], period: Period) -> list[FeeLine]:
+    """The base-fee and add-on fee lines of `period` from one customer's dated snapshots.
+
+    The period is cut where the terms in force change (`snapshot_in_force`); each stretch with a
+    subscription bills its snapshot's fees x its share of the period, multiplied before dividing,
+    rounded once per line: the plan's base fee (`base_fee` less its add-ons) as `base_fee`, each
+    add-on (`add_on_fees`: fee per unit x quantity) as `add_on:<key>`, as `bill_period` does from
+    the history. Zero fees make no line. Adjacent stretches of one snapshot are one stretch.
+    """
     dated = list(snapshots)
     cuts = {period.start, period.end}
     for snapshot in dated:
@@ -890,19 +911,27 @@ def fees_of_snapshots(snapshots: Iterable[EntitlementSnapshot], period: Period) 
         else:
             stretches.append((start, end, current))
     length = _millis(period.end - period.start)
-    charges: list[Charge] = []
+    lines: list[FeeLine] = []
     for start, end, snapshot in stretches:
-        if not snapshot.base_fee:
-            continue
         part = Stretch(snapshot, start, end, _millis(end - start), length)
         label = f"{snapshot.plan_key} v{snapshot.plan_version}"
-        charges.append(
-            _fee_charge(
-                "base_fee",
-                snapshot.base_fee,
-                part,
-                snapshot.currency,
-                f"base fee of {label} for {part.shown}",
-            )
-        )
-    return charges
+        plan_fee = snapshot.base_fee
+        for add_on in snapshot.add_on_fees:
+            plan_fee = _EXACT.subtract(plan_fee, _EXACT.multiply(add_on.fee, Decimal(add_on.quantity)))
+        if plan_fee > 0:
+            detail = f"base fee of {label} for {part.shown}"
+            charge = _fee_charge("base_fee", plain(plan_fee), part, snapshot.currency, detail)
+            lines.append(FeeLine(part, charge))
+        for add_on in snapshot.add_on_fees:
+            fee = _EXACT.multiply(add_on.fee, Decimal(add_on.quantity))
+            if fee > 0:
+                detail = f"add-on {add_on.add_on} x{add_on.quantity} for {part.shown}"
+                charge = _fee_charge(f"add_on:{add_on.add_on}", plain(fee), part, snapshot.currency, detail)
+                lines.append(FeeLine(part, charge))
+    return lines
+
+
+def fees_of_snapshots(snapshots: Iterable[EntitlementSnapshot], period: Period) -> list[Charge]:
+    """The charges of `fee_lines_of_snapshots` (what `bill_period` gives from the history, for
+    readers that only see the topic)."""
+    return [line.charge for line in fee_lines_of_snapshots(snapshots, period)]
