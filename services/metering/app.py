@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +47,26 @@ from metergate_services.metering.transport import PASSTHROUGH, batching_app_clas
 log = logging.getLogger(__name__)
 
 
+class StartupTimeline:
+    """When each step of the worker's start-up was reached, in seconds from the process start
+    (`started`, a `time.monotonic()` reading): exported as `metergate_startup_seconds{step}` and
+    logged once (INFO) with the first committed batch. A restart's time goes to these steps:
+    imports, state opened, catalog read, group joined (partitions assigned), first batch handed to
+    the processor (recovery runs in it), first group commit."""
+
+    def __init__(self, started: float | None = None) -> None:
+        self.started = time.monotonic() if started is None else started
+        self.marks: dict[str, float] = {}
+
+    def mark(self, step: str) -> None:
+        if step in self.marks:
+            return
+        self.marks[step] = round(time.monotonic() - self.started, 3)
+        metrics.STARTUP.labels(step).set(self.marks[step])
+        if step == "first_commit":
+            log.info("start-up: %s", ", ".join(f"{name} {at:.2f}s" for name, at in self.marks.items()))
+
+
 @dataclass
 class Metering:
     """Everything one worker process runs, so `main.run` (and tests) can start and stop it."""
@@ -56,6 +77,7 @@ class Metering:
     catalog: CatalogView
     processor: MeteringProcessor
     executor: ThreadPoolExecutor
+    timeline: StartupTimeline
     stats: dict[str, int] = field(default_factory=lambda: {"batches": 0, "consumed": 0})
 
     def close(self) -> None:
@@ -123,16 +145,19 @@ def ensure_changelog(settings: MeteringSettings, client_config: dict[str, Any]) 
     return state_partitions
 
 
-def create_metering(settings: MeteringSettings) -> Metering:
+def create_metering(settings: MeteringSettings, timeline: StartupTimeline | None = None) -> Metering:
+    timeline = timeline or StartupTimeline()
     kafka = settings.kafka
     client_config: dict[str, Any] = dict(kafka.client_config())
     topics = kafka.topics
     state_partitions = ensure_changelog(settings, client_config)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = StateStore(settings.data_dir / "rocksdb")
+    timeline.mark("state_opened")
     catalog = CatalogView(client_config, topics.meters, topics.snapshots)
     catalog.start()
     catalog.wait_until_current(timeout_s=60)
+    timeline.mark("catalog_current")
     producer = make_producer(client_config, **{"linger.ms": 2, "compression.type": "none"})
     processor = MeteringProcessor(
         topics=topics,
@@ -172,7 +197,7 @@ def create_metering(settings: MeteringSettings) -> Metering:
         loghandlers=[],
     )
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metering-batch")
-    metering = Metering(settings, app, store, catalog, processor, executor)
+    metering = Metering(settings, app, store, catalog, processor, executor, timeline)
     events = app.topic(topics.events, key_serializer=PASSTHROUGH, value_serializer=PASSTHROUGH, acks=False)
 
     # Adaptive batching: the agent only queues fetches; `process_batches` takes EVERYTHING queued
@@ -223,6 +248,7 @@ def create_metering(settings: MeteringSettings) -> Metering:
                     log.info("dropped %d fetched records of partitions no longer owned", dropped)
                 if not runs:
                     continue
+                timeline.mark("first_batch")
                 job = loop.run_in_executor(executor, processor.process, runs, sorted(owned))
                 try:
                     outcome = await asyncio.shield(job)
@@ -252,6 +278,8 @@ def create_metering(settings: MeteringSettings) -> Metering:
                     idle=queue.empty(),
                     now=loop.time(),
                 )
+                if not offsets.pending:
+                    timeline.mark("first_commit")
                 for partition, offset in outcome.committed.items():
                     if partition not in owned:
                         continue
@@ -282,6 +310,8 @@ def create_metering(settings: MeteringSettings) -> Metering:
             processor.revoke(owned - partitions)  # should be none (revoked first); never keep stale state
             owned.clear()
             owned.update(partitions)
+        if partitions:
+            timeline.mark("joined")
 
     @app.timer(interval=600.0)
     async def expire_old_state() -> None:

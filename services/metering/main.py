@@ -6,7 +6,12 @@ lock is released by the kernel, a leftover RocksDB LOCK file is removed, and rec
 state up to date from the changelog (see README.md).
 """
 
+# ruff: noqa: E402  (the clock is read before the imports it measures)
 from __future__ import annotations
+
+import time
+
+STARTED = time.monotonic()  # before the heavy imports: the start-up timeline counts from here
 
 import faulthandler
 import gc
@@ -17,7 +22,7 @@ import signal
 import faust
 
 from metergate.metrics import serve
-from metergate_services.metering.app import create_metering
+from metergate_services.metering.app import StartupTimeline, create_metering
 from metergate_services.metering.settings import MeteringSettings
 
 log = logging.getLogger(__name__)
@@ -32,8 +37,10 @@ def run() -> None:
     noisy_level = level if os.environ.get("METERGATE_METERING_FAUST_LOGS") else "WARNING"
     for noisy in ("aiokafka", "faust", "mode"):
         logging.getLogger(noisy).setLevel(noisy_level)
+    timeline = StartupTimeline(STARTED)
+    timeline.mark("imported")
     serve(settings.metrics.port)
-    metering = create_metering(settings)
+    metering = create_metering(settings, timeline)
     # The worker keeps many long-lived objects (cached totals, catalog snapshots); with CPython's
     # default thresholds full collections walk them all every few thousand allocations (seen as
     # batches taking 1 s instead of 0.1 s). Collect young objects less often and freeze what
