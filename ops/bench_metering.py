@@ -266,7 +266,8 @@ class WorkerProcess:
             if line.startswith('metergate_startup_seconds{step="'):
                 name, value = line[len('metergate_startup_seconds{step="') :].split('"} ')
                 steps[name] = float(value)
-        return dict(sorted(steps.items(), key=lambda item: item[1]))
+        cpu = steps.pop("cpu", None)
+        return {**dict(sorted(steps.items(), key=lambda item: item[1])), "cpu": cpu} if cpu else steps
 
     def kill(self) -> None:
         self.child.kill()
