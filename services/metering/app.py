@@ -118,6 +118,7 @@ class Metering:
     processor: MeteringProcessor
     executor: ThreadPoolExecutor
     timeline: StartupTimeline
+    membership: MembershipFile
     stats: dict[str, int] = field(default_factory=lambda: {"batches": 0, "consumed": 0})
 
     def close(self) -> None:
@@ -125,6 +126,7 @@ class Metering:
         self.catalog.stop()
         self.processor.producer.flush(10)
         self.store.close()
+        self.membership.close()
 
 
 def ensure_changelog(settings: MeteringSettings, client_config: dict[str, Any]) -> int:
@@ -218,9 +220,8 @@ def create_metering(settings: MeteringSettings, timeline: StartupTimeline | None
         broker = faust_broker_kwargs(kafka)  # bootstrap + the shared security settings
     except ValueError as exc:
         raise ConfigurationError(str(exc)) from None
-    app_class = batching_app_class(
-        frozenset({topics.events}), MembershipFile(settings.data_dir / "membership.json")
-    )
+    membership = MembershipFile(settings.data_dir / "membership.json")
+    app_class = batching_app_class(frozenset({topics.events}), membership)
     app = app_class(
         settings.group_id,
         **broker,
@@ -239,7 +240,7 @@ def create_metering(settings: MeteringSettings, timeline: StartupTimeline | None
         TableManager=faust_adapter.TablelessTableManager,
     )
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metering-batch")
-    metering = Metering(settings, app, store, catalog, processor, executor, timeline)
+    metering = Metering(settings, app, store, catalog, processor, executor, timeline, membership)
     events = app.topic(topics.events, key_serializer=PASSTHROUGH, value_serializer=PASSTHROUGH, acks=False)
 
     # Adaptive batching: the agent only queues fetches; `process_batches` takes EVERYTHING queued

@@ -22,10 +22,16 @@ RECORDED = Membership(
 
 def test_a_recorded_membership_reads_back_as_written(tmp_path: Path) -> None:
     record = MembershipFile(tmp_path / "membership.json")
-    assert record.load() is None
-    record.save(RECORDED)
-    assert record.load() == RECORDED
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["membership.json"]  # no partial file left
+    try:
+        assert record.load() is None
+        record.save(RECORDED)
+        assert record.load() == RECORDED
+    finally:
+        record.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "membership.json",
+        "membership.lock",
+    ]  # no partial file
 
 
 @pytest.mark.parametrize(
@@ -42,4 +48,25 @@ def test_a_recorded_membership_reads_back_as_written(tmp_path: Path) -> None:
 def test_an_unreadable_record_is_ignored(tmp_path: Path, content: str) -> None:
     path = tmp_path / "membership.json"
     path.write_text(content)
-    assert MembershipFile(path).load() is None
+    record = MembershipFile(path)
+    try:
+        assert record.load() is None
+    finally:
+        record.close()
+
+
+def test_only_the_process_holding_the_data_dirs_membership_lock_reads_or_writes_it(tmp_path: Path) -> None:
+    first = MembershipFile(tmp_path / "membership.json")
+    first.save(RECORDED)
+    second = MembershipFile(tmp_path / "membership.json")  # another process on the same data dir
+    try:
+        assert first.owned and not second.owned
+        assert second.load() is None
+        second.save(RECORDED)  # ignored
+        first.close()
+        third = MembershipFile(tmp_path / "membership.json")  # the next process, once the first is gone
+        assert third.owned and third.load() == RECORDED
+        third.close()
+    finally:
+        first.close()
+        second.close()
