@@ -359,6 +359,13 @@ def create_metering(settings: MeteringSettings, timeline: StartupTimeline | None
         if partitions:
             timeline.mark("joined")
 
+    @app.timer(interval=5.0)
+    async def flush_state() -> None:
+        # start a RocksDB memtable flush (it runs in RocksDB's background threads): the write-ahead
+        # log a restart after a SIGKILL replays then holds ~5 s of writes, not everything since the
+        # last automatic flush (measured: ~1 s to open the state after a 200k-event backlog)
+        store.db.flush(False)
+
     @app.timer(interval=600.0)
     async def expire_old_state() -> None:
         loop = asyncio.get_running_loop()

@@ -127,6 +127,10 @@ def recover(
     for partition, watermark in watermarks.items():
         local.put(WATERMARK + str(partition).encode(), watermark.encode())
     store.write(local)
+    if applied:
+        # start a memtable flush now: a restart after a SIGKILL would otherwise replay this whole
+        # write (a wiped data dir rebuilt from the changelog: ~1 s to open the state) from the WAL
+        store.db.flush(False)
     log.info(
         "recovered partitions %s in %.2fs: %d changelog records, %d limit events already sent",
         list(partitions),
