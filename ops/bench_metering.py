@@ -1,6 +1,7 @@
 """Benchmark of the metering worker, with the raw consume rates of the same broker in the same run.
 
     .venv/bin/python -m ops.bench_metering [--events 200000] [--live-events 50000] [--live-rate 10000]
+    .venv/bin/python -m ops.bench_metering --only restart [--events 200000] [--restarts 5]
 
 Uses METERGATE_KAFKA_BOOTSTRAP when set, else starts an embedded (tansu) broker of its own.
 Phases, all on one topic set with a fresh prefix:
@@ -15,10 +16,14 @@ Phases, all on one topic set with a fresh prefix:
    are crossed often, and measure event-to-limit-event latency (produce time of the crossing event
    to receipt of its limit event) p50 / p99;
 5. recovery: SIGKILL the worker, restart it, and time restart -> a probe event committed; then the
-   same with its data directory deleted (state rebuilt from the changelog);
+   same with its data directory deleted (state rebuilt from the changelog); the worker's own
+   start-up timeline (`metergate_startup_seconds{step}`) says where the time went;
 6. scaling: two workers of a new app (own group, own state) on the whole topic, events/s of the two
    together and its ratio to the one worker of phase 3 (on one machine they share its cores with
    the broker).
+
+`--only restart` runs phase 1, the worker on the backlog, then phase 5 `--restarts` times (the
+median of each figure, and the breakdown of the median run).
 
 Prints the figures; asserts nothing about time. `run_bench(...)` returns them as a dict.
 """
@@ -249,6 +254,21 @@ class WorkerProcess:
                 return float(line.split()[1])
         return None
 
+    def startup(self) -> dict[str, float]:
+        """The worker's start-up timeline: seconds from its process start to each step."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=1) as response:
+                text = response.read().decode()
+        except OSError:
+            return {}
+        steps = {}
+        for line in text.splitlines():
+            if line.startswith('metergate_startup_seconds{step="'):
+                name, value = line[len('metergate_startup_seconds{step="') :].split('"} ')
+                steps[name] = float(value)
+        cpu = steps.pop("cpu", None)
+        return {**dict(sorted(steps.items(), key=lambda item: item[1])), "cpu": cpu} if cpu else steps
+
     def kill(self) -> None:
         self.child.kill()
 
@@ -294,7 +314,13 @@ def wait_committed(
 
 
 def run_bench(
-    bootstrap: str | None = None, *, events: int = 200_000, live_events: int = 50_000, live_rate: int = 10_000
+    bootstrap: str | None = None,
+    *,
+    events: int = 200_000,
+    live_events: int = 50_000,
+    live_rate: int = 10_000,
+    only: str | None = None,
+    restarts: int = 1,
 ) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="bench-metering-"))
     broker = None
@@ -314,6 +340,12 @@ def run_bench(
     try:
         publish_catalog(parse_catalog(catalog(customers, live_customers)), config, prefix=topics.prefix)
         figures["produce_s"] = round(produce_backlog(config, topics.events, events, customers), 2)
+        if only == "restart":
+            worker.start()
+            figures["metering_per_s"] = round(backlog_rate([worker], events))
+            wait_committed(config, group, topics.events, total_records(config, topics.events))
+            figures.update(recovery_times(config, topics, worker, group, rounds=restarts))
+            return figures
         figures["raw_consume_confluent_per_s"] = round(confluent_consume_rate(config, topics.events, events))
         figures["raw_consume_faust_per_record_per_s"] = round(
             faust_consume_rate(bootstrap, topics.events, events, False)
@@ -452,33 +484,43 @@ def live_latency(
 
 
 def recovery_times(
-    config: Mapping[str, Any], topics: Topics, worker: WorkerProcess, group: str
+    config: Mapping[str, Any], topics: Topics, worker: WorkerProcess, group: str, rounds: int = 1
 ) -> dict[str, Any]:
-    results: dict[str, Any] = {}
+    """SIGKILL, restart, until a probe event is committed: with the data dir kept, then deleted,
+    `rounds` times each; the median, and where the time of the median run went."""
+    runs: dict[str, list[tuple[float, dict[str, float]]]] = {}
     encode = codec(UsageEvent).encode
     producer = Producer({**config, "enable.idempotence": True, **MURMUR2})
     tracker = DeliveryTracker()
-    for label, wipe in (
-        ("recovery_after_sigkill_s", False),
-        ("recovery_after_sigkill_wiped_data_dir_s", True),
-    ):
-        worker.kill()
-        if wipe:
-            shutil.rmtree(Path(worker.env["METERGATE_METERING_DATA_DIR"]) / "rocksdb", ignore_errors=True)
-        before = total_records(config, topics.events)
-        restarted = time.monotonic()
-        worker.start()
-        event = UsageEvent(
-            event_id=f"probe-{uuid.uuid4().hex}",
-            customer_id="c1",
-            meter="api_calls",
-            quantity=Decimal(1),
-            timestamp=datetime.now(UTC),
-        )
-        produce(producer, topics.events, b"c1", encode(event), tracker)
-        flush(producer, tracker, topic=topics.events, timeout_s=10)
-        done = wait_committed(config, group, topics.events, before + 1, timeout_s=300)
-        results[label] = round(done - restarted, 2)
+    for _ in range(rounds):
+        for label, wipe in (
+            ("recovery_after_sigkill_s", False),
+            ("recovery_after_sigkill_wiped_data_dir_s", True),
+        ):
+            worker.kill()
+            if wipe:
+                shutil.rmtree(Path(worker.env["METERGATE_METERING_DATA_DIR"]) / "rocksdb", ignore_errors=True)
+            before = total_records(config, topics.events)
+            restarted = time.monotonic()
+            worker.start()
+            event = UsageEvent(
+                event_id=f"probe-{uuid.uuid4().hex}",
+                customer_id="c1",
+                meter="api_calls",
+                quantity=Decimal(1),
+                timestamp=datetime.now(UTC),
+            )
+            produce(producer, topics.events, b"c1", encode(event), tracker)
+            flush(producer, tracker, topic=topics.events, timeout_s=10)
+            done = wait_committed(config, group, topics.events, before + 1, timeout_s=300)
+            runs.setdefault(label, []).append((round(done - restarted, 2), worker.startup()))
+    results: dict[str, Any] = {}
+    for label, found in runs.items():
+        results[label] = round(statistics.median(run[0] for run in found), 2)
+        if rounds > 1:
+            results[f"{label}_runs"] = [run[0] for run in found]
+        # the worker's timeline of the run closest to the median
+        results[f"{label}_steps"] = min(found, key=lambda run: abs(run[0] - results[label]))[1]
     return results
 
 
@@ -490,12 +532,16 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--live-events", type=int, default=50_000)
     parser.add_argument("--live-rate", type=int, default=10_000)
+    parser.add_argument("--only", choices=["restart"], help="only the backlog and the restart phase")
+    parser.add_argument("--restarts", type=int, default=1, help="rounds of the restart phase (median)")
     args = parser.parse_args()
     figures = run_bench(
         os.environ.get("METERGATE_KAFKA_BOOTSTRAP"),
         events=args.events,
         live_events=args.live_events,
         live_rate=args.live_rate,
+        only=args.only,
+        restarts=args.restarts,
     )
     width = max(len(name) for name in figures)
     for name, value in figures.items():

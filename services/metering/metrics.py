@@ -32,3 +32,9 @@ PROCESSING_LATENCY = Histogram(
     "From the record's Kafka timestamp to its batch being committed (up to 256 records per batch, evenly spread)",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
 )
+STARTUP = Gauge(
+    "metergate_startup_seconds",
+    "Seconds from the worker process's start to each step of its start-up (imported, state_opened, "
+    "joined, first_batch, catalog_current, first_commit; cpu: CPU seconds used by the first commit)",
+    ["step"],
+)

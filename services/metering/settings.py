@@ -3,13 +3,13 @@
 | variable | default | meaning |
 | --- | --- | --- |
 | METERGATE_METERING_APP_ID | metergate-metering | Faust app id; the consumer group is the topic prefix + this (`consumer_group`) |
-| METERGATE_METERING_DATA_DIR | .metergate/metering | RocksDB state + Faust's data dir |
+| METERGATE_METERING_DATA_DIR | .metergate/metering | RocksDB state, the recorded group membership, Faust's data dir |
 | METERGATE_METERING_DEDUP_WINDOW_S | 3024000 (35 days) | dedup window in event time, seconds |
 | METERGATE_METERING_FUTURE_SKEW_S | 300 | how far ahead of the worker's clock an event may be, seconds |
 | METERGATE_METERING_LATE_GRACE_S | 86400 (1 day) | a period closed longer than this before an event arrives makes its aggregate `late`, seconds |
 | METERGATE_METERING_BATCH_SIZE | 5000 | most records per fetch |
 | METERGATE_METERING_MAX_BATCH | 50000 | most records processed and committed as one batch (queued fetches are merged when processing falls behind) |
-| METERGATE_METERING_SESSION_TIMEOUT_S | 6 | consumer-group session timeout: how long a killed worker's partitions wait (tansu also holds each JoinGroup about half of it) |
+| METERGATE_METERING_SESSION_TIMEOUT_S | 6 | consumer-group session timeout: a worker restarted on its data dir within it takes its partitions back at once; otherwise a killed worker's partitions wait that long (tansu also holds each JoinGroup about half of it) |
 | METERGATE_METERING_HEARTBEAT_INTERVAL_S | 1 | consumer-group heartbeat interval |
 | METERGATE_METERING_REBALANCE_TIMEOUT_S | 10 | consumer-group rebalance timeout |
 | METERGATE_METERING_RECOVERY_IDLE_S | 0.3 | when reading a changelog/output tail, how long "no new record" means its end |

@@ -15,7 +15,7 @@ the list to the agent untouched. Faust's private members are reached through `fa
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import faust
 from faust.serializers import codecs
@@ -24,6 +24,9 @@ from faust.types import TP
 from faust.types.tuples import ConsumerMessage
 
 from metergate_services.metering import faust_adapter
+
+if TYPE_CHECKING:
+    from metergate_services.metering.membership import MembershipFile
 
 PASSTHROUGH = "metergate-passthrough"
 
@@ -47,18 +50,28 @@ class LowLatencyConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
     FETCH_MAX_WAIT_MS bounds it instead."""
 
     fetch_max_wait_ms: ClassVar[int] = 50
+    #: where the group membership is recorded and taken back from (faust_adapter.resume_membership)
+    membership: ClassVar[MembershipFile | None] = None
 
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
         faust_adapter.set_fetch_max_wait_ms(consumer, self.fetch_max_wait_ms)
         return consumer
 
+    async def on_start(self) -> None:
+        await super().on_start()  # creates and starts the aiokafka consumer; it subscribes later
+        if self.membership is not None:
+            faust_adapter.resume_membership(
+                faust_adapter.worker_consumer(self), self.membership.load(), self.membership.save
+            )
+
 
 class BatchingConsumer(aiokafka_driver.Consumer):
     batched_topics: ClassVar[frozenset[str]] = frozenset()
+    consumer_thread: ClassVar[type[LowLatencyConsumerThread]] = LowLatencyConsumerThread
 
     def _new_consumer_thread(self) -> aiokafka_driver.AIOKafkaConsumerThread:
-        return LowLatencyConsumerThread(self, loop=self.loop, beacon=self.beacon)
+        return self.consumer_thread(self, loop=self.loop, beacon=self.beacon)
 
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, ConsumerMessage]]:  # type: ignore[override]
         # Same as faust.transport.consumer.Consumer.getmany, except for batched topics (see module doc).
@@ -115,10 +128,18 @@ class BatchingConsumer(aiokafka_driver.Consumer):
         )
 
 
-def batching_app_class(batched_topics: frozenset[str]) -> type[faust.App]:
-    """A faust.App whose Kafka transport batches the given topics."""
+def batching_app_class(
+    batched_topics: frozenset[str], membership: MembershipFile | None = None
+) -> type[faust.App]:
+    """A faust.App whose Kafka transport batches the given topics (and, given `membership`, records
+    its group membership there and takes it back at start: faust_adapter.resume_membership)."""
 
-    consumer_class = type("MeteringConsumer", (BatchingConsumer,), {"batched_topics": batched_topics})
+    thread_class = type("MeteringConsumerThread", (LowLatencyConsumerThread,), {"membership": membership})
+    consumer_class = type(
+        "MeteringConsumer",
+        (BatchingConsumer,),
+        {"batched_topics": batched_topics, "consumer_thread": thread_class},
+    )
     transport_class = type("MeteringTransport", (aiokafka_driver.Transport,), {"Consumer": consumer_class})
 
     class MeteringApp(faust.App):
