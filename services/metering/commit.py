@@ -343,6 +343,19 @@ def _published(found: PeriodTotal, now_ms: int) -> bytes:
         plan_key=found.plan_key,
         plan_version=found.plan_version,
         updated_at_ms=now_ms,
+        segments=()
+        if found.segments is None
+        else [
+            (
+                found.period_start_ms if segment.start_ms is None else segment.start_ms,
+                segment.subscription_id,
+                segment.plan_key,
+                segment.plan_version,
+                segment.total.value,
+                segment.total.event_count,
+            )
+            for segment in found.segments
+        ],
     )
 
 

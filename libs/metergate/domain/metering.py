@@ -17,7 +17,11 @@ was when it happened); periods follow the customer's snapshot
 (`periods.period_for`: billing anchor and reset period; calendar month UTC without a subscription);
 a total of a period that ended more than `late_grace_ms` ago is marked `late`; the total carries
 the subscription terms of the snapshot in force when it was last folded (the *version rule*: one
-version = 1 + the offset of the last event folded in, set by the caller when it publishes); a record
+version = 1 + the offset of the last event folded in, set by the caller when it publishes) and,
+once an event is counted under other terms than the total's (another snapshot whose validity
+starts elsewhere in the period: an upgrade, a cancellation), the part counted under each terms in
+force (`PeriodTotal.segments`, keyed by the start of the terms' validity clipped to the period:
+`metergate.domain.aggregation`); limits still apply to the whole period's total; a record
 whose offset is at or below the total's `applied_offset` is a replay already in the total: it counts
 as accepted and re-records its dedup entry, but folds nothing.
 
@@ -157,8 +161,10 @@ class _Terms:
         "plan_key",
         "plan_version",
         "reset",
+        "segment_start",
         "snapshot",
         "subscription_id",
+        "valid_from_ms",
         "watched",
     )
 
@@ -174,6 +180,11 @@ class _Terms:
             self.reset = ResetPeriod.MONTHLY
         else:
             self.anchor, self.reset = snapshot.billing_anchor, snapshot.reset_period
+        self.valid_from_ms = (
+            millis(snapshot.valid_from) if snapshot is not None and snapshot.valid_from is not None else None
+        )
+        #: where these terms start inside `period` (None: at its start), the key of their segment
+        self.segment_start: int | None = None
         self.period: tuple[str, int, int] | None = None
         self.keys: dict[str, str] = {}
         self.watched: dict[str, tuple[FeatureEntitlement, ...]] = {}
@@ -308,7 +319,15 @@ class MeteringCore:
             found = state.total(key)
             if found is None:
                 found = PeriodTotal(
-                    customer, name, period[1], period[2], None, None, None, RunningTotal(meter.aggregation)
+                    customer,
+                    name,
+                    period[1],
+                    period[2],
+                    None,
+                    None,
+                    None,
+                    RunningTotal(meter.aggregation),
+                    terms.segment_start,
                 )
             found.total.emitted.update(state.sent_marks(partition, key))
         else:
@@ -340,6 +359,18 @@ class MeteringCore:
         unique = None
         if meter.unique_property:
             unique = (datum.get("properties") or {}).get(meter.unique_property)
+        if found.segments is not None or terms.segment_start != found.terms_start_ms:
+            # the terms changed during the period: the part counted under each is kept apart
+            found.fold_segment(
+                terms.segment_start,
+                terms.subscription_id,
+                terms.plan_key,
+                terms.plan_version,
+                datum["quantity"],
+                event_ms,
+                datum["event_id"],
+                unique,
+            )
         total.fold(datum["quantity"], event_ms, datum["event_id"], unique)
         total.applied_offset = record.offset
         if period[2] + self.rules.late_grace_ms < fx.now_ms:
@@ -383,6 +414,8 @@ class MeteringCore:
         period = period_for(from_millis(event_ms), terms.anchor, terms.reset)
         found = terms.period = (period.start.isoformat(), millis(period.start), millis(period.end))
         terms.keys = {}
+        valid_from = terms.valid_from_ms
+        terms.segment_start = None if valid_from is None or valid_from <= found[1] else valid_from
         return found
 
     @staticmethod

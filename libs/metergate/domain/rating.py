@@ -46,8 +46,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
+from fractions import Fraction
 from types import MappingProxyType
 from typing import Any, NamedTuple, TypeVar
 
@@ -64,6 +65,7 @@ from metergate.domain.pricing import (
     ChargeStatus,
     ChargeType,
     PricingError,
+    Rating,
     base_fee_charge,
     line_key,
     rate_usage,
@@ -72,12 +74,18 @@ from metergate.domain.records import (
     MAX_QUANTITY,
     DeadLetter,
     EntitlementSnapshot,
+    FeatureKind,
     KafkaPosition,
     LimitEvent,
     LimitKind,
+    TermsSegment,
     UsageAggregate,
     aggregate_key,
 )
+from metergate.domain.metering import millis
+from metergate.domain.periods import Period
+from metergate.domain.subscriptions import _shown_share, prorated_included, share_in_force
+from metergate.domain.terms import DatedTerms
 from metergate.domain.usage import _plain, check_identifier  # _plain: the identifier rule's common case
 from metergate.errors import InvalidInput
 
@@ -85,6 +93,28 @@ ZERO = Decimal(0)
 BASE_FEE = "base_fee"  # the feature name of a base-fee line
 SERVICE = "rating"  # what rating's dead letters name as their `service`
 S = TypeVar("S")  # the caller's handle on a consumed record (a Kafka message, a test's label)
+
+
+class SegmentUpdate(NamedTuple):
+    """A `TermsSegment` of an aggregate as a plain tuple (what the fast reader decodes into)."""
+
+    start: datetime
+    subscription_id: str | None
+    plan_key: str | None
+    plan_version: int | None
+    value: Decimal
+    event_count: int
+
+    @classmethod
+    def of(cls, segment: TermsSegment) -> SegmentUpdate:
+        return cls(
+            segment.start,
+            segment.subscription_id,
+            segment.plan_key,
+            segment.plan_version,
+            segment.value,
+            segment.event_count,
+        )
 
 
 class AggregateUpdate(NamedTuple):
@@ -107,6 +137,7 @@ class AggregateUpdate(NamedTuple):
     subscription_id: str | None
     plan_key: str | None
     plan_version: int | None
+    segments: tuple[SegmentUpdate, ...] = ()
 
     @classmethod
     def of(cls, aggregate: UsageAggregate) -> AggregateUpdate:
@@ -124,6 +155,7 @@ class AggregateUpdate(NamedTuple):
             aggregate.subscription_id,
             aggregate.plan_key,
             aggregate.plan_version,
+            tuple(SegmentUpdate.of(segment) for segment in aggregate.segments),
         )
 
 
@@ -303,14 +335,29 @@ class RatingFold:
                 newest = version
         return newest
 
-    def apply(self, aggregate: RatingInput, snapshot: EntitlementSnapshot | None) -> Applied:
-        """Rate one aggregate version (raises InvalidInput when its value cannot be rated at all)."""
+    def apply(
+        self, aggregate: RatingInput, snapshot: EntitlementSnapshot | None, terms: DatedTerms | None = None
+    ) -> Applied:
+        """Rate one aggregate version (raises InvalidInput when its value cannot be rated at all).
+
+        `snapshot`: the customer's terms in force at the aggregate's last event; `terms`: every
+        snapshot of the customer (`DatedTerms`), for the terms in force at each segment's start and
+        the share of the period each is in force (without it, the whole total is priced under
+        `snapshot`, in full)."""
         key = aggregate.key
         current = self.version_of(key)
         if current is not None and aggregate.version <= current:
             self.stale += 1
             return _STALE
-        rating = rate_usage(aggregate.meter, aggregate.value, snapshot)
+        segmented = terms is not None and bool(aggregate.segments)
+        if segmented:
+            rating = _NO_RATING  # each segment is rated on its own, below
+        else:
+            rating = (
+                _rate_in_force(aggregate, aggregate.value, snapshot, terms)  # in force for part of the period?
+                if terms is not None and snapshot is not None and aggregate.customer_id in terms.dated
+                else rate_usage(aggregate.meter, aggregate.value, snapshot)
+            )
         rejection = rating.rejection
         bill_base_fee = snapshot is not None and snapshot.base_fee > 0
         if snapshot is not None and snapshot.base_fee < 0:  # usage is still rated; the record goes to the DLQ
@@ -321,6 +368,9 @@ class RatingFold:
         period = key.rsplit("|", 1)[1]  # the period start as aggregate_key writes it (UTC ISO)
         previous = self.lines.setdefault(key, {})
         now_lines: dict[str, Line] = {}
+        if segmented:
+            assert terms is not None
+            rejection = self._segments(aggregate, terms, period, previous, now_lines) or rejection
         for charge in rating.charges:
             lk = _line_key(aggregate.customer_id, subscription, charge.feature, period, charge.charge)
             now_lines[lk] = self._line(lk, key, aggregate, snapshot, subscription, charge, previous.get(lk))
@@ -346,6 +396,37 @@ class RatingFold:
         self.updates += 1
         return Applied(False, tuple(changed), rejection)
 
+    def _segments(
+        self,
+        aggregate: RatingInput,
+        terms: DatedTerms,
+        period: str,
+        previous: dict[str, Line],
+        now_lines: dict[str, Line],
+    ) -> InvalidInput | None:
+        """The usage lines of an aggregate counted under several terms: each segment priced under
+        the terms in force at its start, its included units prorated by their share of the period
+        (one line per feature and segment; the key of a segment starting after the period start
+        names that start)."""
+        customer, key = aggregate.customer_id, aggregate.key
+        rejection: InvalidInput | None = None
+        for segment in aggregate.segments:
+            snapshot = terms.at(customer, millis(segment.start))
+            rating = (
+                rate_usage(aggregate.meter, segment.value, None)
+                if snapshot is None
+                else _rate_in_force(aggregate, segment.value, snapshot, terms)
+            )
+            rejection = rejection or rating.rejection
+            subscription = segment.subscription_id or (snapshot.subscription_id if snapshot else None) or ""
+            since = None if segment.start == aggregate.period_start else segment.start.astimezone(UTC).isoformat()
+            for charge in rating.charges:
+                lk = line_key(customer, subscription, charge.feature, period, charge.charge, since=since)
+                now_lines[lk] = self._line(
+                    lk, key, aggregate, snapshot, subscription, charge, previous.get(lk), segment
+                )
+        return rejection
+
     def _line(
         self,
         lk: str,
@@ -355,15 +436,17 @@ class RatingFold:
         subscription: str,
         charge: Charge,
         old: Line | None,
+        segment: SegmentUpdate | TermsSegment | None = None,
     ) -> Line:
+        counted = aggregate if segment is None else segment  # whose terms and events the line prices
         # positional, in field order (a NamedTuple built from keywords costs twice as much)
         return Line(
             lk,  # line_key
             key,  # aggregate_key
             aggregate.customer_id,  # customer_id
             subscription,  # subscription_id
-            aggregate.plan_key or (snapshot.plan_key if snapshot else None),  # plan_key
-            aggregate.plan_version or (snapshot.plan_version if snapshot else None),  # plan_version
+            counted.plan_key or (snapshot.plan_key if snapshot else None),  # plan_key
+            counted.plan_version or (snapshot.plan_version if snapshot else None),  # plan_version
             charge.feature,  # feature
             aggregate.meter,  # meter
             charge.charge,  # charge
@@ -382,7 +465,7 @@ class RatingFold:
             charge.detail,  # detail
             aggregate.version,  # aggregate_version
             snapshot.version if snapshot else None,  # snapshot_version
-            aggregate.event_count,  # event_count
+            counted.event_count,  # event_count
             aggregate.last_event_id,  # last_event_id
             aggregate.last_event_at,  # last_event_at
         )
@@ -478,6 +561,43 @@ class RatingFold:
         )
 
 
+_NO_RATING = Rating(())
+#: (id(snapshot), share) -> (snapshot, the snapshot with every metered feature's included units x share)
+_PRORATED: dict[tuple[int, Fraction], tuple[EntitlementSnapshot, EntitlementSnapshot]] = {}
+
+
+def _rate_in_force(
+    aggregate: RatingInput, quantity: Decimal, snapshot: EntitlementSnapshot, terms: DatedTerms
+) -> Rating:
+    """`quantity` of the aggregate's meter priced under `snapshot`, its included units prorated by
+    the share of the period the snapshot is in force among the customer's terms (the rule of
+    `subscriptions.bill_period`: `prorated_included`, the share the base fee is billed for)."""
+    if snapshot.subscription_id is None:
+        return rate_usage(aggregate.meter, quantity, snapshot)  # nothing priced
+    period = Period(aggregate.period_start, aggregate.period_end)
+    share = share_in_force(terms.of(aggregate.customer_id), snapshot, period)
+    if share == 1:
+        return rate_usage(aggregate.meter, quantity, snapshot)
+    memo = _PRORATED.get((id(snapshot), share))
+    if memo is None or memo[0] is not snapshot:
+        features = tuple(
+            feature.model_copy(update={"included": prorated_included(feature.included, share)})
+            if feature.kind is FeatureKind.METERED
+            else feature
+            for feature in snapshot.features
+        )
+        if len(_PRORATED) >= 4096:
+            _PRORATED.clear()
+        memo = _PRORATED[(id(snapshot), share)] = (snapshot, snapshot.model_copy(update={"features": features}))
+    rating = rate_usage(aggregate.meter, quantity, memo[1])
+    period_ms = millis(aggregate.period_end) - millis(aggregate.period_start)
+    shown = _shown_share(period_ms * share.numerator // share.denominator, period_ms)
+    terms_of = f"{snapshot.plan_key} v{snapshot.plan_version} for {shown}"
+    return rating._replace(
+        charges=tuple(charge._replace(detail=f"{charge.detail}; {terms_of}") for charge in rating.charges)
+    )
+
+
 def _totals_differ(old: Line, new: Line) -> bool:
     """Would the invoice totals of the line's (customer, period) differ with `new` instead of `old`?"""
     return (
@@ -525,19 +645,27 @@ class Rejected(NamedTuple):
 def rate_records(
     fold: RatingFold,
     records: Sequence[tuple[tuple[int, S], RatingInput]],
-    snapshot_of: Callable[[str], EntitlementSnapshot | None],
+    terms: DatedTerms,
     with_credit: set[str],
 ) -> list[Rejected]:
     """Fold ((index, source), aggregate) records of one batch into `fold`, in order, after keeping
-    the newest version per key (`newest_per_key`; the collapsed count as stale). Returns what the
-    DLQ must hear of, in the order found: records rejected (counted in `fold.rejected`, nothing
-    changed) and records rated with a reason to report (counted as updates)."""
+    the newest version per key (`newest_per_key`; the collapsed count as stale), each priced under
+    the customer's terms in force at its events' time (`terms`: at its last event, and per terms
+    segment at the segment's start). Returns what the DLQ must hear of, in the order found: records
+    rejected (counted in `fold.rejected`, nothing changed) and records rated with a reason to
+    report (counted as updates)."""
     kept = newest_per_key(records, with_credit)
     fold.stale += len(records) - len(kept)
     rejected: list[Rejected] = []
+    newest, dated = terms.newest_by_customer.get, terms.dated
     for (index, source), aggregate in kept:
+        customer = aggregate.customer_id
+        # a customer whose terms are all undated (a catalog file) has one terms: no clock to read
+        snapshot = (
+            terms.at(customer, millis(aggregate.last_event_at)) if customer in dated else newest(customer)
+        )
         try:
-            applied = fold.apply(aggregate, snapshot_of(aggregate.customer_id))
+            applied = fold.apply(aggregate, snapshot, terms)
         except InvalidInput as exc:
             fold.rejected += 1
             rejected.append(Rejected(index, source, exc))

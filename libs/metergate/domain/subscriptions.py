@@ -868,11 +868,9 @@ def snapshot_in_force(
     return found
 
 
-def fees_of_snapshots(snapshots: Iterable[EntitlementSnapshot], period: Period) -> list[Charge]:
-    """The base-fee lines of `period` from one customer's dated snapshots: the period is cut where
-    the terms in force change (`snapshot_in_force`), and each stretch bills its snapshot's base fee
-    (plan + add-ons) x its share of the period, rounded once per line. What `bill_period` gives
-    from the history, for readers that only see the topic."""
+def stretches(snapshots: Iterable[EntitlementSnapshot], period: Period) -> list[Stretch]:
+    """The parts of `period` with one subscribed snapshot in force, in order: the period is cut
+    where the terms in force change (`snapshot_in_force` of one customer's dated snapshots)."""
     dated = list(snapshots)
     cuts = {period.start, period.end}
     for snapshot in dated:
@@ -880,21 +878,36 @@ def fees_of_snapshots(snapshots: Iterable[EntitlementSnapshot], period: Period) 
             if bound is not None and period.start < bound < period.end:
                 cuts.add(bound)
     edges = sorted(cuts)
-    stretches: list[tuple[datetime, datetime, EntitlementSnapshot]] = []
+    found: list[tuple[datetime, datetime, EntitlementSnapshot]] = []
     for start, end in pairwise(edges):
         current = snapshot_in_force(dated, start)
         if current is None or current.subscription_id is None:
             continue
-        if stretches and stretches[-1][2] is current and stretches[-1][1] == start:
-            stretches[-1] = (stretches[-1][0], end, current)
+        if found and found[-1][2] is current and found[-1][1] == start:
+            found[-1] = (found[-1][0], end, current)
         else:
-            stretches.append((start, end, current))
+            found.append((start, end, current))
     length = _millis(period.end - period.start)
+    return [Stretch(snapshot, start, end, _millis(end - start), length) for start, end, snapshot in found]
+
+
+def share_in_force(snapshots: Iterable[EntitlementSnapshot], snapshot: EntitlementSnapshot, period: Period) -> Fraction:
+    """The share of `period` in which `snapshot` is the terms in force among one customer's
+    snapshots (`stretches`): what its base fee and its included units are multiplied by."""
+    in_force = sum(part.in_force_ms for part in stretches(snapshots, period) if part.snapshot.version == snapshot.version)
+    return Fraction(in_force, _millis(period.end - period.start))
+
+
+def fees_of_snapshots(snapshots: Iterable[EntitlementSnapshot], period: Period) -> list[Charge]:
+    """The base-fee lines of `period` from one customer's dated snapshots: the period is cut where
+    the terms in force change (`stretches`), and each stretch bills its snapshot's base fee
+    (plan + add-ons) x its share of the period, rounded once per line. What `bill_period` gives
+    from the history, for readers that only see the topic."""
     charges: list[Charge] = []
-    for start, end, snapshot in stretches:
+    for part in stretches(snapshots, period):
+        snapshot = part.snapshot
         if not snapshot.base_fee:
             continue
-        part = Stretch(snapshot, start, end, _millis(end - start), length)
         label = f"{snapshot.plan_key} v{snapshot.plan_version}"
         charges.append(
             _fee_charge(
