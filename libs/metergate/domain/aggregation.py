@@ -143,7 +143,12 @@ class SegmentTotal:
 
     def to_state(self) -> dict[str, Any]:
         total = self.total
-        state: dict[str, Any] = {"v": str(total.value), "n": total.event_count, "t": total.last_event_ms}
+        state: dict[str, Any] = {
+            "v": str(total.value),
+            "n": total.event_count,
+            "t": total.last_event_ms,
+            "id": total.last_event_id,
+        }
         if self.start_ms is not None:
             state["s"] = self.start_ms
         if self.subscription_id is not None:
@@ -161,6 +166,7 @@ class SegmentTotal:
             value=Decimal(state["v"]),
             event_count=state["n"],
             last_event_ms=state["t"],
+            last_event_id=state["id"],
             uniques=set(state.get("u", ())),
         )
         return cls(state.get("s"), state.get("sub"), state.get("pk"), state.get("pv"), total)
@@ -211,7 +217,11 @@ class PeriodTotal:
                 uniques=set(first.uniques),
             )
             segments = self.segments = (
-                [SegmentTotal(self.terms_start_ms, self.subscription_id, self.plan_key, self.plan_version, kept)]
+                [
+                    SegmentTotal(
+                        self.terms_start_ms, self.subscription_id, self.plan_key, self.plan_version, kept
+                    )
+                ]
                 if first.event_count
                 else []
             )

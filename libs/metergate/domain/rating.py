@@ -44,7 +44,7 @@ capital letters. Such a record goes to the DLQ with its reason; every other cust
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -60,6 +60,8 @@ from metergate.domain.ledger import (
     change_line_amount,
     depletion_event_id,
 )
+from metergate.domain.metering import millis
+from metergate.domain.periods import Period
 from metergate.domain.pricing import (
     Charge,
     ChargeStatus,
@@ -82,8 +84,6 @@ from metergate.domain.records import (
     UsageAggregate,
     aggregate_key,
 )
-from metergate.domain.metering import millis
-from metergate.domain.periods import Period
 from metergate.domain.subscriptions import _shown_share, prorated_included, share_in_force
 from metergate.domain.terms import DatedTerms
 from metergate.domain.usage import _plain, check_identifier  # _plain: the identifier rule's common case
@@ -354,7 +354,9 @@ class RatingFold:
             rating = _NO_RATING  # each segment is rated on its own, below
         else:
             rating = (
-                _rate_in_force(aggregate, aggregate.value, snapshot, terms)  # in force for part of the period?
+                _rate_in_force(
+                    aggregate, aggregate.value, snapshot, terms
+                )  # in force for part of the period?
                 if terms is not None and snapshot is not None and aggregate.customer_id in terms.dated
                 else rate_usage(aggregate.meter, aggregate.value, snapshot)
             )
@@ -419,7 +421,9 @@ class RatingFold:
             )
             rejection = rejection or rating.rejection
             subscription = segment.subscription_id or (snapshot.subscription_id if snapshot else None) or ""
-            since = None if segment.start == aggregate.period_start else segment.start.astimezone(UTC).isoformat()
+            since = (
+                None if segment.start == aggregate.period_start else segment.start.astimezone(UTC).isoformat()
+            )
             for charge in rating.charges:
                 lk = line_key(customer, subscription, charge.feature, period, charge.charge, since=since)
                 now_lines[lk] = self._line(
@@ -588,7 +592,10 @@ def _rate_in_force(
         )
         if len(_PRORATED) >= 4096:
             _PRORATED.clear()
-        memo = _PRORATED[(id(snapshot), share)] = (snapshot, snapshot.model_copy(update={"features": features}))
+        memo = _PRORATED[(id(snapshot), share)] = (
+            snapshot,
+            snapshot.model_copy(update={"features": features}),
+        )
     rating = rate_usage(aggregate.meter, quantity, memo[1])
     period_ms = millis(aggregate.period_end) - millis(aggregate.period_start)
     shown = _shown_share(period_ms * share.numerator // share.denominator, period_ms)

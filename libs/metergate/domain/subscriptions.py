@@ -891,10 +891,14 @@ def stretches(snapshots: Iterable[EntitlementSnapshot], period: Period) -> list[
     return [Stretch(snapshot, start, end, _millis(end - start), length) for start, end, snapshot in found]
 
 
-def share_in_force(snapshots: Iterable[EntitlementSnapshot], snapshot: EntitlementSnapshot, period: Period) -> Fraction:
+def share_in_force(
+    snapshots: Iterable[EntitlementSnapshot], snapshot: EntitlementSnapshot, period: Period
+) -> Fraction:
     """The share of `period` in which `snapshot` is the terms in force among one customer's
     snapshots (`stretches`): what its base fee and its included units are multiplied by."""
-    in_force = sum(part.in_force_ms for part in stretches(snapshots, period) if part.snapshot.version == snapshot.version)
+    in_force = sum(
+        part.in_force_ms for part in stretches(snapshots, period) if part.snapshot.version == snapshot.version
+    )
     return Fraction(in_force, _millis(period.end - period.start))
 
 

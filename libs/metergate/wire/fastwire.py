@@ -30,10 +30,10 @@ from __future__ import annotations
 import copy
 import io
 import re
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Context, Decimal
 from functools import lru_cache
-from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import fastavro
