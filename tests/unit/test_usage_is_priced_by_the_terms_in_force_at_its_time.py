@@ -23,6 +23,7 @@ from metergate.domain.records import (
     UsageAggregate,
 )
 from metergate.domain.terms import DatedTerms
+from metergate.wire.codec import codec
 
 pytestmark = pytest.mark.unit
 
@@ -131,8 +132,15 @@ def usage(fold: RatingFold) -> dict[str, tuple[object, ...]]:
     }
 
 
-def test_an_upgrade_on_day_15_prices_each_part_by_its_plan_with_included_units_prorated() -> None:
-    fold = rate(terms_of(GROWTH, SCALE), UPGRADED)
+def wire(snapshot: EntitlementSnapshot) -> EntitlementSnapshot:
+    """As rating reads it from the topic (every decimal with Avro's 9 places: 10000000.000000000)."""
+    snapshots = codec(EntitlementSnapshot)
+    return snapshots.decode(snapshots.encode(snapshot))
+
+
+@pytest.mark.parametrize("read", [lambda s: s, wire], ids=["in memory", "from the topic"])
+def test_an_upgrade_on_day_15_prices_each_part_by_its_plan_with_included_units_prorated(read) -> None:
+    fold = rate(terms_of(read(GROWTH), read(SCALE)), UPGRADED)
     # Growth, 1-14 November: 14/30 of 10,000,000 included = 4,666,666.67 -> 4,666,667 (half-up);
     #   6,000,000 - 4,666,667 = 1,333,333 billable x 0.0002 = 266.6666 -> 266.67
     # Scale, 15-30 November: 16/30 of 50,000,000 = 26,666,666.67 -> 26,666,667;

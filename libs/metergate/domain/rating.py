@@ -70,6 +70,7 @@ from metergate.domain.pricing import (
     Rating,
     base_fee_charge,
     line_key,
+    plain,
     rate_usage,
 )
 from metergate.domain.records import (
@@ -585,7 +586,9 @@ def _rate_in_force(
     memo = _PRORATED.get((id(snapshot), share))
     if memo is None or memo[0] is not snapshot:
         features = tuple(
-            feature.model_copy(update={"included": prorated_included(feature.included, share)})
+            # plain: a snapshot read from the topic gives every number 9 decimals (Avro's scale);
+            # the plan's own precision is that of its plain form (whole units for a whole number)
+            feature.model_copy(update={"included": prorated_included(plain(feature.included), share)})
             if feature.kind is FeatureKind.METERED
             else feature
             for feature in snapshot.features
