@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from metergate.domain.records import Aggregation, UsageAggregate, UsageEvent
 from metergate.errors import DecodeError
 from metergate.wire.codec import codec
-from metergate.wire.fastwire import read_event, write_aggregate
+from metergate.wire.fastwire import read_event, with_segments, write_aggregate
 
 pytestmark = pytest.mark.unit
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -87,13 +87,11 @@ def test_aggregate_bytes_equal_the_codec(
         plan_key=plan,
         plan_version=plan_version,
     )
-    fast = write_aggregate(
-        **fields,
-        period_start_ms=start,
-        period_end_ms=end,
-        last_event_ms=last,
-        updated_at_ms=updated,
-        segments=segments,
+    fast = with_segments(
+        write_aggregate(
+            **fields, period_start_ms=start, period_end_ms=end, last_event_ms=last, updated_at_ms=updated
+        ),
+        segments,
     )
     names = ("start", "subscription_id", "plan_key", "plan_version", "value", "event_count")
     reference = codec(UsageAggregate).encode_dict(

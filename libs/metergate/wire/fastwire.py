@@ -413,9 +413,8 @@ def write_aggregate(
     plan_key: str | None,
     plan_version: int | None,
     updated_at_ms: int,
-    segments: Sequence[tuple[int, str | None, str | None, int | None, Decimal, int]] = (),
 ) -> bytes:
-    """`segments`: (start ms, subscription_id, plan_key, plan_version, value, event_count) each."""
+    """A UsageAggregate record without segments (`with_segments` adds them)."""
     out = bytearray(_AGGREGATE_HEADER)
     _put_string(out, customer_id)
     _put_string(out, meter)
@@ -436,15 +435,27 @@ def write_aggregate(
             _put_string(out, text)
     _put_optional_int(out, plan_version)
     _put_long(out, updated_at_ms)
-    if segments:
-        _put_long(out, len(segments))  # one block, as fastavro writes it
-        for start_ms, subscription_id, plan_key, plan_version, value, event_count in segments:
-            _put_long(out, start_ms)
-            _put_optional_string(out, subscription_id)
-            _put_optional_string(out, plan_key)
-            _put_optional_int(out, plan_version)
-            _put_decimal(out, value)
-            _put_long(out, event_count)
+    out.append(0)  # segments: an empty array
+    return bytes(out)
+
+
+def with_segments(
+    record: bytes, segments: Sequence[tuple[int, str | None, str | None, int | None, Decimal, int]]
+) -> bytes:
+    """`record` (from `write_aggregate`: its last field, segments, an empty array) with `segments`
+    instead: (start ms, subscription_id, plan_key, plan_version, value, event_count) each. Apart,
+    so the common record pays nothing for them (a 16th keyword argument alone cost ~0.7 µs)."""
+    if not segments:
+        return record
+    out = bytearray(record[:-1])
+    _put_long(out, len(segments))  # one block, as fastavro writes it
+    for start_ms, subscription_id, plan_key, plan_version, value, event_count in segments:
+        _put_long(out, start_ms)
+        _put_optional_string(out, subscription_id)
+        _put_optional_string(out, plan_key)
+        _put_optional_int(out, plan_version)
+        _put_decimal(out, value)
+        _put_long(out, event_count)
     out.append(0)  # the end of the array
     return bytes(out)
 
