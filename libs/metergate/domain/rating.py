@@ -443,15 +443,17 @@ class RatingFold:
         old: Line | None,
         segment: SegmentUpdate | TermsSegment | None = None,
     ) -> Line:
-        counted = aggregate if segment is None else segment  # whose terms and events the line prices
+        counted = aggregate if segment is None else segment  # whose events the line prices
         # positional, in field order (a NamedTuple built from keywords costs twice as much)
         return Line(
             lk,  # line_key
             key,  # aggregate_key
             aggregate.customer_id,  # customer_id
             subscription,  # subscription_id
-            counted.plan_key or (snapshot.plan_key if snapshot else None),  # plan_key
-            counted.plan_version or (snapshot.plan_version if snapshot else None),  # plan_version
+            # the plan whose terms priced the line (metering's stamp when no terms priced it: it
+            # may have counted an event before the snapshot in force at its time reached it)
+            (snapshot.plan_key if snapshot else None) or counted.plan_key,  # plan_key
+            (snapshot.plan_version if snapshot else None) or counted.plan_version,  # plan_version
             charge.feature,  # feature
             aggregate.meter,  # meter
             charge.charge,  # charge
