@@ -6,9 +6,15 @@ order, and writes what the fold changed in one transaction. The rules:
 
 - An aggregate key's lines carry the version they were computed from; a record whose version is not
   newer is **stale** and changes nothing (replays, redeliveries, out-of-order copies).
-- A newer version is priced with the customer's current snapshot (`pricing.rate_usage`): one usage
-  line per metered feature on the meter, keyed (customer, subscription, feature, period, charge).
-  The subscription is the aggregate's (metering assigned the period from it), else the snapshot's.
+- A newer version is priced with the customer's terms in force at its time (`pricing.rate_usage`):
+  one usage line per metered feature on the meter, keyed (customer, subscription, feature, period,
+  charge). An aggregate without terms segments is priced under the snapshot in force at its last
+  event; one with segments (metering counted part of the period under other terms), segment by
+  segment under the snapshot in force at each segment's start, a segment starting after the period
+  start keyed with that start too. A dated snapshot in force for part of the period has its
+  included units prorated by that share (`_rate_in_force`: the rule of `subscriptions.bill_period`).
+  The subscription is the aggregate's or segment's (metering assigned the period from it), else the
+  snapshot's; the plan, the one whose terms priced the line.
 - A line the key had before but the new rating no longer produces (a snapshot arrived for a
   customer rated `unknown_plan`, the plan moved the meter to another feature, the subscription
   changed) is **superseded**: kept for audit with amount 0, so a running total is never billed
