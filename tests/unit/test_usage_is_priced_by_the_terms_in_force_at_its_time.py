@@ -11,7 +11,7 @@ from decimal import Decimal as D
 import pytest
 
 from metergate.domain.pricing import ChargeStatus, UnpricedReason
-from metergate.domain.rating import RatingFold, rate_records
+from metergate.domain.rating import RatingFold, check_aggregate, rate_records
 from metergate.domain.records import (
     Aggregation,
     EntitlementSnapshot,
@@ -23,6 +23,7 @@ from metergate.domain.records import (
     UsageAggregate,
 )
 from metergate.domain.terms import DatedTerms
+from metergate.errors import InvalidInput
 from metergate.wire.codec import codec
 
 pytestmark = pytest.mark.unit
@@ -241,3 +242,25 @@ def test_a_segment_with_no_terms_in_force_is_recorded_unpriced_and_reported() ->
     priced = lines[f"acme|acme|api_calls|{PERIOD}|usage|2026-11-10T00:00:00+00:00"]
     # 21/30 of 10,000,000 = 7,000,000 included; 8,000,000 - 7,000,000 = 1,000,000 x 0.0002 = 200.00
     assert (priced.included_quantity, priced.amount) == (D(7_000_000), D("200.00"))
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "message"),
+    [
+        ({"subscription_id": "acme\x00"}, "segments[1].subscription_id", "segments[1].subscription_id: "),
+        ({"plan_key": "x" * 257}, "segments[1].plan_key", "segments[1].plan_key: "),
+        ({"value": D(-1)}, "segments[1].value", "segments[1].value: expected a running total >= 0, got -1"),
+    ],
+)
+def test_a_segment_rating_cannot_store_is_refused_naming_it(change, field, message) -> None:
+    bad = UPGRADED.model_copy(
+        update={"segments": (UPGRADED.segments[0], UPGRADED.segments[1].model_copy(update=change))}
+    )
+    with pytest.raises(InvalidInput) as refused:
+        check_aggregate(bad)
+    assert (refused.value.field, refused.value.reason) == (
+        field,
+        "invalid_value" if field.endswith("value") else "invalid_field",
+    )
+    assert str(refused.value).startswith(message)
+    check_aggregate(UPGRADED)  # its own segments are fine

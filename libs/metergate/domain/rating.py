@@ -191,16 +191,23 @@ def check_aggregate(aggregate: RatingInput) -> None:
         _invalid("last_event_id", aggregate.last_event_id)
         _invalid("subscription_id", subscription_id, required=False)
         _invalid("plan_key", plan_key, required=False)
-    value = aggregate.value
+    _check_value("value", aggregate.value)
+    for index, segment in enumerate(aggregate.segments):  # none while one terms is in force
+        _invalid(f"segments[{index}].subscription_id", segment.subscription_id, required=False)
+        _invalid(f"segments[{index}].plan_key", segment.plan_key, required=False)
+        _check_value(f"segments[{index}].value", segment.value)
+
+
+def _check_value(name: str, value: Decimal) -> None:
     if not value.is_finite() or value < ZERO:
         raise InvalidInput(
-            f"value: expected a running total >= 0, got {value}", reason="invalid_value", field="value"
+            f"{name}: expected a running total >= 0, got {value}", reason="invalid_value", field=name
         )
     if value > MAX_QUANTITY:
         raise InvalidInput(
-            f"value: running total {value:.6E} does not fit decimal(38, 9) (must be below 10^29)",
+            f"{name}: running total {value:.6E} does not fit decimal(38, 9) (must be below 10^29)",
             reason="invalid_value",
-            field="value",
+            field=name,
         )
 
 
