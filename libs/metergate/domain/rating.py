@@ -192,7 +192,8 @@ def check_aggregate(aggregate: RatingInput) -> None:
         _invalid("subscription_id", subscription_id, required=False)
         _invalid("plan_key", plan_key, required=False)
     _check_value("value", aggregate.value)
-    for index, segment in enumerate(aggregate.segments):  # none while one terms is in force
+    segments: Sequence[TermsSegment | SegmentUpdate] = aggregate.segments
+    for index, segment in enumerate(segments):  # none while one terms is in force
         _invalid(f"segments[{index}].subscription_id", segment.subscription_id, required=False)
         _invalid(f"segments[{index}].plan_key", segment.plan_key, required=False)
         _check_value(f"segments[{index}].value", segment.value)
