@@ -367,14 +367,10 @@ class RatingFold:
         segmented = terms is not None and bool(aggregate.segments)
         if segmented:
             rating = _NO_RATING  # each segment is rated on its own, below
+        elif terms is not None and snapshot is not None and aggregate.customer_id in terms.dated:
+            rating = _rate_in_force(aggregate, aggregate.value, snapshot, terms)  # maybe part of the period
         else:
-            rating = (
-                _rate_in_force(
-                    aggregate, aggregate.value, snapshot, terms
-                )  # in force for part of the period?
-                if terms is not None and snapshot is not None and aggregate.customer_id in terms.dated
-                else rate_usage(aggregate.meter, aggregate.value, snapshot)
-            )
+            rating = rate_usage(aggregate.meter, aggregate.value, snapshot)  # undated: in force always
         rejection = rating.rejection
         bill_base_fee = snapshot is not None and snapshot.base_fee > 0
         if snapshot is not None and snapshot.base_fee < 0:  # usage is still rated; the record goes to the DLQ
