@@ -22,7 +22,8 @@ compare the bytes):
   Decimal (fastavro on the schema without logical types: ~10 µs per event less than converting
   timestamps to datetimes and back); records of an older schema version go through the codec;
 - `write_aggregate(...)`: a UsageAggregate record from plain values (timestamps in milliseconds),
-  without fastavro's ~15 µs of generic set-up per record.
+  without fastavro's ~15 µs of generic set-up per record; `with_segments(record, segments)` adds
+  the terms segments of a total whose terms changed during the period (the reader reads them too).
 """
 
 from __future__ import annotations
