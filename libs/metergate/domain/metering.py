@@ -205,6 +205,8 @@ class MeteringCore:
         self.catalog = catalog
         self._canonical: dict[str, int] = {}
         self._terms: dict[str, _Terms] = {}
+        #: (customer, id(snapshot)) -> the `_Terms` of a customer's other snapshots used lately
+        self._other_terms: dict[tuple[str, int], _Terms] = {}
 
     def canonical_partition(self, customer_id: str) -> int:
         found = self._canonical.get(customer_id)
@@ -403,9 +405,23 @@ class MeteringCore:
         snapshot = self.catalog.snapshot(customer, event_ms)
         terms = self._terms.get(customer)
         if terms is None or terms.snapshot is not snapshot:
-            if len(self._terms) > 200_000:
-                self._terms.clear()
-            terms = self._terms[customer] = _Terms(snapshot)
+            terms = self._switch(customer, snapshot, terms)
+        return terms
+
+    def _switch(self, customer: str, snapshot: EntitlementSnapshot | None, last: _Terms | None) -> _Terms:
+        """The customer's event is under another snapshot than the last one (a new snapshot, or an
+        event on the other side of a change): what was derived from each is kept, so events that
+        alternate around a change (late ones, replays) do not derive it again each time."""
+        if len(self._terms) > 200_000:
+            self._terms.clear()
+        if len(self._other_terms) > 200_000:
+            self._other_terms.clear()
+        if last is not None:
+            self._other_terms[(customer, id(last.snapshot))] = last
+        terms = self._other_terms.pop((customer, id(snapshot)), None)
+        if terms is None or terms.snapshot is not snapshot:
+            terms = _Terms(snapshot)
+        self._terms[customer] = terms
         return terms
 
     @staticmethod
