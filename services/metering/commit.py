@@ -53,7 +53,7 @@ from metergate.faults import Fault
 from metergate.kafka.producer import DeliveryTracker, flush, produce
 from metergate.kafka.topics import Topics
 from metergate.wire.codec import codec
-from metergate.wire.fastwire import write_aggregate
+from metergate.wire.fastwire import with_segments, write_aggregate
 from metergate_services.metering.store import (
     AGGREGATE,
     WATERMARK,
@@ -327,7 +327,7 @@ class GroupOffsets:
 
 def _published(found: PeriodTotal, now_ms: int) -> bytes:
     total = found.total
-    return write_aggregate(
+    record = write_aggregate(
         customer_id=found.customer_id,
         meter=found.meter,
         aggregation=total.aggregation.value,
@@ -343,6 +343,22 @@ def _published(found: PeriodTotal, now_ms: int) -> bytes:
         plan_key=found.plan_key,
         plan_version=found.plan_version,
         updated_at_ms=now_ms,
+    )
+    if found.segments is None:
+        return record  # every event under the total's own terms
+    return with_segments(
+        record,
+        [
+            (
+                found.period_start_ms if segment.start_ms is None else segment.start_ms,
+                segment.subscription_id,
+                segment.plan_key,
+                segment.plan_version,
+                segment.total.value,
+                segment.total.event_count,
+            )
+            for segment in found.segments
+        ],
     )
 
 

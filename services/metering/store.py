@@ -4,7 +4,7 @@ Keys (the same layout is used in the changelog topic, see README.md):
 
 | local key | value | changelog key |
 | --- | --- | --- |
-| `a\\0<aggregate key>` | running total + the aggregate's identity (JSON) | `a\\0<aggregate key>` |
+| `a\\0<aggregate key>` | running total + the aggregate's identity and terms segments (JSON) | `a\\0<aggregate key>` |
 | `d\\0<len(customer) as 4 bytes><customer><event id>` | first copy: "partition offset event_ms" | grouped: `d\\0<first offset of the batch>` |
 | `w\\0<partition>` | watermarks of a partition (JSON) | `w` (in the partition's own changelog partition) |
 
@@ -41,7 +41,7 @@ from typing import IO
 
 from rocksdict import Options, Rdict, WriteBatch
 
-from metergate.domain.aggregation import PeriodTotal, RunningTotal
+from metergate.domain.aggregation import PeriodTotal, RunningTotal, SegmentTotal
 from metergate.domain.dedup import FirstSeen
 from metergate.errors import ConfigurationError
 
@@ -99,11 +99,19 @@ def encode_total(found: PeriodTotal) -> bytes:
         state["s"] = found.subscription_id
         state["pk"] = found.plan_key
         state["pv"] = found.plan_version
+    if found.terms_start_ms is not None:
+        state["ts"] = found.terms_start_ms
+    if found.segments is not None:
+        state["sg"] = [segment.to_state() for segment in found.segments]
     return json.dumps(state, separators=(",", ":")).encode()
 
 
 def decode_total(raw: bytes) -> PeriodTotal:
+    """A total `encode_total` wrote (one written before terms segments existed has none: every
+    event of it under its own terms)."""
     state = json.loads(raw)
+    total = RunningTotal.from_state(state)
+    segments = state.get("sg")
     return PeriodTotal(
         customer_id=state["c"],
         meter=state["m"],
@@ -112,7 +120,11 @@ def decode_total(raw: bytes) -> PeriodTotal:
         subscription_id=state.get("s"),
         plan_key=state.get("pk"),
         plan_version=state.get("pv"),
-        total=RunningTotal.from_state(state),
+        total=total,
+        terms_start_ms=state.get("ts"),
+        segments=None
+        if segments is None
+        else [SegmentTotal.from_state(segment, total.aggregation) for segment in segments],
     )
 
 

@@ -812,7 +812,7 @@ class RatingConsumer:
     ) -> list[Rejected]:
         """Fold each ((index, message), aggregate) in order (`rate_records`: newest per key, the
         per-record rejection rule); returns what the DLQ must hear of."""
-        return rate_records(fold, records, self.snapshots.lookup, with_credit)
+        return rate_records(fold, records, self.snapshots.terms, with_credit)
 
     def _dead_letter(self, message: Message, exc: InvalidInput) -> DeadLetter:
         return dead_letter(

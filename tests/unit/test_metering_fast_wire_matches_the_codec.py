@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from metergate.domain.records import Aggregation, UsageAggregate, UsageEvent
 from metergate.errors import DecodeError
 from metergate.wire.codec import codec
-from metergate.wire.fastwire import read_event, write_aggregate
+from metergate.wire.fastwire import read_event, with_segments, write_aggregate
 
 pytestmark = pytest.mark.unit
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -44,6 +44,17 @@ def moment(ms: int) -> datetime:
     plan=st.none() | text,
     plan_version=st.none() | st.integers(-(2**31), 2**31 - 1),
     updated=millis,
+    segments=st.lists(
+        st.tuples(
+            millis,
+            st.none() | text,
+            st.none() | text,
+            st.none() | st.integers(-(2**31), 2**31 - 1),
+            quantities,
+            st.integers(0, 2**62),
+        ),
+        max_size=3,
+    ),
 )
 def test_aggregate_bytes_equal_the_codec(
     customer,
@@ -61,6 +72,7 @@ def test_aggregate_bytes_equal_the_codec(
     plan,
     plan_version,
     updated,
+    segments,
 ):
     fields = dict(
         customer_id=customer,
@@ -75,15 +87,29 @@ def test_aggregate_bytes_equal_the_codec(
         plan_key=plan,
         plan_version=plan_version,
     )
-    fast = write_aggregate(
-        **fields, period_start_ms=start, period_end_ms=end, last_event_ms=last, updated_at_ms=updated
+    fast = with_segments(
+        write_aggregate(
+            **fields, period_start_ms=start, period_end_ms=end, last_event_ms=last, updated_at_ms=updated
+        ),
+        segments,
     )
+    names = ("start", "subscription_id", "plan_key", "plan_version", "value", "event_count")
     reference = codec(UsageAggregate).encode_dict(
-        {**fields, "period_start": start, "period_end": end, "last_event_at": last, "updated_at": updated}
+        {
+            **fields,
+            "period_start": start,
+            "period_end": end,
+            "last_event_at": last,
+            "updated_at": updated,
+            "segments": [dict(zip(names, segment, strict=True)) for segment in segments],
+        }
     )
     assert fast == reference
     decoded = codec(UsageAggregate).decode(fast)
     assert decoded.value == value and decoded.period_start == moment(start)
+    assert [(moment(s[0]), s[4], s[5]) for s in segments] == [
+        (segment.start, segment.value, segment.event_count) for segment in decoded.segments
+    ]
 
 
 @given(

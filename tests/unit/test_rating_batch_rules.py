@@ -22,12 +22,20 @@ from metergate.domain.rating import (
     rate_records,
     record_outcomes,
 )
-from metergate.domain.records import KafkaPosition, LimitKind
+from metergate.domain.records import EntitlementSnapshot, KafkaPosition, LimitKind
+from metergate.domain.terms import DatedTerms
 from metergate.domain.usage import check_identifier
 from metergate.errors import InvalidInput
 from tests.unit.test_rating_fold import P0, P1, Store, aggregate, snapshot, with_credit
 
 pytestmark = pytest.mark.unit
+
+
+def terms_of(*snapshots: EntitlementSnapshot) -> DatedTerms:
+    terms = DatedTerms()
+    for one in snapshots:
+        terms.remember(one)
+    return terms
 
 
 def fold_of(store: Store) -> RatingFold:
@@ -42,7 +50,7 @@ def test_a_batch_collapses_to_the_newest_version_per_key_and_counts_the_rest_sta
         ((2, "m2"), aggregate("plain", "20", 2)),  # older than one already in the batch
     ]
     fold = RatingFold(lines={}, wallets={}, credits={})
-    rejected = rate_records(fold, records, snapshots.get, with_credit=set())
+    rejected = rate_records(fold, records, terms_of(*snapshots.values()), with_credit=set())
     assert rejected == []
     assert (fold.updates, fold.stale, fold.rejected) == (1, 2, 0)
     (usage,) = [line for line in fold.changed.values() if line.aggregate_key is not None]
@@ -58,7 +66,7 @@ def test_every_version_of_a_customer_with_credit_is_rated() -> None:
     with_credit(store, "credit", "1000")
     records = [((i, f"m{i}"), aggregate("credit", str(10 + 10 * v), v)) for i, v in enumerate((1, 2, 3))]
     fold = fold_of(store)
-    rate_records(fold, records, {"credit": snapshot("credit")}.get, with_credit={"credit"})
+    rate_records(fold, records, terms_of(snapshot("credit")), with_credit={"credit"})
     assert (fold.updates, fold.stale) == (3, 0)
     # each version draws what its amount grew by: 5.00, 10.00, 15.00 (10 included, 0.50 a unit)
     assert [e.amount for e in fold.entries] == [D("-5.00"), D("-5.00"), D("-5.00")]
@@ -70,7 +78,7 @@ def test_a_record_the_fold_cannot_rate_is_rejected_and_one_rated_unpriced_is_acc
     fine = aggregate("acme", "7", 2)
     records = [((0, "neg"), negative), ((1, "unknown"), unknown), ((2, "fine"), fine)]
     fold = RatingFold(lines={}, wallets={}, credits={})
-    rejected = rate_records(fold, records, {"acme": snapshot("acme")}.get, with_credit={"acme"})
+    rejected = rate_records(fold, records, terms_of(snapshot("acme")), with_credit={"acme"})
     assert [(r.position, r.source, r.rejection.reason) for r in rejected] == [
         (0, "neg", "invalid_value"),
         (1, "unknown", "unknown_plan"),
@@ -104,7 +112,7 @@ def test_credit_running_out_becomes_one_credits_depleted_event_naming_the_usage_
     with_credit(store, "acme", "30")
     records = [((0, "m0"), aggregate("acme", "30", 1)), ((1, "m1"), aggregate("acme", "110", 2))]
     fold = fold_of(store)
-    rate_records(fold, records, {"acme": snapshot("acme")}.get, with_credit={"acme"})
+    rate_records(fold, records, terms_of(snapshot("acme")), with_credit={"acme"})
     # version 1: 20 x 0.50 = 10.00 drawn; version 2: 100 x 0.50 = 50.00, the 20.00 left is drawn
     assert [e.amount for e in fold.entries] == [D("-10.00"), D("-20.00")]
     (depletion, drawn_by, line) = fold.depletions[0]

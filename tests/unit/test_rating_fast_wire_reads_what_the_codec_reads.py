@@ -60,6 +60,19 @@ def encode(**fields: object) -> bytes:
     plan=st.none() | st.text(max_size=100),
     plan_version=st.none() | st.integers(-(2**31), 2**31 - 1),
     updated=millis,
+    segments=st.lists(
+        st.fixed_dictionaries(
+            {
+                "start": millis,
+                "subscription_id": st.none() | st.text(max_size=100),
+                "plan_key": st.none() | st.text(max_size=100),
+                "plan_version": st.none() | st.integers(-(2**31), 2**31 - 1),
+                "value": values,
+                "event_count": st.integers(-(2**63), 2**63 - 1),
+            }
+        ),
+        max_size=3,
+    ),
 )
 @example(
     customer="c",
@@ -77,6 +90,42 @@ def encode(**fields: object) -> bytes:
     plan=None,
     plan_version=None,
     updated=1_772_323_200_123,
+    segments=[],
+)
+@example(  # an upgrade on day 15: two segments
+    customer="c",
+    meter="m",
+    aggregation="SUM",
+    start=1_793_491_200_000,  # 2026-11-01
+    end=1_796_083_200_000,
+    value=Decimal("36000000"),
+    count=5,
+    version=9,
+    last=1_794_960_000_000,
+    last_id="e",
+    late=False,
+    subscription=None,
+    plan=None,
+    plan_version=None,
+    updated=1_794_960_000_000,
+    segments=[
+        {
+            "start": 1_793_491_200_000,
+            "subscription_id": "acme",
+            "plan_key": "growth",
+            "plan_version": 1,
+            "value": Decimal(6_000_000),
+            "event_count": 3,
+        },
+        {
+            "start": 1_794_700_800_000,  # 2026-11-15
+            "subscription_id": "acme",
+            "plan_key": "scale",
+            "plan_version": 1,
+            "value": Decimal(30_000_000),
+            "event_count": 2,
+        },
+    ],
 )
 def test_every_record_reads_as_the_codec_reads_it(
     customer,
@@ -94,6 +143,7 @@ def test_every_record_reads_as_the_codec_reads_it(
     plan,
     plan_version,
     updated,
+    segments,
 ):
     data = encode(
         customer_id=customer,
@@ -111,12 +161,17 @@ def test_every_record_reads_as_the_codec_reads_it(
         plan_key=plan,
         plan_version=plan_version,
         updated_at=updated,
+        segments=segments,
     )
     fast, reference = outcome(data, read_aggregate), outcome(data, codec_read)
     assert fast == reference
     if fast[0] == "ok":
         # the same Decimal representation (exponent too), the same aware datetimes
         assert [str(v) for v in fast[1]] == [str(v) for v in reference[1]]  # type: ignore[attr-defined]
+        assert [[str(v) for v in s] for s in fast[1].segments] == [  # type: ignore[attr-defined]
+            [str(v) for v in s]
+            for s in reference[1].segments  # type: ignore[attr-defined]
+        ]
         fastwire._HEADS.clear()
         assert read_aggregate(data) == reference[1]  # a head read fresh equals a cached one
 
@@ -138,6 +193,24 @@ def _valid() -> bytes:
         plan_key="pro",
         plan_version=3,
         updated_at=1_772_323_200_456,
+        segments=[
+            {
+                "start": 1_772_323_200_000,
+                "subscription_id": "sub-1",
+                "plan_key": "pro",
+                "plan_version": 3,
+                "value": Decimal("1000"),
+                "event_count": 200,
+            },
+            {
+                "start": 1_773_532_800_000,
+                "subscription_id": "sub-1",
+                "plan_key": "max",
+                "plan_version": 1,
+                "value": Decimal("234.000000001"),
+                "event_count": 100,
+            },
+        ],
     )
 
 

@@ -17,7 +17,11 @@ was when it happened); periods follow the customer's snapshot
 (`periods.period_for`: billing anchor and reset period; calendar month UTC without a subscription);
 a total of a period that ended more than `late_grace_ms` ago is marked `late`; the total carries
 the subscription terms of the snapshot in force when it was last folded (the *version rule*: one
-version = 1 + the offset of the last event folded in, set by the caller when it publishes); a record
+version = 1 + the offset of the last event folded in, set by the caller when it publishes) and,
+once an event is counted under other terms than the total's (another snapshot whose validity
+starts elsewhere in the period: an upgrade, a cancellation), the part counted under each terms in
+force (`PeriodTotal.segments`, keyed by the start of the terms' validity clipped to the period:
+`metergate.domain.aggregation`); limits still apply to the whole period's total; a record
 whose offset is at or below the total's `applied_offset` is a replay already in the total: it counts
 as accepted and re-records its dedup entry, but folds nothing.
 
@@ -157,8 +161,10 @@ class _Terms:
         "plan_key",
         "plan_version",
         "reset",
+        "segment_start",
         "snapshot",
         "subscription_id",
+        "valid_from_ms",
         "watched",
     )
 
@@ -174,6 +180,11 @@ class _Terms:
             self.reset = ResetPeriod.MONTHLY
         else:
             self.anchor, self.reset = snapshot.billing_anchor, snapshot.reset_period
+        self.valid_from_ms = (
+            millis(snapshot.valid_from) if snapshot is not None and snapshot.valid_from is not None else None
+        )
+        #: where these terms start inside `period` (None: at its start), the key of their segment
+        self.segment_start: int | None = None
         self.period: tuple[str, int, int] | None = None
         self.keys: dict[str, str] = {}
         self.watched: dict[str, tuple[FeatureEntitlement, ...]] = {}
@@ -194,6 +205,8 @@ class MeteringCore:
         self.catalog = catalog
         self._canonical: dict[str, int] = {}
         self._terms: dict[str, _Terms] = {}
+        #: (customer, id(snapshot)) -> the `_Terms` of a customer's other snapshots used lately
+        self._other_terms: dict[tuple[str, int], _Terms] = {}
 
     def canonical_partition(self, customer_id: str) -> int:
         found = self._canonical.get(customer_id)
@@ -308,7 +321,15 @@ class MeteringCore:
             found = state.total(key)
             if found is None:
                 found = PeriodTotal(
-                    customer, name, period[1], period[2], None, None, None, RunningTotal(meter.aggregation)
+                    customer,
+                    name,
+                    period[1],
+                    period[2],
+                    None,
+                    None,
+                    None,
+                    RunningTotal(meter.aggregation),
+                    terms.segment_start,
                 )
             found.total.emitted.update(state.sent_marks(partition, key))
         else:
@@ -340,6 +361,18 @@ class MeteringCore:
         unique = None
         if meter.unique_property:
             unique = (datum.get("properties") or {}).get(meter.unique_property)
+        if found.segments is not None or terms.segment_start != found.terms_start_ms:
+            # the terms changed during the period: the part counted under each is kept apart
+            found.fold_segment(
+                terms.segment_start,
+                terms.subscription_id,
+                terms.plan_key,
+                terms.plan_version,
+                datum["quantity"],
+                event_ms,
+                datum["event_id"],
+                unique,
+            )
         total.fold(datum["quantity"], event_ms, datum["event_id"], unique)
         total.applied_offset = record.offset
         if period[2] + self.rules.late_grace_ms < fx.now_ms:
@@ -372,9 +405,23 @@ class MeteringCore:
         snapshot = self.catalog.snapshot(customer, event_ms)
         terms = self._terms.get(customer)
         if terms is None or terms.snapshot is not snapshot:
-            if len(self._terms) > 200_000:
-                self._terms.clear()
-            terms = self._terms[customer] = _Terms(snapshot)
+            terms = self._switch(customer, snapshot, terms)
+        return terms
+
+    def _switch(self, customer: str, snapshot: EntitlementSnapshot | None, last: _Terms | None) -> _Terms:
+        """The customer's event is under another snapshot than the last one (a new snapshot, or an
+        event on the other side of a change): what was derived from each is kept, so events that
+        alternate around a change (late ones, replays) do not derive it again each time."""
+        if len(self._terms) > 200_000:
+            self._terms.clear()
+        if len(self._other_terms) > 200_000:
+            self._other_terms.clear()
+        if last is not None:
+            self._other_terms[(customer, id(last.snapshot))] = last
+        terms = self._other_terms.pop((customer, id(snapshot)), None)
+        if terms is None or terms.snapshot is not snapshot:
+            terms = _Terms(snapshot)
+        self._terms[customer] = terms
         return terms
 
     @staticmethod
@@ -383,6 +430,8 @@ class MeteringCore:
         period = period_for(from_millis(event_ms), terms.anchor, terms.reset)
         found = terms.period = (period.start.isoformat(), millis(period.start), millis(period.end))
         terms.keys = {}
+        valid_from = terms.valid_from_ms
+        terms.segment_start = None if valid_from is None or valid_from <= found[1] else valid_from
         return found
 
     @staticmethod

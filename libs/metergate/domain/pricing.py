@@ -516,12 +516,20 @@ def base_fee_charge(snapshot: EntitlementSnapshot) -> Charge | None:
 
 
 def line_key(
-    customer_id: str, subscription_id: str, feature: str, period_start: datetime | str, charge: ChargeType
+    customer_id: str,
+    subscription_id: str,
+    feature: str,
+    period_start: datetime | str,
+    charge: ChargeType,
+    *,
+    since: str | None = None,
 ) -> str:
-    """Identity of a line item: (customer, subscription, feature, period, charge).
+    """Identity of a line item: (customer, subscription, feature, period, charge), and for the usage
+    of a terms segment that starts after the period start, that start (`since`, UTC ISO).
 
     `period_start` as a datetime, or already as its UTC ISO text (what `aggregate_key` uses).
     """
     period = period_start if isinstance(period_start, str) else period_start.astimezone(UTC).isoformat()
     # a StrEnum formats as its value; each id escaped (`key_part`) so the key is unambiguous
-    return f"{key_part(customer_id)}|{key_part(subscription_id)}|{key_part(feature)}|{period}|{charge}"
+    key = f"{key_part(customer_id)}|{key_part(subscription_id)}|{key_part(feature)}|{period}|{charge}"
+    return key if since is None else f"{key}|{since}"

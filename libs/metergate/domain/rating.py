@@ -6,9 +6,15 @@ order, and writes what the fold changed in one transaction. The rules:
 
 - An aggregate key's lines carry the version they were computed from; a record whose version is not
   newer is **stale** and changes nothing (replays, redeliveries, out-of-order copies).
-- A newer version is priced with the customer's current snapshot (`pricing.rate_usage`): one usage
-  line per metered feature on the meter, keyed (customer, subscription, feature, period, charge).
-  The subscription is the aggregate's (metering assigned the period from it), else the snapshot's.
+- A newer version is priced with the customer's terms in force at its time (`pricing.rate_usage`):
+  one usage line per metered feature on the meter, keyed (customer, subscription, feature, period,
+  charge). An aggregate without terms segments is priced under the snapshot in force at its last
+  event; one with segments (metering counted part of the period under other terms), segment by
+  segment under the snapshot in force at each segment's start, a segment starting after the period
+  start keyed with that start too. A dated snapshot in force for part of the period has its
+  included units prorated by that share (`_rate_in_force`: the rule of `subscriptions.bill_period`).
+  The subscription is the aggregate's or segment's (metering assigned the period from it), else the
+  snapshot's; the plan, the one whose terms priced the line.
 - A line the key had before but the new rating no longer produces (a snapshot arrived for a
   customer rated `unknown_plan`, the plan moved the meter to another feature, the subscription
   changed) is **superseded**: kept for audit with amount 0, so a running total is never billed
@@ -45,10 +51,11 @@ capital letters. Such a record goes to the DLQ with its reason; every other cust
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from fractions import Fraction
 from types import MappingProxyType
 from typing import Any, NamedTuple, TypeVar
 
@@ -60,26 +67,37 @@ from metergate.domain.ledger import (
     change_line_amount,
     depletion_event_id,
 )
+from metergate.domain.metering import millis
 from metergate.domain.periods import Period, period_for
 from metergate.domain.pricing import (
     Charge,
     ChargeStatus,
     ChargeType,
     PricingError,
+    Rating,
     line_key,
+    plain,
     rate_usage,
 )
 from metergate.domain.records import (
     MAX_QUANTITY,
     DeadLetter,
     EntitlementSnapshot,
+    FeatureKind,
     KafkaPosition,
     LimitEvent,
     LimitKind,
+    TermsSegment,
     UsageAggregate,
     aggregate_key,
 )
-from metergate.domain.subscriptions import fee_lines_of_snapshots
+from metergate.domain.subscriptions import (
+    _shown_share,
+    fee_lines_of_snapshots,
+    prorated_included,
+    share_in_force,
+)
+from metergate.domain.terms import DatedTerms
 from metergate.domain.usage import _plain, check_identifier  # _plain: the identifier rule's common case
 from metergate.errors import InvalidInput
 
@@ -87,6 +105,28 @@ ZERO = Decimal(0)
 BASE_FEE = "base_fee"  # the feature name of a base-fee line
 SERVICE = "rating"  # what rating's dead letters name as their `service`
 S = TypeVar("S")  # the caller's handle on a consumed record (a Kafka message, a test's label)
+
+
+class SegmentUpdate(NamedTuple):
+    """A `TermsSegment` of an aggregate as a plain tuple (what the fast reader decodes into)."""
+
+    start: datetime
+    subscription_id: str | None
+    plan_key: str | None
+    plan_version: int | None
+    value: Decimal
+    event_count: int
+
+    @classmethod
+    def of(cls, segment: TermsSegment) -> SegmentUpdate:
+        return cls(
+            segment.start,
+            segment.subscription_id,
+            segment.plan_key,
+            segment.plan_version,
+            segment.value,
+            segment.event_count,
+        )
 
 
 class AggregateUpdate(NamedTuple):
@@ -109,6 +149,7 @@ class AggregateUpdate(NamedTuple):
     subscription_id: str | None
     plan_key: str | None
     plan_version: int | None
+    segments: tuple[SegmentUpdate, ...] = ()
 
     @classmethod
     def of(cls, aggregate: UsageAggregate) -> AggregateUpdate:
@@ -126,6 +167,7 @@ class AggregateUpdate(NamedTuple):
             aggregate.subscription_id,
             aggregate.plan_key,
             aggregate.plan_version,
+            tuple(SegmentUpdate.of(segment) for segment in aggregate.segments),
         )
 
 
@@ -154,16 +196,24 @@ def check_aggregate(aggregate: RatingInput) -> None:
         _invalid("last_event_id", aggregate.last_event_id)
         _invalid("subscription_id", subscription_id, required=False)
         _invalid("plan_key", plan_key, required=False)
-    value = aggregate.value
+    _check_value("value", aggregate.value)
+    segments: Sequence[TermsSegment | SegmentUpdate] = aggregate.segments
+    for index, segment in enumerate(segments):  # none while one terms is in force
+        _invalid(f"segments[{index}].subscription_id", segment.subscription_id, required=False)
+        _invalid(f"segments[{index}].plan_key", segment.plan_key, required=False)
+        _check_value(f"segments[{index}].value", segment.value)
+
+
+def _check_value(name: str, value: Decimal) -> None:
     if not value.is_finite() or value < ZERO:
         raise InvalidInput(
-            f"value: expected a running total >= 0, got {value}", reason="invalid_value", field="value"
+            f"{name}: expected a running total >= 0, got {value}", reason="invalid_value", field=name
         )
     if value > MAX_QUANTITY:
         raise InvalidInput(
-            f"value: running total {value:.6E} does not fit decimal(38, 9) (must be below 10^29)",
+            f"{name}: running total {value:.6E} does not fit decimal(38, 9) (must be below 10^29)",
             reason="invalid_value",
-            field="value",
+            field=name,
         )
 
 
@@ -300,14 +350,27 @@ class RatingFold:
                 newest = version
         return newest
 
-    def apply(self, aggregate: RatingInput, snapshot: EntitlementSnapshot | None) -> Applied:
-        """Rate one aggregate version (raises InvalidInput when its value cannot be rated at all)."""
+    def apply(
+        self, aggregate: RatingInput, snapshot: EntitlementSnapshot | None, terms: DatedTerms | None = None
+    ) -> Applied:
+        """Rate one aggregate version (raises InvalidInput when its value cannot be rated at all).
+
+        `snapshot`: the customer's terms in force at the aggregate's last event; `terms`: every
+        snapshot of the customer (`DatedTerms`), for the terms in force at each segment's start and
+        the share of the period each is in force (without it, the whole total is priced under
+        `snapshot`, in full)."""
         key = aggregate.key
         current = self.version_of(key)
         if current is not None and aggregate.version <= current:
             self.stale += 1
             return _STALE
-        rating = rate_usage(aggregate.meter, aggregate.value, snapshot)
+        segmented = terms is not None and bool(aggregate.segments)
+        if segmented:
+            rating = _NO_RATING  # each segment is rated on its own, below
+        elif terms is not None and snapshot is not None and aggregate.customer_id in terms.dated:
+            rating = _rate_in_force(aggregate, aggregate.value, snapshot, terms)  # maybe part of the period
+        else:
+            rating = rate_usage(aggregate.meter, aggregate.value, snapshot)  # undated: in force always
         rejection = rating.rejection
         if snapshot is not None and snapshot.base_fee < 0:  # usage is still rated; the record goes to the DLQ
             rejection = rejection or PricingError(
@@ -317,6 +380,9 @@ class RatingFold:
         period = key.rsplit("|", 1)[1]  # the period start as aggregate_key writes it (UTC ISO)
         previous = self.lines.setdefault(key, {})
         now_lines: dict[str, Line] = {}
+        if segmented:
+            assert terms is not None
+            rejection = self._segments(aggregate, terms, period, previous, now_lines) or rejection
         for charge in rating.charges:
             lk = _line_key(aggregate.customer_id, subscription, charge.feature, period, charge.charge)
             now_lines[lk] = self._line(lk, key, aggregate, snapshot, subscription, charge, previous.get(lk))
@@ -340,6 +406,39 @@ class RatingFold:
         self.updates += 1
         return Applied(False, tuple(changed), rejection)
 
+    def _segments(
+        self,
+        aggregate: RatingInput,
+        terms: DatedTerms,
+        period: str,
+        previous: dict[str, Line],
+        now_lines: dict[str, Line],
+    ) -> InvalidInput | None:
+        """The usage lines of an aggregate counted under several terms: each segment priced under
+        the terms in force at its start, its included units prorated by their share of the period
+        (one line per feature and segment; the key of a segment starting after the period start
+        names that start)."""
+        customer, key = aggregate.customer_id, aggregate.key
+        rejection: InvalidInput | None = None
+        for segment in aggregate.segments:
+            snapshot = terms.at(customer, millis(segment.start))
+            rating = (
+                rate_usage(aggregate.meter, segment.value, None)
+                if snapshot is None
+                else _rate_in_force(aggregate, segment.value, snapshot, terms)
+            )
+            rejection = rejection or rating.rejection
+            subscription = segment.subscription_id or (snapshot.subscription_id if snapshot else None) or ""
+            since = (
+                None if segment.start == aggregate.period_start else segment.start.astimezone(UTC).isoformat()
+            )
+            for charge in rating.charges:
+                lk = line_key(customer, subscription, charge.feature, period, charge.charge, since=since)
+                now_lines[lk] = self._line(
+                    lk, key, aggregate, snapshot, subscription, charge, previous.get(lk), segment
+                )
+        return rejection
+
     def _line(
         self,
         lk: str,
@@ -349,15 +448,19 @@ class RatingFold:
         subscription: str,
         charge: Charge,
         old: Line | None,
+        segment: SegmentUpdate | TermsSegment | None = None,
     ) -> Line:
+        counted = aggregate if segment is None else segment  # whose events the line prices
         # positional, in field order (a NamedTuple built from keywords costs twice as much)
         return Line(
             lk,  # line_key
             key,  # aggregate_key
             aggregate.customer_id,  # customer_id
             subscription,  # subscription_id
-            aggregate.plan_key or (snapshot.plan_key if snapshot else None),  # plan_key
-            aggregate.plan_version or (snapshot.plan_version if snapshot else None),  # plan_version
+            # the plan whose terms priced the line (metering's stamp when no terms priced it: it
+            # may have counted an event before the snapshot in force at its time reached it)
+            (snapshot.plan_key if snapshot else None) or counted.plan_key,  # plan_key
+            (snapshot.plan_version if snapshot else None) or counted.plan_version,  # plan_version
             charge.feature,  # feature
             aggregate.meter,  # meter
             charge.charge,  # charge
@@ -376,7 +479,7 @@ class RatingFold:
             charge.detail,  # detail
             aggregate.version,  # aggregate_version
             snapshot.version if snapshot else None,  # snapshot_version
-            aggregate.event_count,  # event_count
+            counted.event_count,  # event_count
             aggregate.last_event_id,  # last_event_id
             aggregate.last_event_at,  # last_event_at
         )
@@ -428,6 +531,48 @@ class RatingFold:
             self.depletions.append((change.depletion, aggregate, line))
 
 
+_NO_RATING = Rating(())
+#: (id(snapshot), share) -> (snapshot, the snapshot with every metered feature's included units x share)
+_PRORATED: dict[tuple[int, Fraction], tuple[EntitlementSnapshot, EntitlementSnapshot]] = {}
+
+
+def _rate_in_force(
+    aggregate: RatingInput, quantity: Decimal, snapshot: EntitlementSnapshot, terms: DatedTerms
+) -> Rating:
+    """`quantity` of the aggregate's meter priced under `snapshot`, its included units prorated by
+    the share of the period the snapshot is in force among the customer's terms (the rule of
+    `subscriptions.bill_period`: `prorated_included`, the share the base fee is billed for)."""
+    if snapshot.subscription_id is None:
+        return rate_usage(aggregate.meter, quantity, snapshot)  # nothing priced
+    period = Period(aggregate.period_start, aggregate.period_end)
+    share = share_in_force(terms.of(aggregate.customer_id), snapshot, period)
+    if share == 1:
+        return rate_usage(aggregate.meter, quantity, snapshot)
+    memo = _PRORATED.get((id(snapshot), share))
+    if memo is None or memo[0] is not snapshot:
+        features = tuple(
+            # plain: a snapshot read from the topic gives every number 9 decimals (Avro's scale);
+            # the plan's own precision is that of its plain form (whole units for a whole number)
+            feature.model_copy(update={"included": prorated_included(plain(feature.included), share)})
+            if feature.kind is FeatureKind.METERED
+            else feature
+            for feature in snapshot.features
+        )
+        if len(_PRORATED) >= 4096:
+            _PRORATED.clear()
+        memo = _PRORATED[(id(snapshot), share)] = (
+            snapshot,
+            snapshot.model_copy(update={"features": features}),
+        )
+    rating = rate_usage(aggregate.meter, quantity, memo[1])
+    period_ms = millis(aggregate.period_end) - millis(aggregate.period_start)
+    shown = _shown_share(period_ms * share.numerator // share.denominator, period_ms)
+    terms_of = f"{snapshot.plan_key} v{snapshot.plan_version} for {shown}"
+    return rating._replace(
+        charges=tuple(charge._replace(detail=f"{charge.detail}; {terms_of}") for charge in rating.charges)
+    )
+
+
 def _totals_differ(old: Line, new: Line) -> bool:
     """Would the invoice totals of the line's (customer, period) differ with `new` instead of `old`?"""
     return (
@@ -475,19 +620,27 @@ class Rejected(NamedTuple):
 def rate_records(
     fold: RatingFold,
     records: Sequence[tuple[tuple[int, S], RatingInput]],
-    snapshot_of: Callable[[str], EntitlementSnapshot | None],
+    terms: DatedTerms,
     with_credit: set[str],
 ) -> list[Rejected]:
     """Fold ((index, source), aggregate) records of one batch into `fold`, in order, after keeping
-    the newest version per key (`newest_per_key`; the collapsed count as stale). Returns what the
-    DLQ must hear of, in the order found: records rejected (counted in `fold.rejected`, nothing
-    changed) and records rated with a reason to report (counted as updates)."""
+    the newest version per key (`newest_per_key`; the collapsed count as stale), each priced under
+    the customer's terms in force at its events' time (`terms`: at its last event, and per terms
+    segment at the segment's start). Returns what the DLQ must hear of, in the order found: records
+    rejected (counted in `fold.rejected`, nothing changed) and records rated with a reason to
+    report (counted as updates)."""
     kept = newest_per_key(records, with_credit)
     fold.stale += len(records) - len(kept)
     rejected: list[Rejected] = []
+    newest, dated = terms.newest_by_customer.get, terms.dated
     for (index, source), aggregate in kept:
+        customer = aggregate.customer_id
+        # a customer whose terms are all undated (a catalog file) has one terms: no clock to read
+        snapshot = (
+            terms.at(customer, millis(aggregate.last_event_at)) if customer in dated else newest(customer)
+        )
         try:
-            applied = fold.apply(aggregate, snapshot_of(aggregate.customer_id))
+            applied = fold.apply(aggregate, snapshot, terms)
         except InvalidInput as exc:
             fold.rejected += 1
             rejected.append(Rejected(index, source, exc))

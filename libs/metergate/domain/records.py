@@ -259,6 +259,21 @@ class EntitlementSnapshot(Record):
         return tuple(f for f in self.features if f.kind is FeatureKind.METERED and f.meter == meter)
 
 
+class TermsSegment(Record):
+    """The part of a period's usage counted under one set of terms (a snapshot in force), in a
+    `UsageAggregate`: `start` is the start of those terms' validity clipped to the period (the
+    snapshot's `valid_from`, or the period start), `value` the events' value under the meter's own
+    aggregation (SUM and COUNT: the segments add up to the total; MAX, LATEST and UNIQUE_COUNT: that
+    aggregation over the segment's events alone)."""
+
+    start: datetime
+    subscription_id: str | None = None
+    plan_key: str | None = None
+    plan_version: int | None = None
+    value: Decimal
+    event_count: int
+
+
 class UsageAggregate(Record):
     """A running total per (customer, meter, period): compacted `usage.aggregates`.
 
@@ -266,6 +281,11 @@ class UsageAggregate(Record):
     folded in, so one version always names the same events and the same value. Versions increase as
     usage is counted; after a worker crash an older version can be re-sent after a newer one (never
     with another value), so a consumer keeps the highest version it has seen and ignores the rest.
+
+    `segments`: empty when every event of the period was counted under the aggregate's own terms
+    (`subscription_id`, `plan_key`, `plan_version`: those in force at the last event folded in);
+    otherwise the part counted under each terms in force, by start (`TermsSegment`), so rating
+    prices each part under its own terms. Limits apply to `value`, the whole period's total.
     """
 
     customer_id: Identifier
@@ -283,6 +303,7 @@ class UsageAggregate(Record):
     plan_key: str | None = None
     plan_version: int | None = None
     updated_at: datetime
+    segments: tuple[TermsSegment, ...] = ()
 
     @property
     def key(self) -> str:

@@ -878,6 +878,40 @@ def snapshot_in_force(
     return found
 
 
+def stretches(snapshots: Iterable[EntitlementSnapshot], period: Period) -> list[Stretch]:
+    """The parts of `period` with one subscribed snapshot in force, in order: the period is cut
+    where the terms in force change (`snapshot_in_force` of one customer's dated snapshots)."""
+    dated = list(snapshots)
+    cuts = {period.start, period.end}
+    for snapshot in dated:
+        for bound in (snapshot.valid_from, snapshot.valid_to):
+            if bound is not None and period.start < bound < period.end:
+                cuts.add(bound)
+    edges = sorted(cuts)
+    found: list[tuple[datetime, datetime, EntitlementSnapshot]] = []
+    for start, end in pairwise(edges):
+        current = snapshot_in_force(dated, start)
+        if current is None or current.subscription_id is None:
+            continue
+        if found and found[-1][2] is current and found[-1][1] == start:
+            found[-1] = (found[-1][0], end, current)
+        else:
+            found.append((start, end, current))
+    length = _millis(period.end - period.start)
+    return [Stretch(snapshot, start, end, _millis(end - start), length) for start, end, snapshot in found]
+
+
+def share_in_force(
+    snapshots: Iterable[EntitlementSnapshot], snapshot: EntitlementSnapshot, period: Period
+) -> Fraction:
+    """The share of `period` in which `snapshot` is the terms in force among one customer's
+    snapshots (`stretches`): what its base fee and its included units are multiplied by."""
+    in_force = sum(
+        part.in_force_ms for part in stretches(snapshots, period) if part.snapshot.version == snapshot.version
+    )
+    return Fraction(in_force, _millis(period.end - period.start))
+
+
 class FeeLine(NamedTuple):
     """A fee line of a period from dated snapshots: the stretch it covers and its charge."""
 
@@ -888,32 +922,15 @@ class FeeLine(NamedTuple):
 def fee_lines_of_snapshots(snapshots: Iterable[EntitlementSnapshot], period: Period) -> list[FeeLine]:
     """The base-fee and add-on fee lines of `period` from one customer's dated snapshots.
 
-    The period is cut where the terms in force change (`snapshot_in_force`); each stretch with a
+    The period is cut where the terms in force change (`stretches`); each stretch with a
     subscription bills its snapshot's fees x its share of the period, multiplied before dividing,
     rounded once per line: the plan's base fee (`base_fee` less its add-ons) as `base_fee`, each
     add-on (`add_on_fees`: fee per unit x quantity) as `add_on:<key>`, as `bill_period` does from
     the history. Zero fees make no line. Adjacent stretches of one snapshot are one stretch.
     """
-    dated = list(snapshots)
-    cuts = {period.start, period.end}
-    for snapshot in dated:
-        for bound in (snapshot.valid_from, snapshot.valid_to):
-            if bound is not None and period.start < bound < period.end:
-                cuts.add(bound)
-    edges = sorted(cuts)
-    stretches: list[tuple[datetime, datetime, EntitlementSnapshot]] = []
-    for start, end in pairwise(edges):
-        current = snapshot_in_force(dated, start)
-        if current is None or current.subscription_id is None:
-            continue
-        if stretches and stretches[-1][2] is current and stretches[-1][1] == start:
-            stretches[-1] = (stretches[-1][0], end, current)
-        else:
-            stretches.append((start, end, current))
-    length = _millis(period.end - period.start)
     lines: list[FeeLine] = []
-    for start, end, snapshot in stretches:
-        part = Stretch(snapshot, start, end, _millis(end - start), length)
+    for part in stretches(snapshots, period):
+        snapshot = part.snapshot
         label = f"{snapshot.plan_key} v{snapshot.plan_version}"
         plan_fee = snapshot.base_fee
         for add_on in snapshot.add_on_fees:
