@@ -64,3 +64,15 @@ def test_a_tombstone_forgets_every_snapshot_of_the_customer():
     assert terms.of("acme") != ()
     terms.forget("acme")
     assert terms.of("acme") == () and terms.newest("acme") is None and plan_at(terms, NOW) is None
+
+
+def test_terms_re_sent_with_an_end_replace_their_open_copy():
+    # Scale from the 15th, open; a change then closes it on 1 June (re-sent, a higher version)
+    # before the terms that follow are due: after 1 June nothing is in force yet, not the open copy
+    terms = DatedTerms()
+    terms.remember(snapshot(20, "scale", valid_from=UPGRADE))
+    terms.remember(snapshot(25, "scale", valid_from=UPGRADE, valid_to=CANCEL))
+    assert plan_at(terms, CANCEL - timedelta(milliseconds=1)) == "scale"
+    assert plan_at(terms, CANCEL) is None
+    terms.remember(snapshot(20, "scale", valid_from=UPGRADE))  # the old copy read again later
+    assert plan_at(terms, CANCEL) is None and [s.version for s in terms.of("acme")] == [25]

@@ -13,6 +13,10 @@ relay's do; a catalog file's do not: in force always). Readers need two answers:
 `of(customer)` gives every snapshot held for the customer (highest version first), for a reader that
 cuts a period where the terms change (`subscriptions.fees_of_snapshots`).
 
+Terms with the same start are one version of the customer's terms (one key on the topic,
+`records.snapshot_key`): the highest version replaces the others, so terms re-sent with an end
+(a change scheduled after them) end where they now end, whatever else has arrived yet.
+
 A customer whose snapshots are all undated (the common case) costs one dict lookup in `at`: the
 dated history is kept only from the first dated snapshot on. Updates replace a customer's list
 instead of changing it, so a reader on another thread always sees a whole list.
@@ -51,8 +55,12 @@ class DatedTerms:
         if dated is None and (snapshot.valid_from is not None or snapshot.valid_to is not None):
             dated = [] if known is None else [_interval(known)]
         if dated is not None:
-            kept = [entry for entry in dated if entry[2] != snapshot.version]
-            self.dated[customer] = sorted([*kept, _interval(snapshot)], key=lambda entry: -entry[2])
+            entry = _interval(snapshot)
+            same_start = [held for held in dated if held[0] == entry[0]]
+            if any(held[2] > entry[2] for held in same_start):
+                return newest  # an older copy of terms held in a newer version (one key on the topic)
+            kept = [held for held in dated if held[0] != entry[0]]
+            self.dated[customer] = sorted([*kept, entry], key=lambda held: -held[2])
         return newest
 
     def forget(self, customer_id: str) -> None:
