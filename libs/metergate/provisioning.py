@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from metergate.db import subscription_store as store
 from metergate.domain import subscriptions as rules
 from metergate.domain.catalog import Catalog, FeatureDefinition, PlanVersion
-from metergate.domain.catalog_diff import Action, Planned, Subscribed, diff_catalog, target_of
+from metergate.domain.catalog_diff import Action, Planned, Subscribed, Target, diff_catalog, target_of
 from metergate.domain.records import FeatureEntitlement, FeatureKind, Pricing, ResetPeriod
 from metergate.domain.subscriptions import AddOn, History, PriceOverrides, PublishedPlan, When
 from metergate.errors import SubscriptionError
@@ -98,9 +98,15 @@ def create_subscription(
     overrides: PriceOverrides,
     who: str,
     now: datetime,
+    record_customer: bool = False,
 ) -> Changed:
+    """Subscribe `customer_id` (with `record_customer`, the customer is recorded in the same
+    transaction when it is not yet: a catalog file's subscriptions name their customers)."""
     try:
         with engine.begin() as conn:
+            if record_customer and store.get_customer(conn, customer_id) is None:
+                rules.check_id("customer_id", customer_id)
+                store.create_customer(conn, customer_id, name=None, who=who, now=now)
             if store.get_customer(conn, customer_id) is None:
                 raise SubscriptionError(
                     f"customer: no customer {customer_id!r} (create it first: metergate customers create {customer_id})",
@@ -314,10 +320,12 @@ def publish_catalog(engine: Engine, catalog: Catalog, *, who: str, now: datetime
     version whose terms differ is refused, naming it). Returns (features added, versions added)."""
     with engine.begin() as conn:
         features = sum(store.publish_feature(conn, feature) for feature in catalog.features.values())
+        for _key, add_on in sorted(catalog.add_ons.items()):
+            store.publish_add_on(conn, add_on, who=who, now=now)
         versions = 0
         for _plan_key, numbered in sorted(catalog.plans.items()):
-            for _number, terms in sorted(numbered.items()):
-                versions += store.publish_plan_version(conn, PublishedPlan(terms), who=who, now=now)
+            for _number, published in sorted(numbered.items()):
+                versions += store.publish_plan_version(conn, published, who=who, now=now)
     return features, versions
 
 
@@ -524,8 +532,17 @@ def _held(conn: Connection, now: datetime) -> dict[str, Subscribed]:
     for customer, (subscription_id, plan, version) in store.plans_in_force(conn, now).items():
         history = store.load_history(conn, subscription_id)
         in_force = None if history is None else history.in_force(now)
-        overrides = in_force.overrides if in_force is not None else PriceOverrides()
-        held[customer] = Subscribed(subscription_id, plan, version, overrides)
+        if in_force is None:
+            held[customer] = Subscribed(subscription_id, plan, version)
+            continue
+        held[customer] = Subscribed(
+            subscription_id,
+            plan,
+            version,
+            in_force.overrides,
+            dict(in_force.add_ons),
+            dict(in_force.variables),
+        )
     return held
 
 
@@ -537,7 +554,13 @@ def plan_catalog(engine: Engine, catalog: Catalog, *, now: datetime) -> list[Pla
             features=store.load_features(conn),
             plans=store.published_terms(conn),
             subscriptions=_held(conn, now),
+            add_ons={add_on.key: add_on for add_on in store.list_add_ons(conn)},
         )
+
+
+def _subscription_subject(item: Planned) -> str | None:
+    prefix = "subscription of "
+    return item.subject.removeprefix(prefix) if item.subject.startswith(prefix) else None
 
 
 def apply_catalog(
@@ -548,74 +571,100 @@ def apply_catalog(
     now: datetime,
     on_each: Callable[[Planned], None] | None = None,
 ) -> list[Planned]:
-    """Apply the diff of `catalog` against PostgreSQL: new features and plan versions in one
-    transaction (a published version is never edited), then each subscription to add or change
-    in a transaction of its own (created from `now`, or a new dated version from `now`), with its
-    audit row and outbox rows. Refuses the whole file, writing nothing, when the diff refuses
-    anything (the planned items are returned; the caller names them). `on_each` is called with
-    each item done, in order."""
-    with engine.begin() as conn:
-        published = store.published_terms(conn)
-    targets = {c: target_of(sub, catalog, published) for c, sub in catalog.subscriptions.items()}
+    """Apply the diff of `catalog` against PostgreSQL at `now`.
+
+    1. Refuse the whole file, writing nothing, when the diff refuses anything (a published plan
+       version or add-on with other terms, a feature whose kind changed): the planned items are
+       returned and the caller names them.
+    2. One transaction: the new features, add-ons, plan versions and contract plans (a published
+       one is never edited).
+    3. Each subscription to add or change in a transaction of its own (created from `now`, with its
+       customer when the customer is new, or a new dated version from `now`), with its audit row and
+       outbox rows. One that cannot be applied (a rule of its plan version, a change already
+       scheduled, an id another customer holds) is rolled back alone and comes back as an
+       `Action.FAILED` item whose summary is the one-line reason naming the field; the others apply.
+
+    `on_each` is called with each item done (or failed), in order. Returns the items, failures in
+    place of the items they were."""
     planned = plan_catalog(engine, catalog, now=now)
     if any(item.action is Action.REFUSED for item in planned):
         return planned
     with engine.begin() as conn:
-        for feature in catalog.features.values():
-            store.publish_feature(conn, feature)
-        for _plan_key, numbered in sorted(catalog.plans.items()):
-            for _number, terms in sorted(numbered.items()):
-                store.publish_plan_version(conn, PublishedPlan(terms), who=who, now=now)
+        published = store.published_terms(conn)
+    targets = {c: target_of(sub, catalog, published) for c, sub in catalog.subscriptions.items()}
+    publish_catalog(engine, catalog, who=who, now=now)
+    with engine.begin() as conn:
         for target in targets.values():
             if target.contract is not None:  # a contract that changes more than prices: its own plan
-                store.publish_plan_version(conn, PublishedPlan(target.contract), who=who, now=now)
+                store.publish_plan_version(conn, target.contract, who=who, now=now)
         held = _held(conn, now)
+    done: list[Planned] = []
     for item in planned:
-        customer = (
-            item.subject.removeprefix("subscription of ")
-            if item.subject.startswith("subscription of ")
-            else None
-        )
+        customer = _subscription_subject(item)
         if customer is not None and item.action in (Action.ADD, Action.CHANGE):
-            sub = catalog.subscriptions[customer]
-            target = targets[customer]
-            overrides = target.overrides
-            if item.action is Action.ADD:
-                with engine.begin() as conn:
-                    if store.get_customer(conn, customer) is None:
-                        store.create_customer(conn, customer, name=None, who=who, now=now)
-                create_subscription(
-                    engine,
-                    subscription_id=sub.subscription_id,
-                    customer_id=customer,
-                    plan=target.plan,
-                    version=target.version,
-                    start=now,
-                    anchor=sub.anchor,
-                    reset_period=sub.reset_period,
-                    add_ons={},
-                    variables={},
-                    overrides=overrides,
-                    who=who,
-                    now=now,
+            try:
+                _apply_subscription(
+                    engine, catalog, customer, targets[customer], held, item, who=who, now=now
                 )
-            else:
-                current = held[customer]
-                moved = (current.plan, current.version) != (target.plan, target.version)
-                change_subscription(
-                    engine,
-                    current.subscription_id,
-                    Change(
-                        plan=target.plan if moved else None,
-                        version=target.version if moved else None,
-                        overrides=OverrideUpdate(
-                            base_fee=overrides.base_fee, pricing=overrides.pricing, clear=True
-                        ),
-                    ),
-                    at=When.IMMEDIATELY,
-                    who=who,
-                    now=now,
-                )
+            except SubscriptionError as exc:
+                item = Planned(Action.FAILED, item.subject, str(exc).splitlines()[0])
+        done.append(item)
         if on_each is not None:
             on_each(item)
-    return planned
+    return done
+
+
+def _apply_subscription(
+    engine: Engine,
+    catalog: Catalog,
+    customer: str,
+    target: Target,
+    held: Mapping[str, Subscribed],
+    item: Planned,
+    *,
+    who: str,
+    now: datetime,
+) -> None:
+    sub = catalog.subscriptions[customer]
+    if item.action is Action.ADD:
+        create_subscription(
+            engine,
+            subscription_id=sub.subscription_id,
+            customer_id=customer,
+            plan=target.plan,
+            version=target.version,
+            start=now,
+            anchor=sub.anchor,
+            reset_period=sub.reset_period,
+            add_ons=target.add_ons,
+            variables=target.variables,
+            overrides=target.overrides,
+            who=who,
+            now=now,
+            record_customer=True,
+        )
+        return
+    current = held[customer]
+    moved = (current.plan, current.version) != (target.plan, target.version)
+    quantities = {key: target.add_ons.get(key, 0) for key in set(current.add_ons) | set(target.add_ons)}
+    add_ons = {k: q for k, q in quantities.items() if q != current.add_ons.get(k, 0)}
+    overrides = target.overrides
+    change_subscription(
+        engine,
+        current.subscription_id,
+        Change(
+            plan=target.plan if moved else None,
+            version=target.version if moved else None,
+            add_ons=add_ons or None,
+            variables=dict(target.variables) if (moved or target.variables != current.variables) else None,
+            overrides=OverrideUpdate(
+                base_fee=overrides.base_fee,
+                pricing=overrides.pricing,
+                add_on_fees=overrides.add_on_fees,
+                clear=True,
+            ),
+        ),
+        at=When.IMMEDIATELY,
+        who=who,
+        now=now,
+    )

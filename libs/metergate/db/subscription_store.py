@@ -710,12 +710,13 @@ def load_features(conn: Connection) -> dict[str, FeatureDefinition]:
     }
 
 
-def published_terms(conn: Connection) -> dict[tuple[str, int], PlanVersion]:
-    found: dict[tuple[str, int], PlanVersion] = {}
+def published_terms(conn: Connection) -> dict[tuple[str, int], PublishedPlan]:
+    """Every published plan version with the add-ons it allows and its negotiated paths."""
+    found: dict[tuple[str, int], PublishedPlan] = {}
     for row in conn.execute(text("SELECT plan_key, version FROM plan_versions ORDER BY 1, 2")).all():
         plan = load_plan_version(conn, row.plan_key, row.version)
         if plan is not None:
-            found[(row.plan_key, row.version)] = plan.terms
+            found[(row.plan_key, row.version)] = plan
     return found
 
 
