@@ -662,7 +662,9 @@ def _apply_subscription(
                 pricing=overrides.pricing,
                 add_on_fees=overrides.add_on_fees,
                 clear=True,
-            ),
+            )
+            if moved or overrides.as_dict() != current.overrides.as_dict()
+            else None,
         ),
         at=When.IMMEDIATELY,
         who=who,

@@ -227,7 +227,8 @@ PROGRESS_FROM = 50
 
 def _summary(parsed: Catalog) -> None:
     versions = sum(len(v) for v in parsed.plans.values())
-    add_ons = f"{len(parsed.add_ons)} add-ons, " if parsed.add_ons else ""
+    count = len(parsed.add_ons)
+    add_ons = f"{count} add-on{'' if count == 1 else 's'}, " if count else ""
     click.echo(
         f"{len(parsed.meters)} meters, {len(parsed.features)} features, {add_ons}{len(parsed.plans)} plans "
         f"({versions} versions), {len(parsed.subscriptions)} subscriptions"
