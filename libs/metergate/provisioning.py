@@ -9,6 +9,7 @@ recorded in the audit (a CLI user, an API key's name).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -268,11 +269,78 @@ def preview_fees(engine: Engine, subscription_id: str, moment: datetime) -> rule
     return rules.bill_period(history, moment)
 
 
-def audit_trail(engine: Engine, subscription_id: str) -> list[Any]:
+@dataclass(frozen=True)
+class AuditEntry:
+    """One audited change: when, who (a CLI user `cli:<login>`, an API key's name), what, to which
+    entity, with the entity as JSON before (None: it did not exist) and after."""
+
+    at: datetime
+    who: str
+    action: str
+    entity: str  # customer, subscription, plan_version, add_on
+    entity_id: str
+    before: Any
+    after: Any
+
+    @property
+    def changes(self) -> list[str]:
+        """`path: before -> after` for each value that differs (a subscription's versions by their
+        index, from 0), the way the CLI prints an entry."""
+        old, new = _leaves("", self.before), _leaves("", self.after)
+        return [
+            f"{path}: {_audited(old.get(path))} -> {_audited(new.get(path))}"
+            for path in sorted(set(old) | set(new), key=_path_order)
+            if old.get(path) != new.get(path)
+        ]
+
+
+def _leaves(prefix: str, value: Any) -> dict[str, Any]:
+    if isinstance(value, dict) and value:
+        found: dict[str, Any] = {}
+        for key, item in value.items():
+            found.update(_leaves(f"{prefix}.{key}" if prefix else str(key), item))
+        return found
+    if isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
+        found = {}
+        for index, item in enumerate(value):
+            found.update(_leaves(f"{prefix}.{index}" if prefix else str(index), item))
+        return found
+    return {prefix: value} if prefix else {}
+
+
+def _path_order(path: str) -> list[tuple[int, str]]:
+    return [(int(part), "") if part.isdigit() else (1 << 62, part) for part in path.split(".")]
+
+
+def _audited(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, dict | list):
+        return json.dumps(value, sort_keys=True)
+    return str(value)
+
+
+def _entries(rows: Sequence[Any]) -> list[AuditEntry]:
+    return [AuditEntry(r.at, r.who, r.action, r.entity, r.entity_id, r.before, r.after) for r in rows]
+
+
+def audit_trail(engine: Engine, subscription_id: str) -> list[AuditEntry]:
     """Who changed the subscription, when, how, with the versions before and after."""
+    rules.check_id("subscription_id", subscription_id)
     with engine.begin() as conn:
         _history(conn, subscription_id, for_update=False)
-        return list(store.audit_trail(conn, "subscription", subscription_id))
+        return _entries(store.audit_trail(conn, "subscription", subscription_id))
+
+
+def customer_audit_trail(engine: Engine, customer_id: str) -> list[AuditEntry]:
+    """Every change of a customer and of its subscriptions, oldest first."""
+    rules.check_id("customer_id", customer_id)
+    with engine.begin() as conn:
+        if store.get_customer(conn, customer_id) is None:
+            raise SubscriptionError(
+                f"customer_id: no customer {customer_id!r}", field="customer_id", reason=NOT_FOUND
+            )
+        return _entries(store.customer_audit_trail(conn, customer_id))
 
 
 def show_subscription(engine: Engine, subscription_id: str) -> History:

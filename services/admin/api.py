@@ -312,10 +312,13 @@ class CustomerBody(Body):
 
 class AuditEntryBody(Body):
     at: datetime
-    who: str
+    who: str  # the API key's name, or `cli:<login>` for the command line
     action: str
-    before: Any
+    entity: str  # customer, subscription
+    entity_id: str
+    before: Any  # the entity as JSON before the change (null: it did not exist)
     after: Any
+    changes: list[str]  # `path: before -> after` for each value that differs
 
 
 class AuditBody(Body):
@@ -561,6 +564,14 @@ def openapi() -> dict[str, Any]:
                     "showCustomer",
                     "A customer and its subscriptions",
                     (200, "the customer", "CustomerBody"),
+                    params=(param("customer_id"),),
+                )
+            },
+            "/v1/customers/{customer_id}/audit": {
+                "get": operation(
+                    "customerAudit",
+                    "Every change of the customer and of its subscriptions: who, when, before and after",
+                    (200, "the audit trail", "AuditBody"),
                     params=(param("customer_id"),),
                 )
             },

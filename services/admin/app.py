@@ -150,6 +150,19 @@ def fees_body(bill: PeriodBill) -> dict[str, Any]:
     }
 
 
+def audit_body(entry: provisioning.AuditEntry) -> dict[str, Any]:
+    return {
+        "at": entry.at,
+        "who": entry.who,
+        "action": entry.action,
+        "entity": entry.entity,
+        "entity_id": entry.entity_id,
+        "before": entry.before,
+        "after": entry.after,
+        "changes": entry.changes,
+    }
+
+
 # ---------------------------------------------------------------------------------------------
 # bodies in
 
@@ -508,14 +521,12 @@ def create_app(engine: Engine, keys: KeyStore, *, clock: Clock) -> Starlette:
     @handler
     async def subscription_audit(request: Request, key: ApiKey) -> Response:
         trail = await call(provisioning.audit_trail, path_id(request, "subscription_id"))
-        return reply(
-            {
-                "entries": [
-                    {"at": r.at, "who": r.who, "action": r.action, "before": r.before, "after": r.after}
-                    for r in trail
-                ]
-            }
-        )
+        return reply({"entries": [audit_body(entry) for entry in trail]})
+
+    @handler
+    async def customer_audit(request: Request, key: ApiKey) -> Response:
+        trail = await call(provisioning.customer_audit_trail, path_id(request, "customer_id"))
+        return reply({"entries": [audit_body(entry) for entry in trail]})
 
     @handler
     async def subscription_fees(request: Request, key: ApiKey) -> Response:
@@ -595,6 +606,7 @@ def create_app(engine: Engine, keys: KeyStore, *, clock: Clock) -> Starlette:
             Route("/v1/add-ons/{key}", show_add_on, methods=["GET"]),
             Route("/v1/customers", create_customer, methods=["POST"]),
             Route("/v1/customers/{customer_id}", show_customer, methods=["GET"]),
+            Route("/v1/customers/{customer_id}/audit", customer_audit, methods=["GET"]),
             Route("/v1/subscriptions", create_subscription, methods=["POST"]),
             Route(subscription, show_subscription, methods=["GET"]),
             Route(subscription + "/changes", change_subscription, methods=["POST"]),

@@ -688,12 +688,25 @@ def audit(
 
 
 def audit_trail(conn: Connection, entity: str, entity_id: str) -> Sequence[Any]:
+    """The audit rows of one entity (at, who, action, entity, entity_id, before, after), oldest first."""
     return conn.execute(
         text(
-            "SELECT at, who, action, before, after FROM audit_log WHERE entity = :e AND entity_id = :i "
-            "ORDER BY audit_id"
+            "SELECT at, who, action, entity, entity_id, before, after FROM audit_log WHERE entity = :e "
+            "AND entity_id = :i ORDER BY audit_id"
         ),
         {"e": entity, "i": entity_id},
+    ).all()
+
+
+def customer_audit_trail(conn: Connection, customer_id: str) -> Sequence[Any]:
+    """The audit rows of a customer and of each of its subscriptions, oldest first."""
+    return conn.execute(
+        text(
+            "SELECT at, who, action, entity, entity_id, before, after FROM audit_log WHERE "
+            "(entity = 'customer' AND entity_id = :c) OR (entity = 'subscription' AND entity_id IN "
+            "(SELECT subscription_id FROM subscriptions WHERE customer_id = :c)) ORDER BY audit_id"
+        ),
+        {"c": customer_id},
     ).all()
 
 
