@@ -55,6 +55,7 @@ def _plan(conn: Connection, plan: str, version: int | None, *, field: str = "pla
 
 
 def _history(conn: Connection, subscription_id: str, *, for_update: bool) -> History:
+    rules.check_id("subscription_id", subscription_id)
     history = store.load_history(conn, subscription_id, for_update=for_update)
     if history is None:
         raise SubscriptionError(
@@ -74,6 +75,7 @@ def create_customer(engine: Engine, customer_id: str, *, name: str | None, who: 
 
 
 def show_customer(engine: Engine, customer_id: str) -> tuple[store.Customer, list[History]]:
+    rules.check_id("customer_id", customer_id)
     with engine.begin() as conn:
         customer = store.get_customer(conn, customer_id)
         if customer is None:

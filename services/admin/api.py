@@ -388,7 +388,7 @@ RESPONSES = (
 )
 
 ERRORS = {
-    400: "bad request: the message names the field",
+    400: "bad request (a body, path or query value; a query parameter the operation does not take): the message names the field",
     401: "no API key, or not a valid one",
     403: "the key lacks the admin scope",
     404: "not known here",
@@ -471,7 +471,7 @@ def openapi() -> dict[str, Any]:
                     "listFeatures",
                     "Every feature plans and add-ons may grant",
                     (200, "the features", "FeatureListBody"),
-                    errors=(401, 403),
+                    errors=(400, 401, 403),
                 ),
                 "post": operation(
                     "publishFeature",
@@ -487,7 +487,7 @@ def openapi() -> dict[str, Any]:
                     "listPlans",
                     "Every plan with its published versions",
                     (200, "the plans", "PlanListBody"),
-                    errors=(401, 403),
+                    errors=(400, 401, 403),
                 )
             },
             "/v1/plans/{plan}": {
@@ -526,7 +526,7 @@ def openapi() -> dict[str, Any]:
                     "listAddOns",
                     "Every published add-on",
                     (200, "the add-ons", "AddOnListBody"),
-                    errors=(401, 403),
+                    errors=(400, 401, 403),
                 ),
                 "post": operation(
                     "publishAddOn",

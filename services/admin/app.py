@@ -278,11 +278,23 @@ def create_app(engine: Engine, keys: KeyStore, *, clock: Clock) -> Starlette:
         return key
 
     def handler(
-        function: Callable[[Request, ApiKey], Awaitable[Response]],
+        function: Callable[[Request, ApiKey], Awaitable[Response]], query: tuple[str, ...] = ()
     ) -> Callable[[Request], Awaitable[Response]]:
+        """Authenticate, refuse query parameters the operation does not take (`query`: the ones it
+        does), call, and answer an error as a problem naming the field."""
+
         async def wrapped(request: Request) -> Response:
             try:
                 key = authorise(request)
+                for name in request.query_params:
+                    if name not in query:
+                        takes = ", ".join(query) or "none"
+                        raise Problem(
+                            400,
+                            "invalid_field",
+                            f"{name}: unknown query parameter (this operation takes {takes})",
+                            name,
+                        )
                 return await function(request, key)
             except Problem as error:
                 return problem(error)
@@ -528,7 +540,6 @@ def create_app(engine: Engine, keys: KeyStore, *, clock: Clock) -> Starlette:
         trail = await call(provisioning.customer_audit_trail, path_id(request, "customer_id"))
         return reply({"entries": [audit_body(entry) for entry in trail]})
 
-    @handler
     async def subscription_fees(request: Request, key: ApiKey) -> Response:
         subscription_id = path_id(request, "subscription_id")
         raw = request.query_params.get("period_of")
@@ -548,6 +559,8 @@ def create_app(engine: Engine, keys: KeyStore, *, clock: Clock) -> Starlette:
             except ValueError as exc:
                 raise Problem(400, "invalid_field", f"period_of: {exc}, got {raw!r}", "period_of") from None
         return reply(fees_body(await call(provisioning.preview_fees, subscription_id, moment)))
+
+    fees = handler(subscription_fees, query=("period_of",))
 
     # -- the rest
 
@@ -614,7 +627,7 @@ def create_app(engine: Engine, keys: KeyStore, *, clock: Clock) -> Starlette:
             Route(subscription + "/cancel", cancel_subscription, methods=["POST"]),
             Route(subscription + "/unschedule", unschedule_subscription, methods=["POST"]),
             Route(subscription + "/audit", subscription_audit, methods=["GET"]),
-            Route(subscription + "/fees", subscription_fees, methods=["GET"]),
+            Route(subscription + "/fees", fees, methods=["GET"]),
             Route("/healthz", health, methods=["GET"]),
             Route("/openapi.json", openapi_json, methods=["GET"]),
         ],
