@@ -48,7 +48,8 @@ from metergate_services.admin.api import (
     openapi,
 )
 from metergate_services.entitlements.api import one_line
-from metergate_services.entitlements.checks import Problem, problem_body
+from metergate_services.entitlements.checks import Problem
+from metergate_services.http import EXCEPTION_HANDLERS, authenticate, problem
 
 log = logging.getLogger("metergate.admin.http")
 
@@ -77,11 +78,6 @@ def plain(value: Any) -> Any:
 
 def reply(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(json.dumps(plain(body), separators=(",", ":")), status, headers=headers, media_type=JSON)
-
-
-def problem(error: Problem) -> Response:
-    headers = {"WWW-Authenticate": 'Bearer realm="metergate"'} if error.status == 401 else None
-    return reply(problem_body(error), error.status, headers)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -261,18 +257,7 @@ def create_app(engine: Engine, keys: KeyStore, *, clock: Clock) -> Starlette:
     document = json.dumps(openapi()).encode()
 
     def authorise(request: Request) -> ApiKey:
-        presented = request.headers.get("x-api-key")
-        if presented is None:
-            authorization = request.headers.get("authorization", "")
-            if authorization[:7].lower() == "bearer ":
-                presented = authorization[7:].strip()
-        if not presented:
-            raise Problem(
-                401, "unauthenticated", "an API key is required (header X-API-Key or Authorization: Bearer)"
-            )
-        key = keys.authenticate(presented)
-        if key is None:
-            raise Problem(401, "unauthenticated", "the API key is not valid (unknown, revoked or mistyped)")
+        key = authenticate(request, keys)
         if "admin" not in key.scopes:
             raise Problem(403, "forbidden", f"the key {key.name!r} lacks the 'admin' scope")
         return key
@@ -578,22 +563,6 @@ def create_app(engine: Engine, keys: KeyStore, *, clock: Clock) -> Starlette:
     async def openapi_json(request: Request) -> Response:
         return Response(document, media_type=JSON)
 
-    async def not_found(request: Request, exc: Exception) -> Response:
-        return problem(Problem(404, "not_found", f"no such path {request.url.path}; see /openapi.json"))
-
-    async def not_allowed(request: Request, exc: Exception) -> Response:
-        response = problem(
-            Problem(
-                405,
-                "method_not_allowed",
-                f"{request.method} is not allowed on {request.url.path}; see /openapi.json",
-            )
-        )
-        allow = (getattr(exc, "headers", None) or {}).get("Allow")
-        if allow:
-            response.headers["Allow"] = allow
-        return response
-
     def by_method(
         **endpoints: Callable[[Request], Awaitable[Response]],
     ) -> Callable[[Request], Awaitable[Response]]:
@@ -631,5 +600,5 @@ def create_app(engine: Engine, keys: KeyStore, *, clock: Clock) -> Starlette:
             Route("/healthz", health, methods=["GET"]),
             Route("/openapi.json", openapi_json, methods=["GET"]),
         ],
-        exception_handlers={404: not_found, 405: not_allowed},
+        exception_handlers=EXCEPTION_HANDLERS,
     )
