@@ -389,7 +389,9 @@ def publish_catalog(engine: Engine, catalog: Catalog, *, who: str, now: datetime
     """Publish a catalog file's features and plan versions (never editing a published one: a
     version whose terms differ is refused, naming it). Returns (features added, versions added)."""
     with engine.begin() as conn:
-        features = sum(store.publish_feature(conn, feature) for feature in catalog.features.values())
+        features = sum(
+            store.publish_feature(conn, feature, who=who, now=now) for feature in catalog.features.values()
+        )
         for _key, add_on in sorted(catalog.add_ons.items()):
             store.publish_add_on(conn, add_on, who=who, now=now)
         versions = 0
@@ -576,10 +578,16 @@ def list_features(engine: Engine) -> list[FeatureDefinition]:
 
 
 def publish_feature(
-    engine: Engine, *, feature: str, kind: FeatureKind, meter: str | None, description: str | None, who: str
+    engine: Engine,
+    *,
+    feature: str,
+    kind: FeatureKind,
+    meter: str | None,
+    description: str | None,
+    who: str,
+    now: datetime,
 ) -> tuple[FeatureDefinition, bool]:
     """Define a feature once (its kind and meter never change; the same definition again: False)."""
-    del who  # features carry no author column; the plan versions that use them do
     rules.check_id("feature", feature)
     if (kind is FeatureKind.METERED) != (meter is not None):
         raise SubscriptionError(
@@ -589,7 +597,7 @@ def publish_feature(
         rules.check_id("meter", meter)
     definition = FeatureDefinition(feature=feature, kind=kind, meter=meter, description=description)
     with engine.begin() as conn:
-        created = store.publish_feature(conn, definition)
+        created = store.publish_feature(conn, definition, who=who, now=now)
     return definition, created
 
 

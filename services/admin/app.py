@@ -322,6 +322,7 @@ def create_app(engine: Engine, keys: KeyStore, *, clock: Clock) -> Starlette:
             meter=body.meter,
             description=body.description,
             who=key.name,
+            now=clock(),
         )
         return reply({**feature_definition(found), "created": created}, 201 if created else 200)
 

@@ -132,6 +132,7 @@ def seeded(database_url) -> Iterator[tuple[str, str]]:
             meter="api_calls",
             description=None,
             who="t",
+            now=now,
         )
         provisioning.publish_plan_version(
             engine,

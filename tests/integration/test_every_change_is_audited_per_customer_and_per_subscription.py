@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from metergate.cli.main import main
 from metergate.domain.records import utc_millis
 from tests.integration.admin_support import AdminApi
+from tests.integration.rating_support import query
 
 pytestmark = pytest.mark.integration
 
@@ -97,6 +98,17 @@ def test_every_change_is_audited_per_customer_and_per_subscription(database_url,
         assert "    1.overrides.base_fee: none -> 900" in lines
         code, out, err = cli("subscriptions", "audit", "acme-2", "--json")
         assert [(e["who"], e["action"]) for e in json.loads(out)] == [(user, "create")]
+
+        # the catalog's own changes are audited too (who published what)
+        assert query(
+            database_url,
+            db_schema,
+            "SELECT who, action, entity, entity_id, after->>'kind' FROM audit_log "
+            "WHERE entity IN ('feature', 'plan_version') ORDER BY audit_id",
+        ) == [
+            ("crm", "publish", "feature", "api_calls", "metered"),
+            ("crm", "publish", "plan_version", "growth:1", None),
+        ]
 
         # unknown ones: 404 / one line naming the field
         missing = http.get("/v1/customers/ghost/audit")

@@ -81,8 +81,9 @@ def _variables_of(plan: PublishedPlan, value: Mapping[str, str]) -> dict[str, De
 # catalog
 
 
-def publish_feature(conn: Connection, feature: FeatureDefinition) -> bool:
-    """Record a feature definition; True when new. A different definition under its key is refused."""
+def publish_feature(conn: Connection, feature: FeatureDefinition, *, who: str, now: datetime) -> bool:
+    """Record a feature definition (audited); True when new. A different definition under its key
+    is refused."""
     row = conn.execute(
         text("SELECT kind, meter FROM features WHERE feature_key = :k"), {"k": feature.feature}
     ).first()
@@ -99,6 +100,16 @@ def publish_feature(conn: Connection, feature: FeatureDefinition) -> bool:
     conn.execute(
         text("INSERT INTO features (feature_key, kind, meter, description) VALUES (:k, :kind, :meter, :d)"),
         {"k": feature.feature, "kind": feature.kind.value, "meter": feature.meter, "d": feature.description},
+    )
+    audit(
+        conn,
+        who=who,
+        now=now,
+        action="publish",
+        entity="feature",
+        entity_id=feature.feature,
+        before=None,
+        after={"kind": feature.kind.value, "meter": feature.meter, "description": feature.description},
     )
     return True
 
