@@ -2,8 +2,9 @@
 server that stops on a signal without dying of it, the API key a request presents, problems as
 responses, and the answers to an unknown path (404) and a method a path does not take (405).
 
-A problem is one JSON object `{reason, message, field?}` (`checks.problem_body`); a 401 carries
-`WWW-Authenticate`. The sidecar's raw check route (`entitlements.checks.CheckRoute`) answers its
+A problem is one JSON object `{reason, message, field?}` (`checks.problem_body`); as
+`application/problem+json` (RFC 9457, the admin API) it also carries `type`, `title`, `status`
+and `detail`. A 401 carries `WWW-Authenticate`. The sidecar's raw check route (`entitlements.checks.CheckRoute`) answers its
 own problems with orjson on its fast path and does not go through this module.
 """
 
@@ -12,7 +13,8 @@ from __future__ import annotations
 import contextlib
 import json
 import signal
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from http import HTTPStatus
 from typing import Any
 
 import uvicorn
@@ -23,6 +25,7 @@ from metergate.entitlements.keys import ApiKey, KeyStore
 from metergate_services.entitlements.checks import Problem, problem_body
 
 JSON = "application/json"
+PROBLEM_JSON = "application/problem+json"
 
 
 class Server(uvicorn.Server):
@@ -40,11 +43,21 @@ class Server(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
-def problem(error: Problem) -> Response:
+def problem(error: Problem, media_type: str = JSON) -> Response:
     """A problem as its response (a 401 says how to authenticate)."""
     headers = {"WWW-Authenticate": 'Bearer realm="metergate"'} if error.status == 401 else None
-    body = json.dumps(problem_body(error), separators=(",", ":"))
-    return Response(body, error.status, headers=headers, media_type=JSON)
+    body = problem_body(error)
+    if media_type == PROBLEM_JSON:
+        standard = {
+            "type": "about:blank",
+            "title": HTTPStatus(error.status).phrase,
+            "status": error.status,
+            "detail": error.message,
+        }
+        body = {**standard, **body}
+    return Response(
+        json.dumps(body, separators=(",", ":")), error.status, headers=headers, media_type=media_type
+    )
 
 
 def authenticate(request: Request, keys: KeyStore) -> ApiKey:
@@ -65,23 +78,30 @@ def authenticate(request: Request, keys: KeyStore) -> ApiKey:
     return key
 
 
-async def not_found(request: Request, exc: Exception) -> Response:
-    return problem(Problem(404, "not_found", f"no such path {request.url.path}; see /openapi.json"))
+Handler = Callable[[Request, Exception], Awaitable[Response]]
 
 
-async def not_allowed(request: Request, exc: Exception) -> Response:
-    response = problem(
-        Problem(
-            405,
-            "method_not_allowed",
-            f"{request.method} is not allowed on {request.url.path}; see /openapi.json",
+def exception_handlers(media_type: str = JSON) -> dict[Any, Handler]:
+    """Starlette's `exception_handlers`: an unknown path is a 404 problem, a method the path does
+    not take a 405 problem listing the ones it takes in `Allow`."""
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        return problem(
+            Problem(404, "not_found", f"no such path {request.url.path}; see /openapi.json"), media_type
         )
-    )
-    allow = (getattr(exc, "headers", None) or {}).get("Allow")
-    if allow:
-        response.headers["Allow"] = allow
-    return response
 
+    async def not_allowed(request: Request, exc: Exception) -> Response:
+        response = problem(
+            Problem(
+                405,
+                "method_not_allowed",
+                f"{request.method} is not allowed on {request.url.path}; see /openapi.json",
+            ),
+            media_type,
+        )
+        allow = (getattr(exc, "headers", None) or {}).get("Allow")
+        if allow:
+            response.headers["Allow"] = allow
+        return response
 
-#: Starlette's `exception_handlers` for both APIs
-EXCEPTION_HANDLERS: dict[Any, Any] = {404: not_found, 405: not_allowed}
+    return {404: not_found, 405: not_allowed}

@@ -26,6 +26,8 @@ from metergate.domain.records import Enforcement, FeatureKind, PricingModel, Res
 from metergate.domain.subscriptions import When
 from metergate_services.entitlements.api import DecimalText, ErrorBody, Identifier, Units
 
+PROBLEM_JSON = "application/problem+json"
+
 Currency = Annotated[str, Field(pattern=r"^[A-Za-z]{3}$", description="ISO 4217, e.g. USD")]
 Version = Annotated[StrictInt, Field(ge=1, le=2_147_483_647)]
 Quantity = Annotated[StrictInt, Field(ge=0, le=1_000_000_000)]
@@ -352,6 +354,16 @@ class PreviewBody(Body):
     after: FeesBody
 
 
+class ProblemBody(ErrorBody):
+    """An error as `application/problem+json` (RFC 9457): `detail` (= `message`) is one line naming
+    the field, which `field` holds; `reason` is a stable code."""
+
+    type: str = "about:blank"
+    title: str  # the HTTP status phrase
+    status: int
+    detail: str
+
+
 class HealthBody(Body):
     ready: bool
     message: str | None = None
@@ -383,7 +395,7 @@ RESPONSES = (
     AuditBody,
     FeesBody,
     PreviewBody,
-    ErrorBody,
+    ProblemBody,
     HealthBody,
 )
 
@@ -435,7 +447,10 @@ def openapi() -> dict[str, Any]:
                 str(status): {"description": description, "content": content(schema)},
                 **({"200": {"description": again, "content": content(schema)}} if again else {}),
                 **{
-                    str(code): {"description": ERRORS[code], "content": content("ErrorBody")}
+                    str(code): {
+                        "description": ERRORS[code],
+                        "content": {PROBLEM_JSON: {"schema": ref["ProblemBody"]}},
+                    }
                     for code in (*errors, 503)
                 },
             },

@@ -49,7 +49,8 @@ from metergate_services.admin.api import (
 )
 from metergate_services.entitlements.api import one_line
 from metergate_services.entitlements.checks import Problem
-from metergate_services.http import EXCEPTION_HANDLERS, authenticate, problem
+from metergate_services.http import PROBLEM_JSON, authenticate, exception_handlers
+from metergate_services.http import problem as problem_response
 
 log = logging.getLogger("metergate.admin.http")
 
@@ -78,6 +79,11 @@ def plain(value: Any) -> Any:
 
 def reply(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(json.dumps(plain(body), separators=(",", ":")), status, headers=headers, media_type=JSON)
+
+
+def problem(error: Problem) -> Response:
+    """An error as `application/problem+json` (RFC 9457) naming the field."""
+    return problem_response(error, PROBLEM_JSON)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -601,5 +607,5 @@ def create_app(engine: Engine, keys: KeyStore, *, clock: Clock) -> Starlette:
             Route("/healthz", health, methods=["GET"]),
             Route("/openapi.json", openapi_json, methods=["GET"]),
         ],
-        exception_handlers=EXCEPTION_HANDLERS,
+        exception_handlers=exception_handlers(PROBLEM_JSON),
     )

@@ -34,7 +34,7 @@ from metergate_services.entitlements.api import (
     openapi,
 )
 from metergate_services.entitlements.checks import BATCH, CHECK, CheckRoute, Problem
-from metergate_services.http import EXCEPTION_HANDLERS, authenticate, problem
+from metergate_services.http import authenticate, exception_handlers, problem
 
 log = logging.getLogger("metergate.entitlements.http")
 
@@ -229,7 +229,7 @@ def create_app(entitlements: Entitlements, keys: KeyStore) -> CheckRoute:
             Route("/metrics", metrics, methods=["GET"]),
             Route("/openapi.json", openapi_json, methods=["GET"]),
         ],
-        exception_handlers=EXCEPTION_HANDLERS,
+        exception_handlers=exception_handlers(),
     )
     return route
 

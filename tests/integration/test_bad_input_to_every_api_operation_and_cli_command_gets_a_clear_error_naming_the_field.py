@@ -1,7 +1,7 @@
 """Bad input to every admin API operation and every `metergate` command gets one clear line naming
 the field and what would be right: over HTTP (the real admin service, a real client, real
-PostgreSQL) a 400 problem `{reason, message, field}` whose message is one line starting with the
-field; on the command line exit code 2 and one line on stderr, never a traceback, nothing on
+PostgreSQL) a 400 `application/problem+json` (RFC 9457) whose `detail` is one line starting with
+the field, which `field` names; on the command line exit code 2 and one line on stderr, never a traceback, nothing on
 stdout. Each list is checked against the operations of the OpenAPI document and the commands of
 the CLI, so a new operation or command without a case here fails this test."""
 
@@ -188,10 +188,12 @@ def test_bad_input_to_an_admin_operation_is_a_400_naming_the_field(operation, ad
             else http.request(method.upper(), path)
         )
     assert answer.status_code == 400, (operation, answer.text)
-    assert answer.headers["content-type"].startswith("application/json")
+    assert answer.headers["content-type"] == "application/problem+json"
     problem = answer.json()
     assert (problem["field"], problem["reason"]) == (field, "invalid_field"), problem
+    assert (problem["type"], problem["status"], problem["title"]) == ("about:blank", 400, "Bad Request")
     assert problem["message"].startswith(f"{field}: {message}"), problem
+    assert problem["detail"] == problem["message"]
     assert "\n" not in problem["message"] and "Traceback" not in answer.text
 
 

@@ -112,8 +112,17 @@ def test_every_change_is_audited_per_customer_and_per_subscription(database_url,
 
         # unknown ones: 404 / one line naming the field
         missing = http.get("/v1/customers/ghost/audit")
-        assert (missing.status_code, missing.json()) == (
+        assert (missing.status_code, missing.headers["content-type"], missing.json()) == (
             404,
-            {"reason": "not_found", "message": "customer_id: no customer 'ghost'", "field": "customer_id"},
+            "application/problem+json",
+            {
+                "type": "about:blank",
+                "title": "Not Found",
+                "status": 404,
+                "detail": "customer_id: no customer 'ghost'",
+                "reason": "not_found",
+                "message": "customer_id: no customer 'ghost'",
+                "field": "customer_id",
+            },
         )
         assert cli("customers", "audit", "ghost") == (2, "", "Error: customer_id: no customer 'ghost'\n")
