@@ -26,7 +26,7 @@ from metergate.domain.catalog import Catalog, FeatureDefinition, PlanVersion
 from metergate.domain.catalog_diff import Action, Planned, Subscribed, Target, diff_catalog, target_of
 from metergate.domain.records import FeatureEntitlement, FeatureKind, Pricing, ResetPeriod
 from metergate.domain.subscriptions import AddOn, History, PriceOverrides, PublishedPlan, When
-from metergate.errors import SubscriptionError
+from metergate.errors import InvalidInput, SubscriptionError
 
 At = When | datetime
 
@@ -684,8 +684,12 @@ def apply_catalog(
                 _apply_subscription(
                     engine, catalog, customer, targets[customer], held, item, who=who, now=now
                 )
-            except SubscriptionError as exc:
-                item = Planned(Action.FAILED, item.subject, str(exc).splitlines()[0])
+            except InvalidInput as exc:  # bad input of this subscription: the others go on
+                known = held.get(customer)
+                named = known or catalog.subscriptions[customer]
+                item = Planned(
+                    Action.FAILED, f"{item.subject} ({named.subscription_id})", str(exc).splitlines()[0]
+                )
         done.append(item)
         if on_each is not None:
             on_each(item)

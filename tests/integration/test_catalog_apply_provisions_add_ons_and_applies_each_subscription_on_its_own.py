@@ -7,6 +7,7 @@ progress."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from decimal import Decimal as D
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from metergate import provisioning
 from metergate.cli.main import main
 from metergate.db.engine import make_engine
 from metergate.domain.records import EntitlementSnapshot
+from metergate.domain.subscriptions import When
 from metergate.errors import SubscriptionError
 from metergate.testing.topics import read_topic
 from metergate.wire.codec import codec
@@ -64,8 +66,24 @@ def test_catalog_apply_provisions_add_ons_and_applies_each_subscription_on_its_o
     assert calls["retention_days"].config_value == "730"
     assert (hooli.plan_key, hooli.plan_version, hooli.base_fee) == ("enterprise", 1, D("545.00"))
 
-    # renegotiated: 5 add-on units and a higher limit; bob names a subscription id globex holds
+    # initech has a change scheduled at its period end (made elsewhere, e.g. over the API)
+    engine = make_engine(database_url, db_schema)
+    try:
+        scheduled = provisioning.change_subscription(
+            engine,
+            "initech:free",
+            provisioning.Change(overrides=provisioning.OverrideUpdate(base_fee=D("1.00"))),
+            at=When.PERIOD_END,
+            who="crm",
+            now=datetime.now(UTC),
+        ).history.latest.effective_from
+    finally:
+        engine.dispose()
+
+    # renegotiated: 5 add-on units and a higher limit; bob names a subscription id globex holds;
+    # initech's new price cannot apply now, before the change scheduled later
     edited = yaml.safe_load(EXAMPLE.read_text())
+    edited["subscriptions"]["initech"]["overrides"] = {"base_fee": "2.00"}
     edited["subscriptions"]["hooli"]["add_ons"] = {"extra_calls": 5}
     edited["subscriptions"]["hooli"]["variables"]["api_calls.limit"] = 9_000_000
     edited["subscriptions"]["bob"] = {"plan": "free", "id": "sub_globex_2023", "anchor": "2024-03-01"}
@@ -75,9 +93,11 @@ def test_catalog_apply_provisions_add_ons_and_applies_each_subscription_on_its_o
     code, out, err = apply(changed)
     assert code == 2
     assert err == [
-        "x subscription of bob: subscription_id: 'sub_globex_2023' exists already (change it with "
+        "x subscription of bob (sub_globex_2023): subscription_id: 'sub_globex_2023' exists already (change it with "
         "`subscriptions change`)",
-        f"Error: {changed}: 1 subscription could not be applied (each named above with its field); "
+        f"x subscription of initech (initech:free): at: a change is scheduled at {scheduled.isoformat()} "
+        "(set_overrides); unschedule it (`subscriptions unschedule`) before changing the terms earlier",
+        f"Error: {changed}: 2 subscriptions could not be applied (each named above with its field); "
         "everything else is applied",
     ]
     assert [line for line in out if line.startswith(("+", "~"))] == [
@@ -86,10 +106,12 @@ def test_catalog_apply_provisions_add_ons_and_applies_each_subscription_on_its_o
         "9000000, a new version from now (hooli:enterprise)",
     ]
     assert out[-1] == (
-        "Apply complete: 1 added, 1 changed, 15 unchanged, 1 failed; published 4 meters and 2 snapshots."
+        "Apply complete: 1 added, 1 changed, 14 unchanged, 2 failed; published 4 meters and 3 snapshots."
     )
     # limit 9,000,000 + 5 x 10,000; included 5,000,000 + 5 x 10,000; fees 500.00 + 5 x 15.00 = 575.00
-    relayed = latest_snapshots(kafka_config, topics.snapshots, 6)
+    relayed = latest_snapshots(
+        kafka_config, topics.snapshots, 7
+    )  # + initech v1 ending where its change starts
     calls = {f.feature: f for f in relayed["hooli"].features}
     assert (calls["api_calls"].included, calls["api_calls"].limit) == (D(5_050_000), D(9_050_000))
     assert relayed["hooli"].base_fee == D("575.00")
@@ -106,6 +128,10 @@ def test_catalog_apply_provisions_add_ons_and_applies_each_subscription_on_its_o
         with pytest.raises(SubscriptionError, match="customer_id: no customer 'bob'"):
             provisioning.show_customer(engine, "bob")  # rolled back with its subscription
         assert provisioning.show_subscription(engine, "sub_globex_2023").versions[0].customer_id == "globex"
+        initech = provisioning.show_subscription(engine, "initech:free")  # as it was: rolled back
+        assert [(v.overrides.base_fee, v.effective_from) for v in initech.versions][1:] == [
+            (D("1.00"), scheduled)
+        ]
     finally:
         engine.dispose()
 

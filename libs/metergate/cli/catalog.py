@@ -145,7 +145,7 @@ def _apply_to_postgres(file: Path, parsed: Catalog) -> None:
     `metergate subscriptions publish --follow` or the admin service).
 
     Each item is printed when done; a subscription that fails is one line on stderr naming it and
-    the field (`x subscription of acme: variables.seats.limit: ...`), the others are applied, and
+    the field (`x subscription of acme (acme:pro): variables.seats.limit: ...`), the others are applied, and
     the exit code is 2. A file of 50 subscriptions or more prints its progress on stderr every
     tenth of them."""
     from datetime import UTC, datetime
