@@ -23,7 +23,15 @@ from sqlalchemy.exc import IntegrityError
 from metergate.db import subscription_store as store
 from metergate.domain import subscriptions as rules
 from metergate.domain.catalog import Catalog, FeatureDefinition, PlanVersion
-from metergate.domain.catalog_diff import Action, Planned, Subscribed, Target, diff_catalog, target_of
+from metergate.domain.catalog_diff import (
+    Action,
+    Planned,
+    Subscribed,
+    Target,
+    diff_catalog,
+    target_of,
+    values_differ,
+)
 from metergate.domain.records import FeatureEntitlement, FeatureKind, Pricing, ResetPeriod
 from metergate.domain.subscriptions import AddOn, History, PriceOverrides, PublishedPlan, When
 from metergate.errors import InvalidInput, SubscriptionError
@@ -738,7 +746,7 @@ def _apply_subscription(
             plan=target.plan if moved else None,
             version=target.version if moved else None,
             add_ons=add_ons or None,
-            variables=dict(target.variables) if (moved or target.variables != current.variables) else None,
+            variables=dict(target.variables) if (moved or values_differ(current, target)) else None,
             overrides=OverrideUpdate(
                 base_fee=overrides.base_fee,
                 pricing=overrides.pricing,

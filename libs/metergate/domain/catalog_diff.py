@@ -232,18 +232,30 @@ def _extras(add_ons: Mapping[str, int], variables: Mapping[str, Decimal | str]) 
     return f" with {', '.join(shown)}" if shown else ""
 
 
-def _term_changes(held: Subscribed, target: Target) -> list[str]:
-    """`add-on K a -> b` and `PATH a -> b` for each add-on quantity and negotiated value that differs."""
-    found = [
-        f"add-on {key} {held.add_ons.get(key, 0)} -> {target.add_ons.get(key, 0)}"
-        for key in sorted(set(held.add_ons) | set(target.add_ons))
-        if held.add_ons.get(key, 0) != target.add_ons.get(key, 0)
-    ]
+def values_differ(held: Subscribed, target: Target) -> bool:
+    """Whether the negotiated values the file gives differ from the ones in force (as numbers: a
+    value written 5e7 is 50000000)."""
+    return bool(_value_changes(held, target))
+
+
+def _value_changes(held: Subscribed, target: Target) -> list[str]:
+    """`PATH a -> b` for each negotiated value that differs."""
+    found = []
     for path in sorted(set(held.variables) | set(target.variables)):
         old, new = held.variables.get(path), target.variables.get(path)
         if _shown(old) != _shown(new):
             found.append(f"{path} {_shown(old)} -> {_shown(new)}")
     return found
+
+
+def _term_changes(held: Subscribed, target: Target) -> list[str]:
+    """`add-on K a -> b` for each add-on quantity that differs, then the negotiated values'."""
+    found = [
+        f"add-on {key} {held.add_ons.get(key, 0)} -> {target.add_ons.get(key, 0)}"
+        for key in sorted(set(held.add_ons) | set(target.add_ons))
+        if held.add_ons.get(key, 0) != target.add_ons.get(key, 0)
+    ]
+    return found + _value_changes(held, target)
 
 
 def diff_catalog(
