@@ -9,6 +9,7 @@ recorded in the audit (a CLI user, an API key's name).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,10 +23,18 @@ from sqlalchemy.exc import IntegrityError
 from metergate.db import subscription_store as store
 from metergate.domain import subscriptions as rules
 from metergate.domain.catalog import Catalog, FeatureDefinition, PlanVersion
-from metergate.domain.catalog_diff import Action, Planned, Subscribed, diff_catalog, target_of
+from metergate.domain.catalog_diff import (
+    Action,
+    Planned,
+    Subscribed,
+    Target,
+    diff_catalog,
+    target_of,
+    values_differ,
+)
 from metergate.domain.records import FeatureEntitlement, FeatureKind, Pricing, ResetPeriod
 from metergate.domain.subscriptions import AddOn, History, PriceOverrides, PublishedPlan, When
-from metergate.errors import SubscriptionError
+from metergate.errors import InvalidInput, SubscriptionError
 
 At = When | datetime
 
@@ -54,6 +63,7 @@ def _plan(conn: Connection, plan: str, version: int | None, *, field: str = "pla
 
 
 def _history(conn: Connection, subscription_id: str, *, for_update: bool) -> History:
+    rules.check_id("subscription_id", subscription_id)
     history = store.load_history(conn, subscription_id, for_update=for_update)
     if history is None:
         raise SubscriptionError(
@@ -73,6 +83,7 @@ def create_customer(engine: Engine, customer_id: str, *, name: str | None, who: 
 
 
 def show_customer(engine: Engine, customer_id: str) -> tuple[store.Customer, list[History]]:
+    rules.check_id("customer_id", customer_id)
     with engine.begin() as conn:
         customer = store.get_customer(conn, customer_id)
         if customer is None:
@@ -98,9 +109,15 @@ def create_subscription(
     overrides: PriceOverrides,
     who: str,
     now: datetime,
+    record_customer: bool = False,
 ) -> Changed:
+    """Subscribe `customer_id` (with `record_customer`, the customer is recorded in the same
+    transaction when it is not yet: a catalog file's subscriptions name their customers)."""
     try:
         with engine.begin() as conn:
+            if record_customer and store.get_customer(conn, customer_id) is None:
+                rules.check_id("customer_id", customer_id)
+                store.create_customer(conn, customer_id, name=None, who=who, now=now)
             if store.get_customer(conn, customer_id) is None:
                 raise SubscriptionError(
                     f"customer: no customer {customer_id!r} (create it first: metergate customers create {customer_id})",
@@ -262,11 +279,78 @@ def preview_fees(engine: Engine, subscription_id: str, moment: datetime) -> rule
     return rules.bill_period(history, moment)
 
 
-def audit_trail(engine: Engine, subscription_id: str) -> list[Any]:
+@dataclass(frozen=True)
+class AuditEntry:
+    """One audited change: when, who (a CLI user `cli:<login>`, an API key's name), what, to which
+    entity, with the entity as JSON before (None: it did not exist) and after."""
+
+    at: datetime
+    who: str
+    action: str
+    entity: str  # customer, subscription, plan_version, add_on
+    entity_id: str
+    before: Any
+    after: Any
+
+    @property
+    def changes(self) -> list[str]:
+        """`path: before -> after` for each value that differs (a subscription's versions by their
+        index, from 0), the way the CLI prints an entry."""
+        old, new = _leaves("", self.before), _leaves("", self.after)
+        return [
+            f"{path}: {_audited(old.get(path))} -> {_audited(new.get(path))}"
+            for path in sorted(set(old) | set(new), key=_path_order)
+            if old.get(path) != new.get(path)
+        ]
+
+
+def _leaves(prefix: str, value: Any) -> dict[str, Any]:
+    if isinstance(value, dict) and value:
+        found: dict[str, Any] = {}
+        for key, item in value.items():
+            found.update(_leaves(f"{prefix}.{key}" if prefix else str(key), item))
+        return found
+    if isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
+        found = {}
+        for index, item in enumerate(value):
+            found.update(_leaves(f"{prefix}.{index}" if prefix else str(index), item))
+        return found
+    return {prefix: value} if prefix else {}
+
+
+def _path_order(path: str) -> list[tuple[int, str]]:
+    return [(int(part), "") if part.isdigit() else (1 << 62, part) for part in path.split(".")]
+
+
+def _audited(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, dict | list):
+        return json.dumps(value, sort_keys=True)
+    return str(value)
+
+
+def _entries(rows: Sequence[Any]) -> list[AuditEntry]:
+    return [AuditEntry(r.at, r.who, r.action, r.entity, r.entity_id, r.before, r.after) for r in rows]
+
+
+def audit_trail(engine: Engine, subscription_id: str) -> list[AuditEntry]:
     """Who changed the subscription, when, how, with the versions before and after."""
+    rules.check_id("subscription_id", subscription_id)
     with engine.begin() as conn:
         _history(conn, subscription_id, for_update=False)
-        return list(store.audit_trail(conn, "subscription", subscription_id))
+        return _entries(store.audit_trail(conn, "subscription", subscription_id))
+
+
+def customer_audit_trail(engine: Engine, customer_id: str) -> list[AuditEntry]:
+    """Every change of a customer and of its subscriptions, oldest first."""
+    rules.check_id("customer_id", customer_id)
+    with engine.begin() as conn:
+        if store.get_customer(conn, customer_id) is None:
+            raise SubscriptionError(
+                f"customer_id: no customer {customer_id!r}", field="customer_id", reason=NOT_FOUND
+            )
+        return _entries(store.customer_audit_trail(conn, customer_id))
 
 
 def show_subscription(engine: Engine, subscription_id: str) -> History:
@@ -313,11 +397,15 @@ def publish_catalog(engine: Engine, catalog: Catalog, *, who: str, now: datetime
     """Publish a catalog file's features and plan versions (never editing a published one: a
     version whose terms differ is refused, naming it). Returns (features added, versions added)."""
     with engine.begin() as conn:
-        features = sum(store.publish_feature(conn, feature) for feature in catalog.features.values())
+        features = sum(
+            store.publish_feature(conn, feature, who=who, now=now) for feature in catalog.features.values()
+        )
+        for _key, add_on in sorted(catalog.add_ons.items()):
+            store.publish_add_on(conn, add_on, who=who, now=now)
         versions = 0
         for _plan_key, numbered in sorted(catalog.plans.items()):
-            for _number, terms in sorted(numbered.items()):
-                versions += store.publish_plan_version(conn, PublishedPlan(terms), who=who, now=now)
+            for _number, published in sorted(numbered.items()):
+                versions += store.publish_plan_version(conn, published, who=who, now=now)
     return features, versions
 
 
@@ -498,10 +586,16 @@ def list_features(engine: Engine) -> list[FeatureDefinition]:
 
 
 def publish_feature(
-    engine: Engine, *, feature: str, kind: FeatureKind, meter: str | None, description: str | None, who: str
+    engine: Engine,
+    *,
+    feature: str,
+    kind: FeatureKind,
+    meter: str | None,
+    description: str | None,
+    who: str,
+    now: datetime,
 ) -> tuple[FeatureDefinition, bool]:
     """Define a feature once (its kind and meter never change; the same definition again: False)."""
-    del who  # features carry no author column; the plan versions that use them do
     rules.check_id("feature", feature)
     if (kind is FeatureKind.METERED) != (meter is not None):
         raise SubscriptionError(
@@ -511,7 +605,7 @@ def publish_feature(
         rules.check_id("meter", meter)
     definition = FeatureDefinition(feature=feature, kind=kind, meter=meter, description=description)
     with engine.begin() as conn:
-        created = store.publish_feature(conn, definition)
+        created = store.publish_feature(conn, definition, who=who, now=now)
     return definition, created
 
 
@@ -524,8 +618,17 @@ def _held(conn: Connection, now: datetime) -> dict[str, Subscribed]:
     for customer, (subscription_id, plan, version) in store.plans_in_force(conn, now).items():
         history = store.load_history(conn, subscription_id)
         in_force = None if history is None else history.in_force(now)
-        overrides = in_force.overrides if in_force is not None else PriceOverrides()
-        held[customer] = Subscribed(subscription_id, plan, version, overrides)
+        if in_force is None:
+            held[customer] = Subscribed(subscription_id, plan, version)
+            continue
+        held[customer] = Subscribed(
+            subscription_id,
+            plan,
+            version,
+            in_force.overrides,
+            dict(in_force.add_ons),
+            dict(in_force.variables),
+        )
     return held
 
 
@@ -537,7 +640,13 @@ def plan_catalog(engine: Engine, catalog: Catalog, *, now: datetime) -> list[Pla
             features=store.load_features(conn),
             plans=store.published_terms(conn),
             subscriptions=_held(conn, now),
+            add_ons={add_on.key: add_on for add_on in store.list_add_ons(conn)},
         )
+
+
+def _subscription_subject(item: Planned) -> str | None:
+    prefix = "subscription of "
+    return item.subject.removeprefix(prefix) if item.subject.startswith(prefix) else None
 
 
 def apply_catalog(
@@ -548,74 +657,106 @@ def apply_catalog(
     now: datetime,
     on_each: Callable[[Planned], None] | None = None,
 ) -> list[Planned]:
-    """Apply the diff of `catalog` against PostgreSQL: new features and plan versions in one
-    transaction (a published version is never edited), then each subscription to add or change
-    in a transaction of its own (created from `now`, or a new dated version from `now`), with its
-    audit row and outbox rows. Refuses the whole file, writing nothing, when the diff refuses
-    anything (the planned items are returned; the caller names them). `on_each` is called with
-    each item done, in order."""
-    with engine.begin() as conn:
-        published = store.published_terms(conn)
-    targets = {c: target_of(sub, catalog, published) for c, sub in catalog.subscriptions.items()}
+    """Apply the diff of `catalog` against PostgreSQL at `now`.
+
+    1. Refuse the whole file, writing nothing, when the diff refuses anything (a published plan
+       version or add-on with other terms, a feature whose kind changed): the planned items are
+       returned and the caller names them.
+    2. One transaction: the new features, add-ons, plan versions and contract plans (a published
+       one is never edited).
+    3. Each subscription to add or change in a transaction of its own (created from `now`, with its
+       customer when the customer is new, or a new dated version from `now`), with its audit row and
+       outbox rows. One that cannot be applied (a rule of its plan version, a change already
+       scheduled, an id another customer holds) is rolled back alone and comes back as an
+       `Action.FAILED` item whose summary is the one-line reason naming the field; the others apply.
+
+    `on_each` is called with each item done (or failed), in order. Returns the items, failures in
+    place of the items they were."""
     planned = plan_catalog(engine, catalog, now=now)
     if any(item.action is Action.REFUSED for item in planned):
         return planned
     with engine.begin() as conn:
-        for feature in catalog.features.values():
-            store.publish_feature(conn, feature)
-        for _plan_key, numbered in sorted(catalog.plans.items()):
-            for _number, terms in sorted(numbered.items()):
-                store.publish_plan_version(conn, PublishedPlan(terms), who=who, now=now)
+        published = store.published_terms(conn)
+    targets = {c: target_of(sub, catalog, published) for c, sub in catalog.subscriptions.items()}
+    publish_catalog(engine, catalog, who=who, now=now)
+    with engine.begin() as conn:
         for target in targets.values():
             if target.contract is not None:  # a contract that changes more than prices: its own plan
-                store.publish_plan_version(conn, PublishedPlan(target.contract), who=who, now=now)
+                store.publish_plan_version(conn, target.contract, who=who, now=now)
         held = _held(conn, now)
+    done: list[Planned] = []
     for item in planned:
-        customer = (
-            item.subject.removeprefix("subscription of ")
-            if item.subject.startswith("subscription of ")
-            else None
-        )
+        customer = _subscription_subject(item)
         if customer is not None and item.action in (Action.ADD, Action.CHANGE):
-            sub = catalog.subscriptions[customer]
-            target = targets[customer]
-            overrides = target.overrides
-            if item.action is Action.ADD:
-                with engine.begin() as conn:
-                    if store.get_customer(conn, customer) is None:
-                        store.create_customer(conn, customer, name=None, who=who, now=now)
-                create_subscription(
-                    engine,
-                    subscription_id=sub.subscription_id,
-                    customer_id=customer,
-                    plan=target.plan,
-                    version=target.version,
-                    start=now,
-                    anchor=sub.anchor,
-                    reset_period=sub.reset_period,
-                    add_ons={},
-                    variables={},
-                    overrides=overrides,
-                    who=who,
-                    now=now,
+            try:
+                _apply_subscription(
+                    engine, catalog, customer, targets[customer], held, item, who=who, now=now
                 )
-            else:
-                current = held[customer]
-                moved = (current.plan, current.version) != (target.plan, target.version)
-                change_subscription(
-                    engine,
-                    current.subscription_id,
-                    Change(
-                        plan=target.plan if moved else None,
-                        version=target.version if moved else None,
-                        overrides=OverrideUpdate(
-                            base_fee=overrides.base_fee, pricing=overrides.pricing, clear=True
-                        ),
-                    ),
-                    at=When.IMMEDIATELY,
-                    who=who,
-                    now=now,
+            except InvalidInput as exc:  # bad input of this subscription: the others go on
+                known = held.get(customer)
+                named = known or catalog.subscriptions[customer]
+                item = Planned(
+                    Action.FAILED, f"{item.subject} ({named.subscription_id})", str(exc).splitlines()[0]
                 )
+        done.append(item)
         if on_each is not None:
             on_each(item)
-    return planned
+    return done
+
+
+def _apply_subscription(
+    engine: Engine,
+    catalog: Catalog,
+    customer: str,
+    target: Target,
+    held: Mapping[str, Subscribed],
+    item: Planned,
+    *,
+    who: str,
+    now: datetime,
+) -> None:
+    sub = catalog.subscriptions[customer]
+    if item.action is Action.ADD:
+        create_subscription(
+            engine,
+            subscription_id=sub.subscription_id,
+            customer_id=customer,
+            plan=target.plan,
+            version=target.version,
+            start=now,
+            anchor=sub.anchor,
+            reset_period=sub.reset_period,
+            add_ons=target.add_ons,
+            variables=target.variables,
+            overrides=target.overrides,
+            who=who,
+            now=now,
+            record_customer=True,
+        )
+        return
+    current = held[customer]
+    moved = (current.plan, current.version) != (target.plan, target.version)
+    quantities = {key: target.add_ons.get(key, 0) for key in set(current.add_ons) | set(target.add_ons)}
+    add_ons = {k: q for k, q in quantities.items() if q != current.add_ons.get(k, 0)}
+    overrides = target.overrides
+    change_subscription(
+        engine,
+        current.subscription_id,
+        Change(
+            plan=target.plan if moved else None,
+            version=target.version if moved else None,
+            add_ons=add_ons or None,
+            variables=dict(target.variables) if (moved or values_differ(current, target)) else None,
+            overrides=OverrideUpdate(
+                base_fee=overrides.base_fee,
+                pricing=overrides.pricing,
+                add_on_fees=overrides.add_on_fees,
+                clear=True,
+            )
+            if moved or overrides.as_dict() != current.overrides.as_dict()
+            else None,
+        ),
+        at=When.IMMEDIATELY,
+        who=who,
+        now=now,
+    )

@@ -26,6 +26,8 @@ from metergate.domain.records import Enforcement, FeatureKind, PricingModel, Res
 from metergate.domain.subscriptions import When
 from metergate_services.entitlements.api import DecimalText, ErrorBody, Identifier, Units
 
+PROBLEM_JSON = "application/problem+json"
+
 Currency = Annotated[str, Field(pattern=r"^[A-Za-z]{3}$", description="ISO 4217, e.g. USD")]
 Version = Annotated[StrictInt, Field(ge=1, le=2_147_483_647)]
 Quantity = Annotated[StrictInt, Field(ge=0, le=1_000_000_000)]
@@ -312,10 +314,13 @@ class CustomerBody(Body):
 
 class AuditEntryBody(Body):
     at: datetime
-    who: str
+    who: str  # the API key's name, or `cli:<login>` for the command line
     action: str
-    before: Any
+    entity: str  # customer, subscription
+    entity_id: str
+    before: Any  # the entity as JSON before the change (null: it did not exist)
     after: Any
+    changes: list[str]  # `path: before -> after` for each value that differs
 
 
 class AuditBody(Body):
@@ -349,6 +354,16 @@ class PreviewBody(Body):
     after: FeesBody
 
 
+class ProblemBody(ErrorBody):
+    """An error as `application/problem+json` (RFC 9457): `detail` (= `message`) is one line naming
+    the field, which `field` holds; `reason` is a stable code."""
+
+    type: str = "about:blank"
+    title: str  # the HTTP status phrase
+    status: int
+    detail: str
+
+
 class HealthBody(Body):
     ready: bool
     message: str | None = None
@@ -380,12 +395,12 @@ RESPONSES = (
     AuditBody,
     FeesBody,
     PreviewBody,
-    ErrorBody,
+    ProblemBody,
     HealthBody,
 )
 
 ERRORS = {
-    400: "bad request: the message names the field",
+    400: "bad request (a body, path or query value; a query parameter the operation does not take): the message names the field",
     401: "no API key, or not a valid one",
     403: "the key lacks the admin scope",
     404: "not known here",
@@ -432,7 +447,10 @@ def openapi() -> dict[str, Any]:
                 str(status): {"description": description, "content": content(schema)},
                 **({"200": {"description": again, "content": content(schema)}} if again else {}),
                 **{
-                    str(code): {"description": ERRORS[code], "content": content("ErrorBody")}
+                    str(code): {
+                        "description": ERRORS[code],
+                        "content": {PROBLEM_JSON: {"schema": ref["ProblemBody"]}},
+                    }
                     for code in (*errors, 503)
                 },
             },
@@ -468,7 +486,7 @@ def openapi() -> dict[str, Any]:
                     "listFeatures",
                     "Every feature plans and add-ons may grant",
                     (200, "the features", "FeatureListBody"),
-                    errors=(401, 403),
+                    errors=(400, 401, 403),
                 ),
                 "post": operation(
                     "publishFeature",
@@ -484,7 +502,7 @@ def openapi() -> dict[str, Any]:
                     "listPlans",
                     "Every plan with its published versions",
                     (200, "the plans", "PlanListBody"),
-                    errors=(401, 403),
+                    errors=(400, 401, 403),
                 )
             },
             "/v1/plans/{plan}": {
@@ -523,7 +541,7 @@ def openapi() -> dict[str, Any]:
                     "listAddOns",
                     "Every published add-on",
                     (200, "the add-ons", "AddOnListBody"),
-                    errors=(401, 403),
+                    errors=(400, 401, 403),
                 ),
                 "post": operation(
                     "publishAddOn",
@@ -561,6 +579,14 @@ def openapi() -> dict[str, Any]:
                     "showCustomer",
                     "A customer and its subscriptions",
                     (200, "the customer", "CustomerBody"),
+                    params=(param("customer_id"),),
+                )
+            },
+            "/v1/customers/{customer_id}/audit": {
+                "get": operation(
+                    "customerAudit",
+                    "Every change of the customer and of its subscriptions: who, when, before and after",
+                    (200, "the audit trail", "AuditBody"),
                     params=(param("customer_id"),),
                 )
             },

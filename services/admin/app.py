@@ -48,7 +48,9 @@ from metergate_services.admin.api import (
     openapi,
 )
 from metergate_services.entitlements.api import one_line
-from metergate_services.entitlements.checks import Problem, problem_body
+from metergate_services.entitlements.checks import Problem
+from metergate_services.http import PROBLEM_JSON, authenticate, exception_handlers
+from metergate_services.http import problem as problem_response
 
 log = logging.getLogger("metergate.admin.http")
 
@@ -80,8 +82,8 @@ def reply(body: Any, status: int = 200, headers: dict[str, str] | None = None) -
 
 
 def problem(error: Problem) -> Response:
-    headers = {"WWW-Authenticate": 'Bearer realm="metergate"'} if error.status == 401 else None
-    return reply(problem_body(error), error.status, headers)
+    """An error as `application/problem+json` (RFC 9457) naming the field."""
+    return problem_response(error, PROBLEM_JSON)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -147,6 +149,19 @@ def fees_body(bill: PeriodBill) -> dict[str, Any]:
             }
             for line in bill.lines
         ],
+    }
+
+
+def audit_body(entry: provisioning.AuditEntry) -> dict[str, Any]:
+    return {
+        "at": entry.at,
+        "who": entry.who,
+        "action": entry.action,
+        "entity": entry.entity,
+        "entity_id": entry.entity_id,
+        "before": entry.before,
+        "after": entry.after,
+        "changes": entry.changes,
     }
 
 
@@ -248,28 +263,29 @@ def create_app(engine: Engine, keys: KeyStore, *, clock: Clock) -> Starlette:
     document = json.dumps(openapi()).encode()
 
     def authorise(request: Request) -> ApiKey:
-        presented = request.headers.get("x-api-key")
-        if presented is None:
-            authorization = request.headers.get("authorization", "")
-            if authorization[:7].lower() == "bearer ":
-                presented = authorization[7:].strip()
-        if not presented:
-            raise Problem(
-                401, "unauthenticated", "an API key is required (header X-API-Key or Authorization: Bearer)"
-            )
-        key = keys.authenticate(presented)
-        if key is None:
-            raise Problem(401, "unauthenticated", "the API key is not valid (unknown, revoked or mistyped)")
+        key = authenticate(request, keys)
         if "admin" not in key.scopes:
             raise Problem(403, "forbidden", f"the key {key.name!r} lacks the 'admin' scope")
         return key
 
     def handler(
-        function: Callable[[Request, ApiKey], Awaitable[Response]],
+        function: Callable[[Request, ApiKey], Awaitable[Response]], query: tuple[str, ...] = ()
     ) -> Callable[[Request], Awaitable[Response]]:
+        """Authenticate, refuse query parameters the operation does not take (`query`: the ones it
+        does), call, and answer an error as a problem naming the field."""
+
         async def wrapped(request: Request) -> Response:
             try:
                 key = authorise(request)
+                for name in request.query_params:
+                    if name not in query:
+                        takes = ", ".join(query) or "none"
+                        raise Problem(
+                            400,
+                            "invalid_field",
+                            f"{name}: unknown query parameter (this operation takes {takes})",
+                            name,
+                        )
                 return await function(request, key)
             except Problem as error:
                 return problem(error)
@@ -312,6 +328,7 @@ def create_app(engine: Engine, keys: KeyStore, *, clock: Clock) -> Starlette:
             meter=body.meter,
             description=body.description,
             who=key.name,
+            now=clock(),
         )
         return reply({**feature_definition(found), "created": created}, 201 if created else 200)
 
@@ -508,16 +525,13 @@ def create_app(engine: Engine, keys: KeyStore, *, clock: Clock) -> Starlette:
     @handler
     async def subscription_audit(request: Request, key: ApiKey) -> Response:
         trail = await call(provisioning.audit_trail, path_id(request, "subscription_id"))
-        return reply(
-            {
-                "entries": [
-                    {"at": r.at, "who": r.who, "action": r.action, "before": r.before, "after": r.after}
-                    for r in trail
-                ]
-            }
-        )
+        return reply({"entries": [audit_body(entry) for entry in trail]})
 
     @handler
+    async def customer_audit(request: Request, key: ApiKey) -> Response:
+        trail = await call(provisioning.customer_audit_trail, path_id(request, "customer_id"))
+        return reply({"entries": [audit_body(entry) for entry in trail]})
+
     async def subscription_fees(request: Request, key: ApiKey) -> Response:
         subscription_id = path_id(request, "subscription_id")
         raw = request.query_params.get("period_of")
@@ -538,6 +552,8 @@ def create_app(engine: Engine, keys: KeyStore, *, clock: Clock) -> Starlette:
                 raise Problem(400, "invalid_field", f"period_of: {exc}, got {raw!r}", "period_of") from None
         return reply(fees_body(await call(provisioning.preview_fees, subscription_id, moment)))
 
+    fees = handler(subscription_fees, query=("period_of",))
+
     # -- the rest
 
     async def health(request: Request) -> Response:
@@ -553,22 +569,6 @@ def create_app(engine: Engine, keys: KeyStore, *, clock: Clock) -> Starlette:
 
     async def openapi_json(request: Request) -> Response:
         return Response(document, media_type=JSON)
-
-    async def not_found(request: Request, exc: Exception) -> Response:
-        return problem(Problem(404, "not_found", f"no such path {request.url.path}; see /openapi.json"))
-
-    async def not_allowed(request: Request, exc: Exception) -> Response:
-        response = problem(
-            Problem(
-                405,
-                "method_not_allowed",
-                f"{request.method} is not allowed on {request.url.path}; see /openapi.json",
-            )
-        )
-        allow = (getattr(exc, "headers", None) or {}).get("Allow")
-        if allow:
-            response.headers["Allow"] = allow
-        return response
 
     def by_method(
         **endpoints: Callable[[Request], Awaitable[Response]],
@@ -595,6 +595,7 @@ def create_app(engine: Engine, keys: KeyStore, *, clock: Clock) -> Starlette:
             Route("/v1/add-ons/{key}", show_add_on, methods=["GET"]),
             Route("/v1/customers", create_customer, methods=["POST"]),
             Route("/v1/customers/{customer_id}", show_customer, methods=["GET"]),
+            Route("/v1/customers/{customer_id}/audit", customer_audit, methods=["GET"]),
             Route("/v1/subscriptions", create_subscription, methods=["POST"]),
             Route(subscription, show_subscription, methods=["GET"]),
             Route(subscription + "/changes", change_subscription, methods=["POST"]),
@@ -602,9 +603,9 @@ def create_app(engine: Engine, keys: KeyStore, *, clock: Clock) -> Starlette:
             Route(subscription + "/cancel", cancel_subscription, methods=["POST"]),
             Route(subscription + "/unschedule", unschedule_subscription, methods=["POST"]),
             Route(subscription + "/audit", subscription_audit, methods=["GET"]),
-            Route(subscription + "/fees", subscription_fees, methods=["GET"]),
+            Route(subscription + "/fees", fees, methods=["GET"]),
             Route("/healthz", health, methods=["GET"]),
             Route("/openapi.json", openapi_json, methods=["GET"]),
         ],
-        exception_handlers={404: not_found, 405: not_allowed},
+        exception_handlers=exception_handlers(PROBLEM_JSON),
     )

@@ -9,11 +9,8 @@ comes). SIGTERM/SIGINT stop the server (requests in flight finish), then the rel
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import signal
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import uvicorn
@@ -25,22 +22,9 @@ from metergate.kafka.topics import Topics
 from metergate.snapshot_relay import run_relay
 from metergate_services.admin.app import create_app
 from metergate_services.admin.settings import AdminSettings
+from metergate_services.http import Server
 
 log = logging.getLogger("metergate.admin")
-
-
-class _Server(uvicorn.Server):
-    """uvicorn re-raises SIGTERM after its graceful shutdown (the process would die of the signal
-    before the relay stops); here a signal only starts the shutdown and `run` returns."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
 
 
 def _now() -> datetime:
@@ -81,7 +65,7 @@ def run() -> None:
             server_header=False,
         )
         log.info("admin: http://%s:%d (relay %s)", settings.http_host, settings.http_port, settings.relay)
-        _Server(config).run()
+        Server(config).run()
     finally:
         stop.set()
         if relay is not None:

@@ -33,7 +33,8 @@ from metergate_services.entitlements.api import (
     one_line,
     openapi,
 )
-from metergate_services.entitlements.checks import BATCH, CHECK, CheckRoute, Problem, problem_body
+from metergate_services.entitlements.checks import BATCH, CHECK, CheckRoute, Problem
+from metergate_services.http import authenticate, exception_handlers, problem
 
 log = logging.getLogger("metergate.entitlements.http")
 
@@ -64,28 +65,11 @@ def reply(body: Any, status: int = 200, headers: dict[str, str] | None = None) -
     )
 
 
-def problem(error: Problem) -> Response:
-    body = problem_body(error)
-    headers = {"WWW-Authenticate": 'Bearer realm="metergate"'} if error.status == 401 else None
-    return reply(body, error.status, headers)
-
-
 def create_app(entitlements: Entitlements, keys: KeyStore) -> CheckRoute:
     document = json.dumps(openapi()).encode()
 
     def authorise(request: Request, scope: str) -> ApiKey:
-        presented = request.headers.get("x-api-key")
-        if presented is None:
-            authorization = request.headers.get("authorization", "")
-            if authorization[:7].lower() == "bearer ":
-                presented = authorization[7:].strip()
-        if not presented:
-            raise Problem(
-                401, "unauthenticated", "an API key is required (header X-API-Key or Authorization: Bearer)"
-            )
-        key = keys.authenticate(presented)
-        if key is None:
-            raise Problem(401, "unauthenticated", "the API key is not valid (unknown, revoked or mistyped)")
+        key = authenticate(request, keys)
         if not key.allows(scope):
             raise Problem(403, "forbidden", f"the key {key.name!r} lacks the {scope!r} scope")
         return key
@@ -233,22 +217,6 @@ def create_app(entitlements: Entitlements, keys: KeyStore) -> CheckRoute:
     async def openapi_json(request: Request) -> Response:
         return Response(document, media_type=JSON)
 
-    async def not_found(request: Request, exc: Exception) -> Response:
-        return problem(Problem(404, "not_found", f"no such path {request.url.path}; see /openapi.json"))
-
-    async def not_allowed(request: Request, exc: Exception) -> Response:
-        response = problem(
-            Problem(
-                405,
-                "method_not_allowed",
-                f"{request.method} is not allowed on {request.url.path}; see /openapi.json",
-            )
-        )
-        allow = (getattr(exc, "headers", None) or {}).get("Allow")
-        if allow:
-            response.headers["Allow"] = allow
-        return response
-
     route = CheckRoute(_unset, entitlements, keys)
     route.app = Starlette(
         routes=[
@@ -261,7 +229,7 @@ def create_app(entitlements: Entitlements, keys: KeyStore) -> CheckRoute:
             Route("/metrics", metrics, methods=["GET"]),
             Route("/openapi.json", openapi_json, methods=["GET"]),
         ],
-        exception_handlers={404: not_found, 405: not_allowed},
+        exception_handlers=exception_handlers(),
     )
     return route
 

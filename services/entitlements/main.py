@@ -9,12 +9,9 @@ server (requests in flight finish), then the state is checkpointed and the produ
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
-import signal
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import uvicorn
@@ -24,22 +21,9 @@ from metergate import metrics as metrics_endpoint
 from metergate.entitlements import Entitlements, EntitlementsSettings
 from metergate.entitlements.keys import KeyStore
 from metergate_services.entitlements.app import create_app
+from metergate_services.http import Server
 
 log = logging.getLogger("metergate.entitlements")
-
-
-class _Server(uvicorn.Server):
-    """uvicorn re-raises SIGTERM after its graceful shutdown (the process then dies of the signal,
-    before the checkpoint is written); here a signal only starts the shutdown and `run` returns."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
 
 
 class _OneWrite:
@@ -145,7 +129,7 @@ def run() -> None:
             settings.kafka.topic_prefix,
             len(active),
         )
-        _Server(config).run()
+        Server(config).run()
     finally:
         entitlements.close()
         log.info("entitlements: stopped; checkpoint written")

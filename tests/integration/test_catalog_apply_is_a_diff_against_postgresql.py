@@ -48,9 +48,9 @@ def test_catalog_apply_is_a_diff_against_postgresql(
     code, applied = run("catalog", "apply", str(EXAMPLE))
     assert code == 0, applied
     assert applied[:-1] == planned[:-1]  # apply does what plan printed, in its order
-    assert planned[-1] == "Plan: 13 to add, 0 to change, 0 refused, 0 unchanged."
+    assert planned[-1] == "Plan: 16 to add, 0 to change, 0 refused, 0 unchanged."
     assert (
-        applied[-1] == "Apply complete: 13 added, 0 changed, 0 unchanged; published 4 meters and 3 snapshots."
+        applied[-1] == "Apply complete: 16 added, 0 changed, 0 unchanged; published 4 meters and 4 snapshots."
     )
     contract = applied.index(
         "+ plan pro@sub_globex_2023 v1: the contract of globex: pro v1 with its overrides"
@@ -60,7 +60,7 @@ def test_catalog_apply_is_a_diff_against_postgresql(
     assert "+ subscription of acme: pro v2 from now" in applied
 
     # what reached the topic is what the file resolves to (the Kafka path's own resolution)
-    records = read_topic(kafka_config, topics.snapshots, expect=3, idle_s=1.0)
+    records = read_topic(kafka_config, topics.snapshots, expect=4, idle_s=1.0)
     relayed = {s.customer_id: s for s in (codec(EntitlementSnapshot).decode(v) for _, v, _, _ in records)}
     catalog = load_catalog(EXAMPLE)
     for expected in catalog.snapshots(version=1, updated_at=utc_millis(relayed["acme"].updated_at)):
@@ -82,7 +82,7 @@ def test_catalog_apply_is_a_diff_against_postgresql(
     code, again = run("catalog", "apply", str(EXAMPLE))
     assert code == 0, again
     assert (
-        again[-1] == "Apply complete: 0 added, 0 changed, 13 unchanged; published 4 meters and 0 snapshots."
+        again[-1] == "Apply complete: 0 added, 0 changed, 16 unchanged; published 4 meters and 0 snapshots."
     )
 
     # a new version for acme and a renegotiated contract: new versions, the published ones kept
@@ -103,7 +103,7 @@ def test_catalog_apply_is_a_diff_against_postgresql(
         "~ subscription of initech: free v1 at list prices -> base fee 5, a new version from now (initech:free)",
     ]
     assert (
-        applied[-1] == "Apply complete: 2 added, 3 changed, 9 unchanged; published 4 meters and 3 snapshots."
+        applied[-1] == "Apply complete: 2 added, 3 changed, 12 unchanged; published 4 meters and 3 snapshots."
     )
     engine = make_engine(database_url, db_schema)
     try:
@@ -162,7 +162,7 @@ def test_catalog_apply_to_kafka_still_publishes_the_file_straight_to_the_topics(
     env = {"METERGATE_KAFKA_BOOTSTRAP": kafka_bootstrap, "METERGATE_KAFKA_TOPIC_PREFIX": topics.prefix}
     result = CliRunner().invoke(main, ["catalog", "apply", "--to", "kafka", str(EXAMPLE)], env=env)
     assert result.exit_code == 0, result.output
-    assert result.output.splitlines()[-1].startswith("published 4 meters and 3 snapshots (version ")
-    records = read_topic(kafka_config, topics.snapshots, expect=3, idle_s=1.0)
+    assert result.output.splitlines()[-1].startswith("published 4 meters and 4 snapshots (version ")
+    records = read_topic(kafka_config, topics.snapshots, expect=4, idle_s=1.0)
     relayed = {s.customer_id: s for s in (codec(EntitlementSnapshot).decode(v) for _, v, _, _ in records)}
     assert (relayed["globex"].plan_key, relayed["globex"].base_fee) == ("pro", D("39.00"))

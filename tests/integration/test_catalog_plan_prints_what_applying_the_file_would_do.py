@@ -33,15 +33,25 @@ def test_catalog_plan_prints_what_applying_the_file_would_do(database_url, db_sc
     code, lines = plan(EXAMPLE)
     assert code == 0
     assert (
-        lines[-1] == "Plan: 13 to add, 0 to change, 0 refused, 0 unchanged."
-    )  # 6 features, 3 versions, globex's contract (it overrides included units: a plan of its own), 3 subs
+        lines[-1] == "Plan: 16 to add, 0 to change, 0 refused, 0 unchanged."
+    )  # 6 features, 1 add-on, 4 versions, globex's contract (it overrides included units: a plan of
+    # its own), 4 subscriptions
     assert "+ plan pro v2: base fee 59 USD, 6 features" in lines
     assert "+ subscription of globex: pro@sub_globex_2023 v1 from now" in lines
+    assert "+ add-on extra_calls: 20 USD per unit, 1 feature, at most 10" in lines
+    assert (
+        "+ plan enterprise v1: base fee 500 USD, 3 features, allows extra_calls, "
+        "negotiated api_calls.included, api_calls.limit, retention_days"
+    ) in lines
+    assert (
+        "+ subscription of hooli: enterprise v1 with extra_calls x3, api_calls.included=5000000, "
+        "api_calls.limit=8000000, retention_days=730 at extra_calls fee 15 from now"
+    ) in lines
 
     now = datetime.now(UTC)
     engine = make_engine(database_url, db_schema)
     try:
-        assert provisioning.publish_catalog(engine, load_catalog(EXAMPLE), who="test", now=now) == (6, 3)
+        assert provisioning.publish_catalog(engine, load_catalog(EXAMPLE), who="test", now=now) == (6, 4)
         assert provisioning.publish_catalog(engine, load_catalog(EXAMPLE), who="test", now=now) == (0, 0)
         for customer, version in (("acme", 1), ("globex", 1)):
             provisioning.create_customer(engine, customer, name=None, who="test", now=now)
@@ -69,9 +79,11 @@ def test_catalog_plan_prints_what_applying_the_file_would_do(database_url, db_sc
         "~ subscription of acme: pro v1 -> pro v2, a new version from now (acme)",
         "+ plan pro@sub_globex_2023 v1: the contract of globex: pro v1 with its overrides",
         "~ subscription of globex: pro v1 -> pro@sub_globex_2023 v1, a new version from now (globex)",
+        "+ subscription of hooli: enterprise v1 with extra_calls x3, api_calls.included=5000000, "
+        "api_calls.limit=8000000, retention_days=730 at extra_calls fee 15 from now",
         "+ subscription of initech: free v1 from now",
     ]
-    assert lines[-1] == "Plan: 2 to add, 2 to change, 0 refused, 9 unchanged."
+    assert lines[-1] == "Plan: 3 to add, 2 to change, 0 refused, 11 unchanged."
 
     edited = yaml.safe_load(EXAMPLE.read_text())
     edited["plans"]["pro"]["versions"][1]["base_fee"] = "45.00"
@@ -87,7 +99,7 @@ def test_catalog_plan_prints_what_applying_the_file_would_do(database_url, db_sc
         "    base_fee: 49 -> 45",
         "    features.api_calls.included: 10000 -> 12000",
     ]
-    assert lines[-2] == "Plan: 2 to add, 2 to change, 1 refused, 8 unchanged."
+    assert lines[-2] == "Plan: 3 to add, 2 to change, 1 refused, 10 unchanged."
     assert lines[-1].startswith(
         f"Error: {changed}: 1 change refused: published plan versions are never edited"
     )

@@ -89,6 +89,6 @@ def test_emit_invalid_flags_send_nothing(kafka_config, topics, monkeypatch):
         "NaN",
     ]
     result = CliRunner().invoke(main, args)
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # bad input: one line, exit code 2, like every command
     assert "event rejected, nothing sent: quantity: must be a finite number" in result.output
     assert read_topic(kafka_config, topics.events, idle_s=1.0) == []

@@ -85,7 +85,7 @@ def test_a_contract_that_changes_more_than_prices_is_a_plan_of_its_own():
         "overrides.features.retention_days.config_value: 30 -> 90",
     )
     assert target.contract is not None
-    assert (target.contract.base_fee, target.contract.features["api_calls"].included) == (
+    assert (target.contract.terms.base_fee, target.contract.terms.features["api_calls"].included) == (
         D("49.00"),
         D(25000),
     )

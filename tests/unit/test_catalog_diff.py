@@ -31,7 +31,8 @@ FILE = {
 def test_a_file_is_planned_against_what_is_published():
     catalog = parse_catalog(FILE)
     published_v1 = catalog.plans["pro"][1]
-    changed_v2 = replace(catalog.plans["pro"][2], base_fee=D("55"))
+    v2 = catalog.plans["pro"][2]
+    changed_v2 = replace(v2, terms=replace(v2.terms, base_fee=D("55")))
     planned = diff_catalog(
         catalog,
         features={"sso": FeatureDefinition("sso", FeatureKind.CONFIG)},

@@ -53,7 +53,7 @@ def errors_of(document: dict) -> list[str]:
 def test_the_example_catalog_resolves_and_every_snapshot_round_trips():
     catalog = load_catalog(EXAMPLE)
     snapshots = {s.customer_id: s for s in catalog.snapshots(version=7, updated_at=NOW)}
-    assert set(snapshots) == {"acme", "globex", "initech"}
+    assert set(snapshots) == {"acme", "globex", "initech", "hooli"}
     for snapshot in snapshots.values():
         assert codec(EntitlementSnapshot).decode(codec(EntitlementSnapshot).encode(snapshot)) == snapshot
         assert snapshot.version == 7
@@ -197,7 +197,7 @@ def test_the_cli_validates_a_file_and_names_the_path_of_an_error(tmp_path):
     runner = CliRunner()
     ok = runner.invoke(catalog, ["validate", str(EXAMPLE)])
     assert ok.exit_code == 0, ok.output
-    assert "4 meters, 6 features, 2 plans (3 versions), 3 subscriptions" in ok.output
+    assert "4 meters, 6 features, 1 add-on, 3 plans (4 versions), 4 subscriptions" in ok.output
     broken = tmp_path / "catalog.yaml"
     document = base()
     document["plans"]["pro"]["features"]["api_calls"]["included"] = -5

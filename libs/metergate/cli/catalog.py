@@ -57,7 +57,8 @@ def load_catalog(path: Path) -> Catalog:
 def publish_catalog(
     catalog: Catalog, client_config: dict[str, str], *, prefix: str = "", version: int | None = None
 ) -> int:
-    """Publish meters to catalog.meters and one snapshot per subscribed customer; returns the version.
+    """Publish meters to catalog.meters and one snapshot per subscribed customer (its plan version,
+    negotiated values, add-ons and price overrides resolved); returns the version.
 
     The snapshot version defaults to the current time in milliseconds, so every apply publishes a
     higher version than the one before it (consumers keep the highest version per customer).
@@ -137,10 +138,16 @@ def apply(file: Path, target: str) -> None:
 
 
 def _apply_to_postgres(file: Path, parsed: Catalog) -> None:
-    """The diff, done: PostgreSQL first (features, new plan versions, subscriptions with their
-    outbox rows), then the meters to catalog.meters and one relay round of the outbox, so the
-    terms in force reach entitlements.snapshots at once (a scheduled change is relayed when it
-    takes effect, by `metergate subscriptions publish --follow` or the admin service)."""
+    """The diff, done: PostgreSQL first (features, add-ons, new plan versions, then each
+    subscription in a transaction of its own, with its outbox rows), then the meters to
+    catalog.meters and one relay round of the outbox, so the terms in force reach
+    entitlements.snapshots at once (a scheduled change is relayed when it takes effect, by
+    `metergate subscriptions publish --follow` or the admin service).
+
+    Each item is printed when done; a subscription that fails is one line on stderr naming it and
+    the field (`x subscription of acme (acme:pro): variables.seats.limit: ...`), the others are applied, and
+    the exit code is 2. A file of 50 subscriptions or more prints its progress on stderr every
+    tenth of them."""
     from datetime import UTC, datetime
 
     from metergate import provisioning
@@ -157,10 +164,20 @@ def _apply_to_postgres(file: Path, parsed: Catalog) -> None:
     config = kafka.client_config()  # before anything is written: a missing broker is one line
     engine = make_engine(database.sqlalchemy_url(), database.schema_name)
     now = datetime.now(UTC)
+    total = len(parsed.subscriptions)
+    step = -(-total // 10) if total >= PROGRESS_FROM else 0
+    seen = failed = 0
 
     def done(item: Any) -> None:
+        nonlocal seen, failed
         for line in item.lines():
-            click.echo(line)
+            click.echo(line, err=item.action is Action.FAILED)
+        if not item.subject.startswith("subscription of "):
+            return
+        seen += 1
+        failed += item.action is Action.FAILED
+        if step and (seen % step == 0 or seen == total):
+            click.echo(f"catalog apply: {seen}/{total} subscriptions ({failed} failed)", err=True)
 
     try:
         try:
@@ -170,12 +187,13 @@ def _apply_to_postgres(file: Path, parsed: Catalog) -> None:
         refused = [item for item in planned if item.action is Action.REFUSED]
         if refused:
             for item in planned:
-                done(item)
+                for line in item.lines():
+                    click.echo(line)
             click.echo(summary(planned))
             raise BadSetup(
                 f"{file}: {len(refused)} change{'' if len(refused) == 1 else 's'} refused, nothing written: "
-                "published plan versions are never edited and a feature's kind never changes (give a new "
-                "version number)"
+                "published plan versions and add-ons are never edited and a feature's kind never changes "
+                "(give a new version number or key)"
             )
         producer = make_producer(config)
         topics = Topics(kafka.topic_prefix)
@@ -189,16 +207,29 @@ def _apply_to_postgres(file: Path, parsed: Catalog) -> None:
     finally:
         engine.dispose()
     counts = {action: sum(1 for p in planned if p.action is action) for action in Action}
+    failures = f", {counts[Action.FAILED]} failed" if counts[Action.FAILED] else ""
     click.echo(
         f"Apply complete: {counts[Action.ADD]} added, {counts[Action.CHANGE]} changed, "
-        f"{counts[Action.SAME]} unchanged; published {len(parsed.meters)} meters and "
+        f"{counts[Action.SAME]} unchanged{failures}; published {len(parsed.meters)} meters and "
         f"{len(relayed)} snapshot{'' if len(relayed) == 1 else 's'}."
     )
+    if counts[Action.FAILED]:
+        n = counts[Action.FAILED]
+        raise BadSetup(
+            f"{file}: {n} subscription{'' if n == 1 else 's'} could not be applied (each named above with "
+            "its field); everything else is applied"
+        )
+
+
+#: a file with this many subscriptions or more prints its progress while it applies
+PROGRESS_FROM = 50
 
 
 def _summary(parsed: Catalog) -> None:
     versions = sum(len(v) for v in parsed.plans.values())
+    count = len(parsed.add_ons)
+    add_ons = f"{count} add-on{'' if count == 1 else 's'}, " if count else ""
     click.echo(
-        f"{len(parsed.meters)} meters, {len(parsed.features)} features, {len(parsed.plans)} plans "
+        f"{len(parsed.meters)} meters, {len(parsed.features)} features, {add_ons}{len(parsed.plans)} plans "
         f"({versions} versions), {len(parsed.subscriptions)} subscriptions"
     )

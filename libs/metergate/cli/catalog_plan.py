@@ -45,6 +45,6 @@ def plan(file: Path) -> None:
     if refused:
         raise BadSetup(
             f"{file}: {refused} change{'' if refused == 1 else 's'} refused: published plan versions are never "
-            "edited, a feature's kind never changes (give a new version number), and a subscription's "
+            "edited, nor published add-ons, a feature's kind never changes (give a new version number), and a subscription's "
             "overrides are kept as prices only"
         )

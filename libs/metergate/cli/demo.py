@@ -16,7 +16,7 @@ from metergate.settings import StackSettings
 )
 @click.option(
     "--data-dir",
-    type=click.Path(path_type=Path),
+    type=click.Path(path_type=Path, file_okay=False),
     default=None,
     help="Default: <METERGATE_DATA_DIR>/demo (wiped first)",
 )

@@ -87,7 +87,12 @@ class _Stop:
     default=None,
     help="Default: METERGATE_DATA_DIR or .metergate",
 )
-@click.option("--partitions", type=int, default=None, help="Partitions of the usage topics (default 4).")
+@click.option(
+    "--partitions",
+    type=click.IntRange(1, 10_000),
+    default=None,
+    help="Partitions of the usage topics (default 4).",
+)
 def up(data_dir: Path | None, partitions: int | None) -> None:
     """Start the embedded broker and PostgreSQL, create topics, migrate; stop all on Ctrl-C/SIGTERM."""
     from metergate.embedded.stack import EmbeddedStack

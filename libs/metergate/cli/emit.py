@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from metergate.cli.reporting import BadSetup
 from metergate.errors import DeliveryError, InvalidEvent
 from metergate.settings import KafkaSettings
 
@@ -110,7 +111,7 @@ def emit(
             source=source,
         )
     except InvalidEvent as error:
-        raise click.ClickException(f"event rejected, nothing sent: {error}") from None
+        raise BadSetup(f"event rejected, nothing sent: {error}") from None
     try:
         with _producer(bootstrap, source) as usage:
             usage.send(event)

@@ -77,6 +77,10 @@ class Main(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:  # one line (click prints the usage and a hint around it)
+            path = (exc.ctx or ctx).command_path.split()[1:]  # the program's own name may differ
+            where = " ".join(["metergate", *path])
+            raise BadSetup(f"{exc.format_message()} (`{where} --help` lists what it takes)") from None
         except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt, SystemExit):
             raise
         except Exception as exc:

@@ -10,7 +10,7 @@ SERVICES = ("metering", "rating", "entitlements", "admin")
 
 
 @click.command("run")
-@click.argument("service", type=click.Choice(SERVICES))
+@click.argument("service", type=click.Choice(SERVICES), metavar="SERVICE")
 def run(service: str) -> None:
     """Run a metergate service: metering (Faust worker), rating (consumer), entitlements (sidecar HTTP)
     or admin (the admin HTTP API)."""

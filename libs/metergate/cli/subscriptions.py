@@ -234,6 +234,19 @@ def customers_show(customer_id: str, as_json: bool) -> None:
             click.echo(f"  {line}")
 
 
+@customers.command("audit")
+@click.argument("customer_id")
+@_json
+def customers_audit(customer_id: str, as_json: bool) -> None:
+    """Every change of a customer and of its subscriptions: when, who, what, and what it changed
+    (--json: before and after as recorded)."""
+    from metergate import provisioning
+
+    with _engine() as engine:
+        trail = provisioning.customer_audit_trail(engine, customer_id)
+    _print_audit(trail, as_json)
+
+
 # ---------------------------------------------------------------------------------------------
 # subscriptions
 
@@ -448,23 +461,36 @@ def subscriptions_fees(subscription_id: str, moment: str | None) -> None:
 @click.argument("subscription_id")
 @_json
 def subscriptions_audit(subscription_id: str, as_json: bool) -> None:
-    """Every change of a subscription: when, who, what, and the versions before and after (--json)."""
+    """Every change of a subscription: when, who, what, and what it changed (--json: the versions
+    before and after)."""
     from metergate import provisioning
 
     with _engine() as engine:
         trail = provisioning.audit_trail(engine, subscription_id)
+    _print_audit(trail, as_json)
+
+
+def _print_audit(trail: Sequence[Any], as_json: bool) -> None:
     if as_json:
         rows = [
-            {"at": r.at.isoformat(), "who": r.who, "action": r.action, "before": r.before, "after": r.after}
-            for r in trail
+            {
+                "at": entry.at.isoformat(),
+                "who": entry.who,
+                "action": entry.action,
+                "entity": entry.entity,
+                "entity_id": entry.entity_id,
+                "before": entry.before,
+                "after": entry.after,
+                "changes": entry.changes,
+            }
+            for entry in trail
         ]
         click.echo(json.dumps(rows, indent=2))
         return
-    for row in trail:
-        versions = len(row.after or [])
-        click.echo(
-            f"{row.at.isoformat()}  {row.who}  {row.action}  ({versions} version{'' if versions == 1 else 's'} after)"
-        )
+    for entry in trail:
+        click.echo(f"{entry.at.isoformat()}  {entry.who}  {entry.action} {entry.entity} {entry.entity_id}")
+        for change in entry.changes:
+            click.echo(f"    {change}")
 
 
 @subscriptions.command("show")

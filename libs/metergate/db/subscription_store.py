@@ -83,8 +83,9 @@ def _variables_of(plan: PublishedPlan, value: Mapping[str, str]) -> dict[str, De
 # catalog
 
 
-def publish_feature(conn: Connection, feature: FeatureDefinition) -> bool:
-    """Record a feature definition; True when new. A different definition under its key is refused."""
+def publish_feature(conn: Connection, feature: FeatureDefinition, *, who: str, now: datetime) -> bool:
+    """Record a feature definition (audited); True when new. A different definition under its key
+    is refused."""
     row = conn.execute(
         text("SELECT kind, meter FROM features WHERE feature_key = :k"), {"k": feature.feature}
     ).first()
@@ -101,6 +102,16 @@ def publish_feature(conn: Connection, feature: FeatureDefinition) -> bool:
     conn.execute(
         text("INSERT INTO features (feature_key, kind, meter, description) VALUES (:k, :kind, :meter, :d)"),
         {"k": feature.feature, "kind": feature.kind.value, "meter": feature.meter, "d": feature.description},
+    )
+    audit(
+        conn,
+        who=who,
+        now=now,
+        action="publish",
+        entity="feature",
+        entity_id=feature.feature,
+        before=None,
+        after={"kind": feature.kind.value, "meter": feature.meter, "description": feature.description},
     )
     return True
 
@@ -695,12 +706,25 @@ def audit(
 
 
 def audit_trail(conn: Connection, entity: str, entity_id: str) -> Sequence[Any]:
+    """The audit rows of one entity (at, who, action, entity, entity_id, before, after), oldest first."""
     return conn.execute(
         text(
-            "SELECT at, who, action, before, after FROM audit_log WHERE entity = :e AND entity_id = :i "
-            "ORDER BY audit_id"
+            "SELECT at, who, action, entity, entity_id, before, after FROM audit_log WHERE entity = :e "
+            "AND entity_id = :i ORDER BY audit_id"
         ),
         {"e": entity, "i": entity_id},
+    ).all()
+
+
+def customer_audit_trail(conn: Connection, customer_id: str) -> Sequence[Any]:
+    """The audit rows of a customer and of each of its subscriptions, oldest first."""
+    return conn.execute(
+        text(
+            "SELECT at, who, action, entity, entity_id, before, after FROM audit_log WHERE "
+            "(entity = 'customer' AND entity_id = :c) OR (entity = 'subscription' AND entity_id IN "
+            "(SELECT subscription_id FROM subscriptions WHERE customer_id = :c)) ORDER BY audit_id"
+        ),
+        {"c": customer_id},
     ).all()
 
 
@@ -717,12 +741,13 @@ def load_features(conn: Connection) -> dict[str, FeatureDefinition]:
     }
 
 
-def published_terms(conn: Connection) -> dict[tuple[str, int], PlanVersion]:
-    found: dict[tuple[str, int], PlanVersion] = {}
+def published_terms(conn: Connection) -> dict[tuple[str, int], PublishedPlan]:
+    """Every published plan version with the add-ons it allows and its negotiated paths."""
+    found: dict[tuple[str, int], PublishedPlan] = {}
     for row in conn.execute(text("SELECT plan_key, version FROM plan_versions ORDER BY 1, 2")).all():
         plan = load_plan_version(conn, row.plan_key, row.version)
         if plan is not None:
-            found[(row.plan_key, row.version)] = plan.terms
+            found[(row.plan_key, row.version)] = plan
     return found
 
 

@@ -6,6 +6,14 @@ The file (YAML, see `examples/catalog.yaml`):
       <meter>: {aggregation: SUM|COUNT|MAX|LATEST|UNIQUE_COUNT, unique_property?, unit?, description?}
     features:
       <feature>: {kind: boolean|config|metered, meter?: <meter> (metered), description?}
+    add_ons:                            # bought on top of a plan that allows them, in a quantity
+      <add-on>:
+        name?: ...
+        currency?: USD                  # the plans allowing it are priced in it
+        fee?: "80.00"                   # per unit, per billing period
+        max_quantity?: <n>              # none: any quantity
+        features:                       # per unit, same shape as a plan's: a boolean switches on,
+          <feature>: ...                # a config value replaces, a metered one adds included/limit
     plans:
       <plan>:
         name?: ...
@@ -24,6 +32,9 @@ The file (YAML, see `examples/catalog.yaml`):
                 thresholds?: [80, 90]   # percent of the limit
                 pricing?: {model: none|per_unit|package|graduated|volume, unit_price?, package_size?,
                            tiers?: [{up_to: <units>|null, unit_price, flat_fee?}]}
+            add_ons?: [<add-on>, ...]   # the add-ons this version allows
+            variable?: [<config feature> | <metered feature>.included | <metered feature>.limit, ...]
+                                        # negotiated per contract: each subscription gives its value
     subscriptions:
       <customer_id>:
         plan: <plan>
@@ -31,9 +42,12 @@ The file (YAML, see `examples/catalog.yaml`):
         id?: <subscription id>          # default: "<customer_id>:<plan>"
         anchor: 2024-01-31T00:00:00Z    # billing anchor (a date means midnight UTC)
         reset_period?: monthly
+        add_ons?: {<add-on>: <quantity>}          # add-ons the version allows (0: none)
+        variables?: {<variable path>: <value>}    # the contract's value of each negotiated path
         overrides?:                     # per-contract values, merged over the plan version
           base_fee?: ...
           currency?: ...
+          add_on_fees?: {<add-on>: "70.00"}       # an add-on's fee per unit, for this contract
           features:
             <feature>: <same shape as in a plan; given fields replace the plan's, pricing as a whole>
 
@@ -46,7 +60,7 @@ file are reported at once.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, time
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -69,7 +83,7 @@ from metergate.domain.records import (
     check_decimal,
     utc_millis,
 )
-from metergate.errors import CatalogError
+from metergate.errors import CatalogError, SubscriptionError
 
 _MISSING = object()
 
@@ -92,6 +106,79 @@ class PlanVersion:
     features: Mapping[str, FeatureEntitlement]
 
 
+#: negotiable fields of a metered feature (a config feature is negotiable by its name alone)
+METERED_VARIABLES = ("included", "limit")
+
+
+def negotiable(path: str, features: Mapping[str, FeatureEntitlement]) -> bool:
+    """Whether `path` names an entitlement a contract may negotiate: a config feature by name, or
+    `<metered feature>.included` / `.limit`."""
+    feature, _, attribute = path.partition(".")
+    found = features.get(feature)
+    if found is None:
+        return False
+    if found.kind is FeatureKind.CONFIG:
+        return not attribute
+    return found.kind is FeatureKind.METERED and attribute in METERED_VARIABLES
+
+
+@dataclass(frozen=True)
+class AddOn:
+    """Something a plan allows on top of it, bought in a quantity: its features and fee are per unit.
+
+    Features: a boolean switches on, a config value replaces the plan's, a metered feature adds
+    `included` and `limit` x quantity to the plan's (an unlimited plan stays unlimited); a metered
+    feature the plan lacks is added with the add-on's pricing.
+    """
+
+    key: str
+    currency: str
+    fee: Decimal  # per unit, per billing period
+    features: Mapping[str, FeatureEntitlement] = field(default_factory=dict)
+    name: str | None = None
+    max_quantity: int | None = None
+
+
+@dataclass(frozen=True)
+class PublishedPlan:
+    """An immutable published plan version (`catalog.PlanVersion`) with what a subscription may add.
+
+    `variable`: the negotiated entitlements of a custom plan, as paths: a config feature's name
+    (`retention_days`) or `<metered feature>.included` / `.limit`. A subscription must give each.
+    `add_ons`: the add-ons this version allows, by key.
+    """
+
+    terms: PlanVersion
+    variable: frozenset[str] = frozenset()
+    add_ons: Mapping[str, AddOn] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for path in sorted(self.variable):
+            if not negotiable(path, self.terms.features):
+                raise SubscriptionError(
+                    f"variable.{path}: expected a config feature of {self.label} or "
+                    "<metered feature>.included / .limit",
+                    field=f"variable.{path}",
+                )
+        for key, add_on in self.add_ons.items():
+            if key != add_on.key:
+                raise SubscriptionError(
+                    f"add_ons.{key}: the add-on is keyed {add_on.key!r}", field=f"add_ons.{key}"
+                )
+
+    @property
+    def plan(self) -> str:
+        return self.terms.plan
+
+    @property
+    def version(self) -> int:
+        return self.terms.version
+
+    @property
+    def label(self) -> str:
+        return f"{self.terms.plan} v{self.terms.version}"
+
+
 @dataclass(frozen=True)
 class Subscription:
     customer_id: str
@@ -101,35 +188,64 @@ class Subscription:
     anchor: datetime
     reset_period: ResetPeriod
     currency: str
-    base_fee: Decimal
-    features: tuple[FeatureEntitlement, ...]
+    base_fee: Decimal  # the plan version's or the override (add-on fees come on top)
+    features: tuple[FeatureEntitlement, ...]  # the plan version's merged with `overrides.features`
+    add_ons: Mapping[str, int] = field(default_factory=dict)  # add-on key -> quantity (> 0)
+    variables: Mapping[str, Decimal | str] = field(default_factory=dict)  # negotiated path -> value
+    add_on_fees: Mapping[str, Decimal] = field(default_factory=dict)  # price overrides per add-on unit
+
+    def contract(self, plan: PublishedPlan) -> PublishedPlan:
+        """`plan` (this subscription's version) with the terms its `overrides` give: what its
+        add-ons, negotiated values and add-on fees apply on."""
+        terms = replace(
+            plan.terms,
+            currency=self.currency,
+            base_fee=self.base_fee,
+            features={feature.feature: feature for feature in self.features},
+        )
+        return PublishedPlan(terms, variable=plan.variable, add_ons=plan.add_ons)
 
 
 @dataclass(frozen=True)
 class Catalog:
     meters: Mapping[str, MeterDefinition]
     features: Mapping[str, FeatureDefinition]
-    plans: Mapping[str, Mapping[int, PlanVersion]]
+    plans: Mapping[str, Mapping[int, PublishedPlan]]
     subscriptions: Mapping[str, Subscription]
+    add_ons: Mapping[str, AddOn] = field(default_factory=dict)
 
     def snapshots(self, *, version: int, updated_at: datetime) -> list[EntitlementSnapshot]:
-        """One resolved snapshot per subscribed customer, all carrying `version`."""
-        return [
-            EntitlementSnapshot(
-                customer_id=sub.customer_id,
-                subscription_id=sub.subscription_id,
-                plan_key=sub.plan,
-                plan_version=sub.version,
-                currency=sub.currency,
-                billing_anchor=sub.anchor,
-                reset_period=sub.reset_period,
-                base_fee=sub.base_fee,
-                features=sub.features,
-                version=version,
-                updated_at=utc_millis(updated_at),
-            )
-            for sub in self.subscriptions.values()
-        ]
+        """One resolved snapshot per subscribed customer, all carrying `version`: the terms in force
+        by the subscriptions' one rule (plan, negotiated values, add-ons x quantity, price overrides)."""
+        from metergate.domain import subscriptions as rules  # it builds on this module
+
+        found = []
+        for sub in self.subscriptions.values():
+            history = _resolved(sub, self.plans[sub.plan][sub.version])
+            snapshot = rules.snapshot_at(history, sub.anchor, version=version, updated_at=updated_at)
+            assert snapshot is not None  # a subscription is in force from its start
+            found.append(snapshot)
+        return found
+
+
+def _resolved(sub: Subscription, plan: PublishedPlan) -> Any:
+    """A file subscription as a one-version `subscriptions.History` from its anchor, by the
+    subscriptions' rules (the add-ons its version allows, its negotiated values, its add-on fees);
+    raises SubscriptionError naming the field."""
+    from metergate.domain import subscriptions as rules  # it builds on this module
+
+    return rules.create(
+        subscription_id=sub.subscription_id,
+        customer_id=sub.customer_id,
+        plan=sub.contract(plan),
+        start=sub.anchor,
+        now=sub.anchor,
+        anchor=sub.anchor,
+        reset_period=sub.reset_period,
+        add_ons=sub.add_ons,
+        variables=sub.variables,
+        overrides=rules.PriceOverrides(add_on_fees=sub.add_on_fees),
+    )
 
 
 @dataclass
@@ -266,10 +382,20 @@ _FEATURE_FIELDS = {"kind", "meter", "description"}
 _METERED_FIELDS = {"included", "limit", "enforcement", "thresholds", "pricing", "enabled"}
 _PRICING_FIELDS = {"model", "unit_price", "package_size", "tiers"}
 _TIER_FIELDS = {"up_to", "unit_price", "flat_fee"}
-_VERSION_FIELDS = {"currency", "base_fee", "reset_period", "features"}
+_VERSION_FIELDS = {"currency", "base_fee", "reset_period", "features", "add_ons", "variable"}
 _PLAN_FIELDS = {"name", "description", "versions", "version"} | _VERSION_FIELDS
-_SUBSCRIPTION_FIELDS = {"plan", "version", "id", "anchor", "reset_period", "overrides"}
-_OVERRIDE_FIELDS = {"base_fee", "currency", "features"}
+_ADD_ON_FIELDS = {"name", "currency", "fee", "max_quantity", "features"}
+_SUBSCRIPTION_FIELDS = {
+    "plan",
+    "version",
+    "id",
+    "anchor",
+    "reset_period",
+    "add_ons",
+    "variables",
+    "overrides",
+}
+_OVERRIDE_FIELDS = {"base_fee", "currency", "features", "add_on_fees"}
 
 
 def parse_catalog(document: Any, *, source: str = "catalog") -> Catalog:
@@ -278,14 +404,17 @@ def parse_catalog(document: Any, *, source: str = "catalog") -> Catalog:
     root = reader.mapping(document, "(file)")
     if root is None:
         raise _error(reader, source)
-    reader.keys(root, "(file)", {"meters", "features", "plans", "subscriptions"})
+    reader.keys(root, "(file)", {"meters", "features", "add_ons", "plans", "subscriptions"})
     meters = _meters(reader, root.get("meters"))
     features = _features(reader, root.get("features"), meters)
-    plans = _plans(reader, root.get("plans"), features, meters)
+    add_ons = _add_ons(reader, root.get("add_ons"), features)
+    plans = _plans(reader, root.get("plans"), features, add_ons)
     subscriptions = _subscriptions(reader, root.get("subscriptions"), plans, features, meters)
     if reader.errors:
         raise _error(reader, source)
-    return Catalog(meters=meters, features=features, plans=plans, subscriptions=subscriptions)
+    return Catalog(
+        meters=meters, features=features, plans=plans, subscriptions=subscriptions, add_ons=add_ons
+    )
 
 
 def _error(reader: _Reader, source: str) -> CatalogError:
@@ -510,6 +639,46 @@ def _entitlement(
     return FeatureEntitlement.model_validate(merged.model_dump())
 
 
+def _currency(reader: _Reader, value: Any, path: str) -> str | None:
+    if not isinstance(value, str) or len(value) != 3 or not value.isascii() or not value.isalpha():
+        reader.fail(path, f"expected an ISO 4217 code such as USD, got {_shown(value)}")
+        return None
+    return value.upper()
+
+
+def _add_ons(reader: _Reader, value: Any, features: Mapping[str, FeatureDefinition]) -> dict[str, AddOn]:
+    found: dict[str, AddOn] = {}
+    entries = reader.mapping(value, "add_ons", required=False) or {}
+    for key, spec in entries.items():
+        path = f"add_ons.{key}"
+        body = reader.mapping(spec, path)
+        if body is None or reader.name(key, path) is None:
+            continue
+        reader.keys(body, path, _ADD_ON_FIELDS)
+        currency = _currency(reader, body.get("currency", "USD"), f"{path}.currency")
+        fee = reader.price(body.get("fee", 0), f"{path}.fee")
+        most = body.get("max_quantity")
+        if most is not None:
+            most = reader.integer(most, f"{path}.max_quantity", low=1, high=1_000_000_000)
+        granted: dict[str, FeatureEntitlement] = {}
+        terms = reader.mapping(body.get("features"), f"{path}.features", required=False) or {}
+        for name, feature_spec in terms.items():
+            entitlement = _entitlement(reader, name, feature_spec, f"{path}.features.{name}", features)
+            if entitlement is not None:
+                granted[name] = entitlement
+        if currency is None or fee is None or ("max_quantity" in body and most is None):
+            continue
+        found[key] = AddOn(
+            key=key,
+            currency=currency,
+            fee=fee,
+            features=granted,
+            name=reader.text(body.get("name"), f"{path}.name"),
+            max_quantity=most,
+        )
+    return found
+
+
 def _version_body(
     reader: _Reader,
     plan: str,
@@ -517,10 +686,9 @@ def _version_body(
     body: dict[str, Any],
     path: str,
     features: Mapping[str, FeatureDefinition],
-) -> PlanVersion | None:
-    currency = body.get("currency", "USD")
-    if not isinstance(currency, str) or len(currency) != 3 or not currency.isalpha():
-        reader.fail(f"{path}.currency", f"expected an ISO 4217 code such as USD, got {_shown(currency)}")
+    add_ons: Mapping[str, AddOn],
+) -> PublishedPlan | None:
+    currency = _currency(reader, body.get("currency", "USD"), f"{path}.currency")
     base_fee = reader.price(body.get("base_fee", 0), f"{path}.base_fee")
     reset = reader.choice(body.get("reset_period"), f"{path}.reset_period", ResetPeriod, ResetPeriod.MONTHLY)
     resolved: dict[str, FeatureEntitlement] = {}
@@ -529,25 +697,61 @@ def _version_body(
         entitlement = _entitlement(reader, name, spec, f"{path}.features.{name}", features)
         if entitlement is not None:
             resolved[name] = entitlement
-    if base_fee is None or reset is None:
+    allowed: dict[str, AddOn] = {}
+    raw_add_ons = body.get("add_ons", [])
+    if not isinstance(raw_add_ons, list):
+        reader.fail(
+            f"{path}.add_ons", f"expected a list of add-ons such as [extra_seats], got {_shown(raw_add_ons)}"
+        )
+        raw_add_ons = []
+    for index, key in enumerate(raw_add_ons):
+        add_on = add_ons.get(key) if isinstance(key, str) else None
+        if add_on is None:
+            known = ", ".join(sorted(add_ons)) or "none defined"
+            reader.fail(
+                f"{path}.add_ons.{index}", f"expected an add-on of this catalog ({known}), got {_shown(key)}"
+            )
+        elif currency is not None and add_on.currency != currency:
+            reader.fail(
+                f"{path}.add_ons.{index}",
+                f"add-on {key} is priced in {add_on.currency}, this version in {currency}",
+            )
+        else:
+            allowed[key] = add_on
+    variable: set[str] = set()
+    raw_variable = body.get("variable", [])
+    if not isinstance(raw_variable, list):
+        reader.fail(
+            f"{path}.variable",
+            f"expected a list of negotiated paths such as [api_calls.limit], got {_shown(raw_variable)}",
+        )
+        raw_variable = []
+    for index, item in enumerate(raw_variable):
+        if not isinstance(item, str) or not negotiable(item, resolved):
+            reader.fail(
+                f"{path}.variable.{index}",
+                "expected a config feature of this version or <metered feature>.included / .limit, "
+                f"got {_shown(item)}",
+            )
+        elif item in variable:
+            reader.fail(f"{path}.variable.{index}", f"{item} is given twice")
+        else:
+            variable.add(item)
+    if base_fee is None or reset is None or currency is None:
         return None
-    return PlanVersion(
-        plan=plan,
-        version=number,
-        currency=str(currency).upper(),
-        base_fee=base_fee,
-        reset_period=reset,
-        features=resolved,
+    terms = PlanVersion(
+        plan=plan, version=number, currency=currency, base_fee=base_fee, reset_period=reset, features=resolved
     )
+    return PublishedPlan(terms, variable=frozenset(variable), add_ons=allowed)
 
 
 def _plans(
     reader: _Reader,
     value: Any,
     features: Mapping[str, FeatureDefinition],
-    meters: Mapping[str, MeterDefinition],
-) -> dict[str, dict[int, PlanVersion]]:
-    found: dict[str, dict[int, PlanVersion]] = {}
+    add_ons: Mapping[str, AddOn],
+) -> dict[str, dict[int, PublishedPlan]]:
+    found: dict[str, dict[int, PublishedPlan]] = {}
     entries = reader.mapping(value, "plans", required=False) or {}
     for name, spec in entries.items():
         path = f"plans.{name}"
@@ -555,7 +759,7 @@ def _plans(
         if body is None or reader.name(name, path) is None:
             continue
         reader.keys(body, path, _PLAN_FIELDS)
-        versions: dict[int, PlanVersion] = {}
+        versions: dict[int, PublishedPlan] = {}
         if "versions" in body:
             inline = sorted(set(body) & _VERSION_FIELDS | ({"version"} & set(body)))
             if inline:
@@ -573,14 +777,14 @@ def _plans(
                 if version_body is None:
                     continue
                 reader.keys(version_body, version_path, _VERSION_FIELDS)
-                resolved = _version_body(reader, name, number, version_body, version_path, features)
+                resolved = _version_body(reader, name, number, version_body, version_path, features, add_ons)
                 if resolved is not None:
                     versions[number] = resolved
             if not raw_versions:
                 reader.fail(f"{path}.versions", "expected at least one version")
         else:
             number = reader.integer(body.get("version", 1), f"{path}.version", low=1, high=1_000_000)
-            resolved = _version_body(reader, name, number or 1, body, path, features)
+            resolved = _version_body(reader, name, number or 1, body, path, features, add_ons)
             if resolved is not None and number is not None:
                 versions[number] = resolved
         found[name] = versions
@@ -590,7 +794,7 @@ def _plans(
 def _subscriptions(
     reader: _Reader,
     value: Any,
-    plans: Mapping[str, Mapping[int, PlanVersion]],
+    plans: Mapping[str, Mapping[int, PublishedPlan]],
     features: Mapping[str, FeatureDefinition],
     meters: Mapping[str, MeterDefinition],
 ) -> dict[str, Subscription]:
@@ -598,6 +802,7 @@ def _subscriptions(
     entries = reader.mapping(value, "subscriptions", required=False) or {}
     for customer, spec in entries.items():
         path = f"subscriptions.{customer}"
+        before = len(reader.errors)
         body = reader.mapping(spec, path)
         if body is None or reader.name(customer, path) is None:
             continue
@@ -617,7 +822,8 @@ def _subscriptions(
                 f"{path}.version", f"expected a version of plan {plan} ({known}), got {_shown(number)}"
             )
             continue
-        version = versions[number]
+        published = versions[number]
+        version = published.terms
         anchor = reader.moment(body.get("anchor"), f"{path}.anchor")
         reset = reader.choice(
             body.get("reset_period"), f"{path}.reset_period", ResetPeriod, version.reset_period
@@ -632,13 +838,34 @@ def _subscriptions(
         if "base_fee" in overrides:
             base_fee = reader.price(overrides["base_fee"], f"{path}.overrides.base_fee") or Decimal(0)
         if "currency" in overrides:
-            raw = overrides["currency"]
-            if not isinstance(raw, str) or len(raw) != 3 or not raw.isalpha():
+            currency = _currency(reader, overrides["currency"], f"{path}.overrides.currency") or currency
+        add_on_fees: dict[str, Decimal] = {}
+        fee_overrides = reader.mapping(
+            overrides.get("add_on_fees"), f"{path}.overrides.add_on_fees", required=False
+        )
+        for key, fee in (fee_overrides or {}).items():
+            checked_fee = reader.price(fee, f"{path}.overrides.add_on_fees.{key}")
+            if checked_fee is not None:
+                add_on_fees[key] = checked_fee
+        quantities: dict[str, int] = {}
+        for key, quantity in (
+            reader.mapping(body.get("add_ons"), f"{path}.add_ons", required=False) or {}
+        ).items():
+            checked_quantity = reader.integer(quantity, f"{path}.add_ons.{key}", low=0, high=1_000_000_000)
+            if checked_quantity:
+                quantities[key] = checked_quantity
+        values: dict[str, Decimal | str] = {}
+        for key, raw_value in (
+            reader.mapping(body.get("variables"), f"{path}.variables", required=False) or {}
+        ).items():
+            given = _variable_value(raw_value)
+            if given is None:
                 reader.fail(
-                    f"{path}.overrides.currency", f"expected an ISO 4217 code such as EUR, got {_shown(raw)}"
+                    f"{path}.variables.{key}",
+                    f'expected a value such as 50000000, "2.5" or a config value, got {_shown(raw_value)}',
                 )
             else:
-                currency = raw.upper()
+                values[key] = given
         feature_overrides = reader.mapping(
             overrides.get("features"), f"{path}.overrides.features", required=False
         )
@@ -650,7 +877,7 @@ def _subscriptions(
                 resolved[name] = entitlement
         if anchor is None or reset is None:
             continue
-        found[customer] = Subscription(
+        subscription = Subscription(
             customer_id=customer,
             subscription_id=subscription_id,
             plan=plan,
@@ -660,5 +887,29 @@ def _subscriptions(
             currency=currency,
             base_fee=base_fee,
             features=tuple(resolved[name] for name in sorted(resolved)),
+            add_ons=quantities,
+            variables=values,
+            add_on_fees=add_on_fees,
         )
+        if len(reader.errors) > before:
+            continue  # the subscription's own errors are reported already
+        try:
+            history = _resolved(subscription, published)
+        except SubscriptionError as exc:  # add-ons the version allows, its negotiated values, ...
+            where = exc.field or "plan"
+            reader.fail(f"{path}.{where}", exc.message.removeprefix(f"{where}: "))
+            continue
+        # negotiated values as the rules read them (a number, or a config value's text)
+        found[customer] = replace(subscription, variables=dict(history.latest.variables))
     return found
+
+
+def _variable_value(value: Any) -> Decimal | str | None:
+    """A negotiated value as written: a number (read through its literal) or a config value."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int | float | Decimal):
+        return _number(value)
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    return None

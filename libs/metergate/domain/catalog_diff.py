@@ -1,18 +1,20 @@
 """What applying a catalog file to the system of record would do, as a plan to read first (pure).
 
 `diff_catalog(file, features=..., plans=..., subscriptions=...)` compares a parsed catalog file with
-what PostgreSQL holds and lists, in order, features, plan versions and subscriptions:
+what PostgreSQL holds and lists, in order, features, add-ons, plan versions and subscriptions:
 
-- `+` add: a feature, a plan version or a subscription the database does not have;
+- `+` add: a feature, an add-on, a plan version or a subscription the database does not have;
 - `=` unchanged;
-- `~` change: a subscription whose plan or version differs from the file's (applied as a new dated
-  version from the moment it is applied, never by editing the one in force);
-- `!` refused: a published plan version whose terms differ from the file's (published versions are
-  never edited: the file must give it a new version number), or a feature whose kind or meter
-  changed. The differing fields are listed.
+- `~` change: a subscription whose plan, version, add-ons, negotiated values or price overrides
+  differ from the file's (applied as a new dated version from the moment it is applied, never by
+  editing the one in force);
+- `!` refused: a published plan version whose terms (features, fees, the add-ons it allows, its
+  negotiated paths) differ from the file's (published versions are never edited: the file must give
+  it a new version number), a published add-on whose terms differ (it needs a new key), or a
+  feature whose kind or meter changed. The differing fields are listed.
 
-Subscriptions are matched by customer and compared by plan, version and price overrides
-(`target_of`). A file subscription's `overrides` that change only prices (`base_fee`, a feature's
+Subscriptions are matched by customer and compared by plan, version, add-on quantities, negotiated
+values and price overrides (`target_of`). A file subscription's `overrides` that change only prices (`base_fee`, a feature's
 `pricing`) are kept as the subscription's price overrides on the plan version. Overrides of
 anything else (included units, a limit, a config value, the currency) make a contract of its own:
 a plan `<plan>@<subscription id>` whose versions hold the contract's whole terms (published like
@@ -28,7 +30,13 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
-from metergate.domain.catalog import Catalog, FeatureDefinition, PlanVersion, Subscription
+from metergate.domain.catalog import (
+    AddOn,
+    Catalog,
+    FeatureDefinition,
+    PublishedPlan,
+    Subscription,
+)
 from metergate.domain.subscriptions import PriceOverrides
 
 
@@ -37,12 +45,13 @@ class Action(enum.StrEnum):
     SAME = "="
     CHANGE = "~"
     REFUSED = "!"
+    FAILED = "x"  # applying it failed (catalog apply): rolled back alone, the others applied
 
 
 @dataclass(frozen=True)
 class Planned:
     action: Action
-    subject: str  # "feature api_calls", "plan pro v2", "subscription acme"
+    subject: str  # "feature api_calls", "add-on extra_seats", "plan pro v2", "subscription of acme"
     summary: str
     details: tuple[str, ...] = ()
 
@@ -59,12 +68,18 @@ class Subscribed:
     plan: str
     version: int
     overrides: PriceOverrides = field(default_factory=PriceOverrides)
+    add_ons: Mapping[str, int] = field(default_factory=dict)
+    variables: Mapping[str, Decimal | str] = field(default_factory=dict)
 
 
 def _shown(value: Any) -> str:
     if isinstance(value, Decimal):
         return format(value.normalize(), "f") if value == value.to_integral_value() else str(value)
     return "none" if value is None else str(value)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _flat(prefix: str, value: Any) -> dict[str, Any]:
@@ -78,7 +93,8 @@ def _flat(prefix: str, value: Any) -> dict[str, Any]:
     return {prefix: value}
 
 
-def _terms(version: PlanVersion) -> dict[str, Any]:
+def _terms(plan: PublishedPlan) -> dict[str, Any]:
+    version = plan.terms
     return _flat(
         "",
         {
@@ -86,8 +102,30 @@ def _terms(version: PlanVersion) -> dict[str, Any]:
             "base_fee": version.base_fee,
             "reset_period": version.reset_period.value,
             "features": {name: f.model_dump() for name, f in version.features.items()},
+            "add_ons": sorted(plan.add_ons),
+            "variable": sorted(plan.variable),
         },
     )
+
+
+def _add_on_terms(add_on: AddOn) -> dict[str, Any]:
+    return _flat(
+        "",
+        {
+            "currency": add_on.currency,
+            "fee": add_on.fee,
+            "max_quantity": add_on.max_quantity,
+            "features": {name: f.model_dump() for name, f in add_on.features.items()},
+        },
+    )
+
+
+def _changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    return [
+        f"{key}: {_shown(old.get(key))} -> {_shown(new.get(key))}"
+        for key in sorted(set(old) | set(new))
+        if not _same(old.get(key), new.get(key))
+    ]
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -100,19 +138,20 @@ def _same(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
-def plan_version_changes(published: PlanVersion, wanted: PlanVersion) -> list[str]:
+def plan_version_changes(published: PublishedPlan, wanted: PublishedPlan) -> list[str]:
     """`field: published -> file` for every field whose value differs."""
-    old, new = _terms(published), _terms(wanted)
-    return [
-        f"{key}: {_shown(old.get(key))} -> {_shown(new.get(key))}"
-        for key in sorted(set(old) | set(new))
-        if not _same(old.get(key), new.get(key))
-    ]
+    return _changes(_terms(published), _terms(wanted))
 
 
-def contract_of(subscription: Subscription, plan: PlanVersion) -> tuple[PriceOverrides, list[str]]:
+def add_on_changes(published: AddOn, wanted: AddOn) -> list[str]:
+    """`field: published -> file` for every term of an add-on whose value differs."""
+    return _changes(_add_on_terms(published), _add_on_terms(wanted))
+
+
+def contract_of(subscription: Subscription, published: PublishedPlan) -> tuple[PriceOverrides, list[str]]:
     """The price overrides a file subscription's `overrides` amount to over its plan version, and
     `overrides.<field>: plan -> file` for each overridden field that is not a price."""
+    plan = published.terms
     others: list[str] = []
     if subscription.currency != plan.currency:
         others.append(f"overrides.currency: {plan.currency} -> {subscription.currency}")
@@ -133,52 +172,48 @@ def contract_of(subscription: Subscription, plan: PlanVersion) -> tuple[PriceOve
             for key in sorted(set(old) | set(new))
             if not _same(old.get(key), new.get(key))
         ]
-    return PriceOverrides(base_fee=base_fee, pricing=pricing), others
+    return PriceOverrides(
+        base_fee=base_fee, pricing=pricing, add_on_fees=dict(subscription.add_on_fees)
+    ), others
 
 
 @dataclass(frozen=True)
 class Target:
-    """What a file subscription is applied as: a plan version and price overrides, and, for a
-    contract that changes more than prices, the contract's plan version to publish first (None
-    when it is published already, or not needed)."""
+    """What a file subscription is applied as: a plan version, add-on quantities, negotiated values
+    and price overrides, and, for a contract that changes more than prices, the contract's plan
+    version to publish first (None when it is published already, or not needed)."""
 
     plan: str
     version: int
     overrides: PriceOverrides
-    contract: PlanVersion | None = None
+    contract: PublishedPlan | None = None
     changes: tuple[str, ...] = ()  # the contract's non-price overrides, `field: plan -> file`
+    add_ons: Mapping[str, int] = field(default_factory=dict)
+    variables: Mapping[str, Decimal | str] = field(default_factory=dict)
 
 
 def target_of(
-    subscription: Subscription, file: Catalog, plans: Mapping[tuple[str, int], PlanVersion]
+    subscription: Subscription, file: Catalog, plans: Mapping[tuple[str, int], PublishedPlan]
 ) -> Target:
     base = file.plans[subscription.plan][subscription.version]
     overrides, others = contract_of(subscription, base)
+    extras: dict[str, Any] = {
+        "add_ons": dict(subscription.add_ons),
+        "variables": dict(subscription.variables),
+    }
     if not others:
-        return Target(subscription.plan, subscription.version, overrides)
+        return Target(subscription.plan, subscription.version, overrides, **extras)
     key = f"{subscription.plan}@{subscription.subscription_id}"
-    terms = PlanVersion(
-        plan=key,
-        version=1,
-        currency=subscription.currency,
-        base_fee=subscription.base_fee,
-        reset_period=base.reset_period,
-        features={feature.feature: feature for feature in subscription.features},
-    )
+    fees = PriceOverrides(add_on_fees=overrides.add_on_fees)  # the rest is in the contract's terms
+    terms = subscription.contract(base)
     published = sorted(v for p, v in plans if p == key)
     for number in published:
-        if not plan_version_changes(plans[(key, number)], terms):
-            return Target(key, number, PriceOverrides(), None, tuple(others))
+        candidate = replace(terms, terms=replace(terms.terms, plan=key, version=number))
+        if not plan_version_changes(plans[(key, number)], candidate):
+            return Target(key, number, fees, None, tuple(others), **extras)
     number = (published[-1] + 1) if published else 1
-    contract = PlanVersion(
-        plan=key,
-        version=number,
-        currency=terms.currency,
-        base_fee=terms.base_fee,
-        reset_period=terms.reset_period,
-        features=terms.features,
-    )
-    return Target(key, number, PriceOverrides(), contract, tuple(others))
+    contract = replace(terms, terms=replace(terms.terms, plan=key, version=number))
+    return Target(key, number, fees, contract, tuple(others), **extras)
 
 
 def _prices(overrides: PriceOverrides) -> str:
@@ -187,17 +222,52 @@ def _prices(overrides: PriceOverrides) -> str:
         f"{name} {pricing.model.value} {_shown(pricing.unit_price)}"
         for name, pricing in sorted(overrides.pricing.items())
     ]
+    shown += [f"{key} fee {_shown(fee)}" for key, fee in sorted(overrides.add_on_fees.items())]
     return f" at {', '.join(shown)}" if shown else ""
+
+
+def _extras(add_ons: Mapping[str, int], variables: Mapping[str, Decimal | str]) -> str:
+    shown = [f"{key} x{quantity}" for key, quantity in sorted(add_ons.items())]
+    shown += [f"{path}={_shown(value)}" for path, value in sorted(variables.items())]
+    return f" with {', '.join(shown)}" if shown else ""
+
+
+def values_differ(held: Subscribed, target: Target) -> bool:
+    """Whether the negotiated values the file gives differ from the ones in force (as numbers: a
+    value written 5e7 is 50000000)."""
+    return bool(_value_changes(held, target))
+
+
+def _value_changes(held: Subscribed, target: Target) -> list[str]:
+    """`PATH a -> b` for each negotiated value that differs."""
+    found = []
+    for path in sorted(set(held.variables) | set(target.variables)):
+        old, new = held.variables.get(path), target.variables.get(path)
+        if _shown(old) != _shown(new):
+            found.append(f"{path} {_shown(old)} -> {_shown(new)}")
+    return found
+
+
+def _term_changes(held: Subscribed, target: Target) -> list[str]:
+    """`add-on K a -> b` for each add-on quantity that differs, then the negotiated values'."""
+    found = [
+        f"add-on {key} {held.add_ons.get(key, 0)} -> {target.add_ons.get(key, 0)}"
+        for key in sorted(set(held.add_ons) | set(target.add_ons))
+        if held.add_ons.get(key, 0) != target.add_ons.get(key, 0)
+    ]
+    return found + _value_changes(held, target)
 
 
 def diff_catalog(
     file: Catalog,
     *,
     features: Mapping[str, FeatureDefinition],
-    plans: Mapping[tuple[str, int], PlanVersion],
+    plans: Mapping[tuple[str, int], PublishedPlan],
     subscriptions: Mapping[str, Subscribed],
+    add_ons: Mapping[str, AddOn] | None = None,
 ) -> list[Planned]:
     planned: list[Planned] = []
+    published_add_ons = add_ons or {}
     for name, feature in sorted(file.features.items()):
         known = features.get(name)
         kind = feature.kind.value + (f" on meter {feature.meter}" if feature.meter else "")
@@ -214,16 +284,45 @@ def diff_catalog(
             )
         else:
             planned.append(Planned(Action.SAME, f"feature {name}", ""))
+    for key, add_on in sorted(file.add_ons.items()):
+        subject = f"add-on {key}"
+        known_add_on = published_add_ons.get(key)
+        if known_add_on is None:
+            planned.append(
+                Planned(
+                    Action.ADD,
+                    subject,
+                    f"{_shown(add_on.fee)} {add_on.currency} per unit, {_count(len(add_on.features), 'feature')}"
+                    + (f", at most {add_on.max_quantity}" if add_on.max_quantity is not None else ""),
+                )
+            )
+            continue
+        differences = add_on_changes(known_add_on, add_on)
+        if not differences:
+            planned.append(Planned(Action.SAME, subject, ""))
+            continue
+        planned.append(
+            Planned(
+                Action.REFUSED,
+                subject,
+                "published with other terms; published add-ons are never edited (give it a new key)",
+                tuple(differences),
+            )
+        )
     for plan, versions in sorted(file.plans.items()):
         for number, wanted in sorted(versions.items()):
             subject = f"plan {plan} v{number}"
             published = plans.get((plan, number))
             if published is None:
+                allows = (f", allows {', '.join(sorted(wanted.add_ons))}" if wanted.add_ons else "") + (
+                    f", negotiated {', '.join(sorted(wanted.variable))}" if wanted.variable else ""
+                )
                 planned.append(
                     Planned(
                         Action.ADD,
                         subject,
-                        f"base fee {_shown(wanted.base_fee)} {wanted.currency}, {len(wanted.features)} features",
+                        f"base fee {_shown(wanted.terms.base_fee)} {wanted.terms.currency}, "
+                        f"{_count(len(wanted.terms.features), 'feature')}{allows}",
                     )
                 )
                 continue
@@ -260,18 +359,24 @@ def diff_catalog(
         sub = replace(sub, plan=target.plan, version=target.version)
         overrides = target.overrides
         prices = _prices(overrides)
+        extras = _extras(target.add_ons, target.variables)
         if held is None:
-            planned.append(Planned(Action.ADD, subject, f"{sub.plan} v{sub.version}{prices} from now"))
-        elif (held.plan, held.version) != (sub.plan, sub.version):
+            planned.append(
+                Planned(Action.ADD, subject, f"{sub.plan} v{sub.version}{extras}{prices} from now")
+            )
+            continue
+        terms = _term_changes(held, target)
+        repriced = held.overrides.as_dict() != overrides.as_dict()
+        if (held.plan, held.version) != (sub.plan, sub.version):
             planned.append(
                 Planned(
                     Action.CHANGE,
                     subject,
-                    f"{held.plan} v{held.version} -> {sub.plan} v{sub.version}{prices}, a new version from now "
-                    f"({held.subscription_id})",
+                    f"{held.plan} v{held.version} -> {sub.plan} v{sub.version}{extras}{prices}, a new version "
+                    f"from now ({held.subscription_id})",
                 )
             )
-        elif held.overrides.as_dict() != overrides.as_dict():
+        elif repriced and not terms:
             planned.append(
                 Planned(
                     Action.CHANGE,
@@ -280,9 +385,26 @@ def diff_catalog(
                     f"{prices.removeprefix(' at ') or 'list prices'}, a new version from now ({held.subscription_id})",
                 )
             )
+        elif terms:
+            if repriced:
+                terms.append(
+                    f"prices {_prices(held.overrides).removeprefix(' at ') or 'list prices'} -> "
+                    f"{prices.removeprefix(' at ') or 'list prices'}"
+                )
+            planned.append(
+                Planned(
+                    Action.CHANGE,
+                    subject,
+                    f"{held.plan} v{held.version}: {'; '.join(terms)}, a new version from now ({held.subscription_id})",
+                )
+            )
         else:
             planned.append(
-                Planned(Action.SAME, subject, f"{held.plan} v{held.version}{prices} ({held.subscription_id})")
+                Planned(
+                    Action.SAME,
+                    subject,
+                    f"{held.plan} v{held.version}{extras}{prices} ({held.subscription_id})",
+                )
             )
     return planned
 

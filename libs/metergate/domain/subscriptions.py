@@ -55,7 +55,11 @@ from fractions import Fraction
 from itertools import pairwise
 from typing import Any, NamedTuple
 
-from metergate.domain.catalog import PlanVersion
+# a plan version and its add-ons are catalog terms; they are re-exported here, where they are used
+from metergate.domain.catalog import METERED_VARIABLES as METERED_VARIABLES
+from metergate.domain.catalog import AddOn as AddOn
+from metergate.domain.catalog import PlanVersion as PlanVersion
+from metergate.domain.catalog import PublishedPlan
 from metergate.domain.periods import Period, period_for
 from metergate.domain.pricing import (
     Charge,
@@ -85,73 +89,11 @@ from metergate.errors import SubscriptionError
 ZERO = Decimal(0)
 _QUANTITY_STEP = Decimal(1).scaleb(-QUANTITY_SCALE)  # a line's quantity: the share to 9 decimals
 _EXACT = Context(prec=100, rounding=ROUND_HALF_UP)
-#: negotiable fields of a metered feature (a config feature is negotiable by its name alone)
-METERED_VARIABLES = ("included", "limit")
 
 
 class When(enum.StrEnum):
     IMMEDIATELY = "immediately"
     PERIOD_END = "period_end"
-
-
-@dataclass(frozen=True)
-class AddOn:
-    """Something a plan allows on top of it, bought in a quantity: its features and fee are per unit.
-
-    Features: a boolean switches on, a config value replaces the plan's, a metered feature adds
-    `included` and `limit` x quantity to the plan's (an unlimited plan stays unlimited); a metered
-    feature the plan lacks is added with the add-on's pricing.
-    """
-
-    key: str
-    currency: str
-    fee: Decimal  # per unit, per billing period
-    features: Mapping[str, FeatureEntitlement] = field(default_factory=dict)
-    name: str | None = None
-    max_quantity: int | None = None
-
-
-@dataclass(frozen=True)
-class PublishedPlan:
-    """An immutable published plan version (`catalog.PlanVersion`) with what a subscription may add.
-
-    `variable`: the negotiated entitlements of a custom plan, as paths: a config feature's name
-    (`retention_days`) or `<metered feature>.included` / `.limit`. A subscription must give each.
-    `add_ons`: the add-ons this version allows, by key.
-    """
-
-    terms: PlanVersion
-    variable: frozenset[str] = frozenset()
-    add_ons: Mapping[str, AddOn] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        for path in sorted(self.variable):
-            feature, _, attribute = path.partition(".")
-            found = self.terms.features.get(feature)
-            config = found is not None and found.kind is FeatureKind.CONFIG and not attribute
-            metered = (
-                found is not None and found.kind is FeatureKind.METERED and attribute in METERED_VARIABLES
-            )
-            if not (config or metered):
-                raise _fail(
-                    f"variable.{path}",
-                    f"expected a config feature of {self.label} or <metered feature>.included / .limit",
-                )
-        for key, add_on in self.add_ons.items():
-            if key != add_on.key:
-                raise _fail(f"add_ons.{key}", f"the add-on is keyed {add_on.key!r}")
-
-    @property
-    def plan(self) -> str:
-        return self.terms.plan
-
-    @property
-    def version(self) -> int:
-        return self.terms.version
-
-    @property
-    def label(self) -> str:
-        return f"{self.terms.plan} v{self.terms.version}"
 
 
 @dataclass(frozen=True)
