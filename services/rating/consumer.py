@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections import ChainMap, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -168,8 +168,10 @@ class RatingConsumer:
         self._inflight: InFlight | None = None
         #: set when a batch in flight was lost in a rebalance: what was read since must be read again
         self._restart_consumption = False
-        #: customers seen with a credit account (a hint for folding ahead; checked under lock)
+        #: customers seen with a credit account, and all customers whose account this process
+        #: looked for (hints for folding ahead: the batch's transaction checks under lock)
         self._credit_customers: set[str] = set()
+        self._credit_checked: set[str] = set()
         self._last_committed: InFlight | None = None
         self.tracker = DeliveryTracker()
         self.snapshots = SnapshotCache(client, self.topics.snapshots, on_reject=self._reject_snapshot)
@@ -460,36 +462,58 @@ class RatingConsumer:
                 return None  # `_current` would read the batch again: no use folding this one
         self._catch_up_unknown(batch)
         mark = time.perf_counter()
-        ahead = [
-            ((index, message), aggregate)
-            for index, (message, aggregate) in enumerate(batch.records)
-            if aggregate.customer_id not in self._credit_customers
-        ]
-        if not ahead:
-            return None
-        written, written_credits = inflight.fold.lines, inflight.fold.credits
-        lines: dict[str, dict[str, Line]] = {}
-        credits: dict[str, dict[str, Decimal]] = {}
-        others = []
-        for key in {aggregate.key for _, aggregate in ahead}:
-            key_lines = written.get(key)
-            if key_lines is None:
-                others.append(key)
-                continue
-            lines[key] = dict(key_lines)  # batch N's outcome (a copy: this fold changes it)
-            for line_key in key_lines:
-                if line_key in written_credits:
-                    credits[line_key] = dict(written_credits[line_key])
-        cached, cached_credits, missing = self.line_cache.take(others)
-        lines.update(cached)
-        credits.update(cached_credits)
+        conn: Connection | None = None
         try:
+            unchecked = batch.customers - self._credit_checked
+            if unchecked:  # customers new to this process: which have a credit account (a hint)
+                conn = self.engine.connect()
+                self._note_credit(unchecked, rating_store.credit_customers(conn, unchecked))
+            credit = self._credit_customers
+            if credit.isdisjoint(batch.customers):  # the common case: nobody in the batch has credit
+                ahead = [
+                    ((index, message), aggregate) for index, (message, aggregate) in enumerate(batch.records)
+                ]
+                keys: Collection[str] = batch.key_partitions.keys()
+                customers = set(batch.customers)
+            else:
+                ahead = [
+                    ((index, message), aggregate)
+                    for index, (message, aggregate) in enumerate(batch.records)
+                    if aggregate.customer_id not in credit
+                ]
+                keys = {aggregate.key for _, aggregate in ahead}
+                customers = batch.customers - credit
+            if not ahead:
+                return None
+            written, written_credits = inflight.fold.lines, inflight.fold.credits
+            lines: dict[str, dict[str, Line]] = {}
+            credits: dict[str, dict[str, Decimal]] = {}
+            others = []
+            for key in keys:
+                key_lines = written.get(key)
+                if key_lines is None:
+                    others.append(key)
+                    continue
+                lines[key] = dict(key_lines)  # batch N's outcome (a copy: this fold changes it)
+                for line_key in key_lines:
+                    if line_key in written_credits:
+                        credits[line_key] = dict(written_credits[line_key])
+            cached, cached_credits, missing = self.line_cache.take(others)
+            lines.update(cached)
+            credits.update(cached_credits)
             if missing:  # committed before batch N, and not in memory
-                with self.engine.connect() as conn:
-                    stored_lines, stored_credits = rating_store.load_lines(conn, missing)
+                conn = conn or self.engine.connect()
+                stored_lines, stored_credits = rating_store.load_lines(conn, missing)
                 lines.update(stored_lines)
                 credits.update(stored_credits)
-            stored = {line_key for key_lines in lines.values() for line_key in key_lines}
+        except Exception as exc:  # whatever it is, the fold in the transaction decides
+            log.debug("rating: not folding ahead (%s)", _first_line(exc))
+            return None
+        finally:
+            if conn is not None:
+                conn.close()
+        try:
+            stored = set().union(*lines.values())  # line keys known to exist
             mark = self._tick("load ahead", mark)
             fold = RatingFold(
                 lines=lines,
@@ -508,8 +532,15 @@ class RatingConsumer:
             log.debug("rating: not folding ahead (%s)", _first_line(exc))
             return None
         self._tick("fold ahead", mark)
-        customers = {aggregate.customer_id for _, aggregate in ahead}
         return Ahead(batch, inflight, fold, customers, rejections, stored)
+
+    def _note_credit(self, checked: Collection[str], with_credit: Collection[str]) -> None:
+        """Remember which of `checked` customers have a credit account (`with_credit`)."""
+        if len(self._credit_checked) > 1_000_000:
+            self._credit_checked.clear()  # hints only: a customer forgotten is looked for again
+            self._credit_customers.clear()
+        self._credit_checked.update(checked)
+        self._credit_customers.update(with_credit)
 
     def _wait(self, inflight: InFlight) -> float:
         """Block until the writer finished `inflight` (its COMMIT time; raises what the writer raised)."""
@@ -648,9 +679,7 @@ class RatingConsumer:
             self._fault("locked")
             wallets = rating_store.load_credit(conn, batch.customers)  # 2
             with_credit = {customer for customer, _ in wallets}
-            if len(self._credit_customers) > 1_000_000:
-                self._credit_customers.clear()  # a hint only
-            self._credit_customers |= with_credit
+            self._note_credit(batch.customers, with_credit)
             if ahead is not None and (
                 ahead.after is not self._last_committed or ahead.customers & with_credit
             ):
@@ -666,7 +695,7 @@ class RatingConsumer:
                 stored_lines, stored_credits = rating_store.load_lines(conn, missing)
                 lines.update(stored_lines)
                 credits.update(stored_credits)
-            stored = {line_key for key_lines in lines.values() for line_key in key_lines}
+            stored = set().union(*lines.values())  # line keys known to exist
             mark = self._tick("load", mark)
             fold = RatingFold(lines=lines, wallets=wallets, credits=credits, known_base_fees=self._base_fees)
             rejections = self._fold(fold, here, with_credit=with_credit)
