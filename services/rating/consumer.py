@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import ChainMap, defaultdict
+from collections import ChainMap, Counter, defaultdict
 from collections.abc import Callable, Collection
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -417,8 +417,7 @@ class RatingConsumer:
 
     def _catch_up_unknown(self, batch: Batch) -> bool:
         """Read new snapshots first when the batch has a customer without one (at most once a second)."""
-        known = self.snapshots.lookup
-        if any(known(customer) is None for customer in batch.customers) and (
+        if not all(map(self.snapshots.lookup, batch.customers)) and (  # (a loop in C; a snapshot is true)
             time.monotonic() - self.snapshots.last_caught_up > 1.0
         ):
             # a customer unknown so far: its snapshot may just have been published
@@ -771,8 +770,8 @@ class RatingConsumer:
         metrics.STALE.inc(fold.stale)
         self._account(batch, fold)
         metrics.LINE_ITEMS.inc(len(fold.changed))
-        for entry in fold.entries:
-            metrics.LEDGER_WRITES.labels(entry.entry_type.value).inc()
+        for entry_type, count in Counter(entry.entry_type for entry in fold.entries).items():
+            metrics.LEDGER_WRITES.labels(entry_type.value).inc(count)  # one labels() per type: ~2 us each
         metrics.BATCH_SECONDS.observe(committed_at - inflight.started)
         self.committed_updates += fold.updates
         self.committed_records += len(batch.messages)

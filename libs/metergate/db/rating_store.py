@@ -239,6 +239,16 @@ _UPDATE_LINES = f"""
     """
 
 
+def _counted(statement: str) -> str:
+    """`statement` (... RETURNING charge) answering one row, (lines written, of which usage lines):
+    fetching a row per line through SQLAlchemy held the GIL ~1 us a line on the writer thread."""
+    return f"WITH written AS ({statement}) SELECT count(*), count(*) FILTER (WHERE charge = 'usage') FROM written"
+
+
+_COUNTED_UPDATE = _counted(_UPDATE_LINES)
+_COUNTED_UPSERT = _counted(_UPSERT_LINES)
+
+
 def prepare_connection(dbapi_connection: Any, record: Any, _proxy: Any = None) -> None:
     """Create this connection's staging table once (a `checkout` listener: see `install`)."""
     if record.info.get(_STAGE):
@@ -364,16 +374,18 @@ def write_lines(conn: Connection, staged: StagedLines) -> int:
     cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
     with cursor, cursor.copy(_COPY_STAGE) as copy:
         copy.write(staged.data)  # signature, rows and trailer, as stage_lines formatted them
-    written: list[str] = []
+    written = usage = 0
     if staged.updates:
-        written += [row[0] for row in conn.exec_driver_sql(_UPDATE_LINES)]
+        lines, usage_lines = conn.exec_driver_sql(_COUNTED_UPDATE).one()
+        written, usage = written + lines, usage + usage_lines
     if staged.updates < staged.lines:
-        written += [row[0] for row in conn.exec_driver_sql(_UPSERT_LINES)]
-    if written.count("usage") != staged.usage:
+        lines, usage_lines = conn.exec_driver_sql(_COUNTED_UPSERT).one()
+        written, usage = written + lines, usage + usage_lines
+    if usage != staged.usage:
         raise IntegrityFault(
-            f"{staged.usage} usage line(s) computed but only {written.count('usage')} were newer than the stored ones"
+            f"{staged.usage} usage line(s) computed but only {usage} were newer than the stored ones"
         )
-    return len(written)
+    return written
 
 
 # -- credit ------------------------------------------------------------------------------------
