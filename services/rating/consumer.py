@@ -364,6 +364,9 @@ class RatingConsumer:
 
     def _prepare(self, messages: list[Message]) -> Batch:
         batch = Batch(messages)
+        expected, next_offsets, first_offsets = self.expected, batch.next_offsets, batch.first_offsets
+        records, key_partitions, customers = batch.records, batch.key_partitions, batch.customers
+        consumed = 0
         for message in messages:
             error = message.error()
             if error is not None:
@@ -371,15 +374,15 @@ class RatingConsumer:
                     log.warning("rating: consumer error: %s", error)
                 continue
             partition, offset = message.partition(), message.offset()
-            if partition is None or offset is None or partition not in self.expected:
+            if partition is None or offset is None or partition not in expected:
                 continue  # revoked while the batch was in flight
-            stored = self.expected[partition]
+            stored = expected[partition]
             if stored is not None and offset < stored:
                 continue  # already committed (a redelivery after pause/resume)
-            if partition not in batch.next_offsets:
-                batch.first_offsets[partition] = offset
-            batch.next_offsets[partition] = offset + 1
-            batch.consumed += 1
+            if partition not in next_offsets:
+                first_offsets[partition] = offset
+            next_offsets[partition] = offset + 1
+            consumed += 1
             value = message.value()
             if value is None:
                 batch.tombstones += 1
@@ -390,9 +393,10 @@ class RatingConsumer:
             except InvalidInput as exc:
                 batch.rejected.append(self._dead_letter(message, exc))
                 continue
-            batch.records.append((message, aggregate))
-            batch.key_partitions[aggregate.key] = partition
-            batch.customers.add(aggregate.customer_id)
+            records.append((message, aggregate))
+            key_partitions[aggregate.key] = partition
+            customers.add(aggregate.customer_id)
+        batch.consumed = consumed
         return batch
 
     def _prepare_timed(self, messages: list[Message]) -> Batch:
