@@ -18,9 +18,9 @@ import os
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -51,6 +51,9 @@ class BenchResult:
     #: the rate; PostgreSQL's own CPU is not in it); 0 when not measured (several workers)
     consumer_cpu_us: float = 0.0
     process_cpu_us: float = 0.0
+    #: CPU microseconds per update of this process's child processes over the same span, by
+    #: program (the embedded stack's PostgreSQL and broker); empty with an external stack
+    children_cpu_us: dict[str, float] = field(default_factory=dict)
 
     def __str__(self) -> str:
         return (
@@ -60,7 +63,8 @@ class BenchResult:
             f"({self.rating_s:.1f} s; start-up {self.startup_s:.1f} s; produce {self.produce_s:.1f} s); "
             f"{self.line_items:,} line items, {self.ledger_entries:,} ledger entries, "
             f"{self.invoice_mismatches} invoice rows differing from their lines; "
-            f"CPU per update: consumer thread {self.consumer_cpu_us:.1f} us, process {self.process_cpu_us:.1f} us\n"
+            f"CPU per update: consumer thread {self.consumer_cpu_us:.1f} us, process {self.process_cpu_us:.1f} us"
+            f"{''.join(f', {name} {us:.1f} us' for name, us in self.children_cpu_us.items())}\n"
             f"  time per step (s): {', '.join(f'{k} {v:.2f}' for k, v in self.timings.items())}"
         )
 
@@ -231,8 +235,16 @@ def bench(
     )
     consumer = RatingConsumer(settings, gc_policy=GcPolicy())  # as main.run() does
     began = time.perf_counter()
-    with _gc_pauses() as pauses:
-        consumer.run(until=lambda c: c.committed_records >= updates)
+    children: list[dict[str, float]] = []  # children's CPU after the first batch, after the last
+
+    def until(c: RatingConsumer) -> bool:
+        done = c.committed_records >= updates
+        if (c.first_batch_at is not None and not children) or done:
+            children.append(_children_cpu())
+        return done
+
+    with _gc_pauses(counting=lambda: consumer.first_batch_at is not None) as pauses:
+        consumer.run(until=until)
     assert consumer.first_batch_at is not None and consumer.last_commit_at is not None
     rating_s = consumer.last_commit_at - consumer.first_batch_at
     assert consumer.first_batch_cpu is not None and consumer.last_commit_cpu is not None
@@ -262,15 +274,55 @@ def bench(
         ledger_entries=entries,
         invoice_mismatches=mismatches,
         billable=billable,
-        timings={**consumer.timings, "gc pauses (all steps)": pauses[0]},
+        timings={**consumer.timings, "gc pauses (all steps, from the first batch)": pauses[0]},
         consumer_cpu_us=consumer_cpu_us,
         process_cpu_us=process_cpu_us,
+        children_cpu_us={
+            name: (children[-1][name] - children[0].get(name, 0.0)) / consumer.committed_records * 1e6
+            for name in sorted(children[-1])
+        },
     )
 
 
+def _children_cpu() -> dict[str, float]:
+    """CPU seconds (user + system) of this process's descendants now, by program name (Linux's
+    /proc; {} elsewhere). A process that exited in between is not counted: PostgreSQL's backends
+    live as long as the consumer's connections, so the span's work is in them."""
+    proc = Path("/proc")
+    if not (proc / "self" / "stat").exists():
+        return {}
+    parents: dict[int, tuple[int, str, float]] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        parents[int(entry.name)] = (int(fields[1]), name, (int(fields[11]) + int(fields[12])) / tick)
+    mine = {os.getpid()}
+    found = True
+    while found:
+        found = False
+        for pid, (ppid, _, _) in parents.items():
+            if ppid in mine and pid not in mine:
+                mine.add(pid)
+                found = True
+    totals: dict[str, float] = {}
+    for pid in mine - {os.getpid()}:
+        _, name, cpu = parents[pid]
+        program = "postgres" if name.startswith("postgres") else name.split("-")[0]
+        totals[program] = totals.get(program, 0.0) + cpu
+    return totals
+
+
 @contextmanager
-def _gc_pauses() -> Iterator[list[float]]:
-    """Seconds the cyclic garbage collector held the process (they fall inside the steps' times)."""
+def _gc_pauses(counting: Callable[[], bool] = lambda: True) -> Iterator[list[float]]:
+    """Seconds the cyclic garbage collector held the process while `counting()` (they fall inside
+    the steps' times)."""
     import gc
 
     total = [0.0]
@@ -279,7 +331,7 @@ def _gc_pauses() -> Iterator[list[float]]:
     def callback(phase: str, _info: dict[str, int]) -> None:
         if phase == "start":
             started[0] = time.perf_counter()
-        else:
+        elif counting():
             total[0] += time.perf_counter() - started[0]
 
     gc.callbacks.append(callback)

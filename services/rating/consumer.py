@@ -16,8 +16,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import defaultdict
-from collections.abc import Callable
+from collections import Counter, defaultdict
+from collections.abc import Callable, Collection
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -198,8 +198,10 @@ class RatingConsumer:
         self._inflight: InFlight | None = None
         #: set when a batch in flight was lost in a rebalance: what was read since must be read again
         self._restart_consumption = False
-        #: customers seen with a credit account (a hint for folding ahead; checked under lock)
+        #: customers seen with a credit account, and all customers whose account this process
+        #: looked for (hints for folding ahead: the batch's transaction checks under lock)
         self._credit_customers: set[str] = set()
+        self._credit_checked: set[str] = set()
         self._last_committed: InFlight | None = None
         self.tracker = DeliveryTracker()
         self.snapshots = SnapshotCache(client, self.topics.snapshots, on_reject=self._reject_snapshot)
@@ -400,6 +402,9 @@ class RatingConsumer:
 
     def _prepare(self, messages: list[Message]) -> Batch:
         batch = Batch(messages)
+        expected, next_offsets, first_offsets = self.expected, batch.next_offsets, batch.first_offsets
+        records, key_partitions, customers = batch.records, batch.key_partitions, batch.customers
+        consumed = 0
         for message in messages:
             error = message.error()
             if error is not None:
@@ -407,15 +412,15 @@ class RatingConsumer:
                     log.warning("rating: consumer error: %s", error)
                 continue
             partition, offset = message.partition(), message.offset()
-            if partition is None or offset is None or partition not in self.expected:
+            if partition is None or offset is None or partition not in expected:
                 continue  # revoked while the batch was in flight
-            stored = self.expected[partition]
+            stored = expected[partition]
             if stored is not None and offset < stored:
                 continue  # already committed (a redelivery after pause/resume)
-            if partition not in batch.next_offsets:
-                batch.first_offsets[partition] = offset
-            batch.next_offsets[partition] = offset + 1
-            batch.consumed += 1
+            if partition not in next_offsets:
+                first_offsets[partition] = offset
+            next_offsets[partition] = offset + 1
+            consumed += 1
             value = message.value()
             if value is None:
                 batch.tombstones += 1
@@ -426,9 +431,10 @@ class RatingConsumer:
             except InvalidInput as exc:
                 batch.rejected.append(self._dead_letter(message, exc))
                 continue
-            batch.records.append((message, aggregate))
-            batch.key_partitions[aggregate.key] = partition
-            batch.customers.add(aggregate.customer_id)
+            records.append((message, aggregate))
+            key_partitions[aggregate.key] = partition
+            customers.add(aggregate.customer_id)
+        batch.consumed = consumed
         return batch
 
     def _prepare_timed(self, messages: list[Message]) -> Batch:
@@ -453,8 +459,7 @@ class RatingConsumer:
 
     def _catch_up_unknown(self, batch: Batch) -> bool:
         """Read new snapshots first when the batch has a customer without one (at most once a second)."""
-        known = self.snapshots.lookup
-        if any(known(customer) is None for customer in batch.customers) and (
+        if not all(map(self.snapshots.lookup, batch.customers)) and (  # (a loop in C; a snapshot is true)
             time.monotonic() - self.snapshots.last_caught_up > 1.0
         ):
             # a customer unknown so far: its snapshot may just have been published
@@ -498,36 +503,58 @@ class RatingConsumer:
                 return None  # `_current` would read the batch again: no use folding this one
         self._catch_up_unknown(batch)
         mark = time.perf_counter()
-        ahead = [
-            ((index, message), aggregate)
-            for index, (message, aggregate) in enumerate(batch.records)
-            if aggregate.customer_id not in self._credit_customers
-        ]
-        if not ahead:
-            return None
-        written, written_credits = inflight.fold.lines, inflight.fold.credits
-        lines: dict[str, dict[str, Line]] = {}
-        credits: dict[str, dict[str, Decimal]] = {}
-        others = []
-        for key in {aggregate.key for _, aggregate in ahead}:
-            key_lines = written.get(key)
-            if key_lines is None:
-                others.append(key)
-                continue
-            lines[key] = dict(key_lines)  # batch N's outcome (a copy: this fold changes it)
-            for line_key in key_lines:
-                if line_key in written_credits:
-                    credits[line_key] = dict(written_credits[line_key])
-        cached, cached_credits, missing = self.line_cache.take(others)
-        lines.update(cached)
-        credits.update(cached_credits)
+        conn: Connection | None = None
         try:
+            unchecked = batch.customers - self._credit_checked
+            if unchecked:  # customers new to this process: which have a credit account (a hint)
+                conn = self.engine.connect()
+                self._note_credit(unchecked, rating_store.credit_customers(conn, unchecked))
+            credit = self._credit_customers
+            if credit.isdisjoint(batch.customers):  # the common case: nobody in the batch has credit
+                ahead = [
+                    ((index, message), aggregate) for index, (message, aggregate) in enumerate(batch.records)
+                ]
+                keys: Collection[str] = batch.key_partitions.keys()
+                customers = set(batch.customers)
+            else:
+                ahead = [
+                    ((index, message), aggregate)
+                    for index, (message, aggregate) in enumerate(batch.records)
+                    if aggregate.customer_id not in credit
+                ]
+                keys = {aggregate.key for _, aggregate in ahead}
+                customers = batch.customers - credit
+            if not ahead:
+                return None
+            written, written_credits = inflight.fold.lines, inflight.fold.credits
+            lines: dict[str, dict[str, Line]] = {}
+            credits: dict[str, dict[str, Decimal]] = {}
+            others = []
+            for key in keys:
+                key_lines = written.get(key)
+                if key_lines is None:
+                    others.append(key)
+                    continue
+                lines[key] = dict(key_lines)  # batch N's outcome (a copy: this fold changes it)
+                for line_key in key_lines:
+                    if line_key in written_credits:
+                        credits[line_key] = dict(written_credits[line_key])
+            cached, cached_credits, missing = self.line_cache.take(others)
+            lines.update(cached)
+            credits.update(cached_credits)
             if missing:  # committed before batch N, and not in memory
-                with self.engine.connect() as conn:
-                    stored_lines, stored_credits = rating_store.load_lines(conn, missing)
+                conn = conn or self.engine.connect()
+                stored_lines, stored_credits = rating_store.load_lines(conn, missing)
                 lines.update(stored_lines)
                 credits.update(stored_credits)
-            stored = {line_key for key_lines in lines.values() for line_key in key_lines}
+        except Exception as exc:  # whatever it is, the fold in the transaction decides
+            log.debug("rating: not folding ahead (%s)", _first_line(exc))
+            return None
+        finally:
+            if conn is not None:
+                conn.close()
+        try:
+            stored = set().union(*lines.values())  # line keys known to exist
             mark = self._tick("load ahead", mark)
             fold = RatingFold(lines=lines, wallets={}, credits=credits)
             rejections = self._fold(fold, ahead, with_credit=set())
@@ -535,8 +562,15 @@ class RatingConsumer:
             log.debug("rating: not folding ahead (%s)", _first_line(exc))
             return None
         self._tick("fold ahead", mark)
-        customers = {aggregate.customer_id for _, aggregate in ahead}
         return Ahead(batch, inflight, fold, customers, rejections, stored)
+
+    def _note_credit(self, checked: Collection[str], with_credit: Collection[str]) -> None:
+        """Remember which of `checked` customers have a credit account (`with_credit`)."""
+        if len(self._credit_checked) > 1_000_000:
+            self._credit_checked.clear()  # hints only: a customer forgotten is looked for again
+            self._credit_customers.clear()
+        self._credit_checked.update(checked)
+        self._credit_customers.update(with_credit)
 
     def _wait(self, inflight: InFlight) -> float:
         """Block until the writer finished `inflight` (its COMMIT time; raises what the writer raised)."""
@@ -675,9 +709,7 @@ class RatingConsumer:
             self._fault("locked")
             wallets = rating_store.load_credit(conn, batch.customers)  # 2
             with_credit = {customer for customer, _ in wallets}
-            if len(self._credit_customers) > 1_000_000:
-                self._credit_customers.clear()  # a hint only
-            self._credit_customers |= with_credit
+            self._note_credit(batch.customers, with_credit)
             if ahead is not None and (
                 ahead.after is not self._last_committed or ahead.customers & with_credit
             ):
@@ -693,7 +725,7 @@ class RatingConsumer:
                 stored_lines, stored_credits = rating_store.load_lines(conn, missing)
                 lines.update(stored_lines)
                 credits.update(stored_credits)
-            stored = {line_key for key_lines in lines.values() for line_key in key_lines}
+            stored = set().union(*lines.values())  # line keys known to exist
             mark = self._tick("load", mark)
             fold = RatingFold(lines=lines, wallets=wallets, credits=credits)
             rejections = self._fold(fold, here, with_credit=with_credit)
@@ -766,8 +798,8 @@ class RatingConsumer:
         metrics.STALE.inc(fold.stale)
         self._account(batch, fold)
         metrics.LINE_ITEMS.inc(len(fold.changed))
-        for entry in fold.entries:
-            metrics.LEDGER_WRITES.labels(entry.entry_type.value).inc()
+        for entry_type, count in Counter(entry.entry_type for entry in fold.entries).items():
+            metrics.LEDGER_WRITES.labels(entry_type.value).inc(count)  # one labels() per type: ~2 us each
         metrics.BATCH_SECONDS.observe(committed_at - inflight.started)
         self.committed_updates += fold.updates
         self.committed_records += len(batch.messages)

@@ -56,11 +56,15 @@ class LineCache:
         if self.max_keys <= 0:
             return
         entries = self._entries
+        move = entries.move_to_end
+        with_credit = credits.keys()
         for key, partition in partitions.items():
             key_lines = lines.get(key, _NONE)
-            used = {lk: credits[lk] for lk in key_lines if lk in credits} if credits else _NONE
-            entries[key] = (partition, key_lines, used)
-            entries.move_to_end(key)
+            if with_credit.isdisjoint(key_lines):  # the common case: no line of the key uses credit
+                entries[key] = (partition, key_lines, _NONE)
+            else:
+                entries[key] = (partition, key_lines, {lk: credits[lk] for lk in key_lines if lk in credits})
+            move(key)
         while len(self._entries) > self.max_keys:
             self._entries.popitem(last=False)
 

@@ -20,7 +20,7 @@ def test_survivors_are_frozen_and_frozen_cycles_are_reclaimed_by_the_next_full_c
     defaults = gc.get_threshold()
     collector = GcPolicy(full_interval_s=3600)
     try:
-        assert gc.get_threshold()[0] == 100_000
+        assert gc.get_threshold()[0] == 1_000_000
         collector.after_batch()  # the first batch: full collection, then freeze
         assert gc.get_freeze_count() > 0
         garbage = Cycle()

@@ -183,6 +183,21 @@ def read_aggregate(value: bytes) -> AggregateUpdate:
     return AggregateUpdate.of(_aggregate_codec.decode(value))
 
 
+def _moment(ms: int) -> datetime:
+    """A timestamp-millis as fastavro makes it (`epoch + timedelta`, UTC)."""
+    if 0 <= ms < _EXACT_FLOAT_MS:
+        return _from_timestamp(ms / 1000, UTC)  # ~3x cheaper; exact here (see _EXACT_FLOAT_MS)
+    return _EPOCH + timedelta(microseconds=ms * 1000)
+
+
+#: below 2**32 seconds (year 2106), ms / 1000 as a float is within 0.5 us of the exact time, so
+#: fromtimestamp's rounding to the microsecond gives exactly the millisecond (tested on every
+#: millisecond boundary case and at random against the codec)
+_EXACT_FLOAT_MS = 2**32 * 1000
+_from_timestamp = datetime.fromtimestamp
+_new = tuple.__new__  # builds the NamedTuple without its Python-level __new__ (~0.25 us less)
+
+
 def _read(data: bytes) -> AggregateUpdate:
     # customer_id and meter: their lengths (one byte each below 64 bytes), then three varints
     pos = HEADER_SIZE
@@ -204,16 +219,76 @@ def _read(data: bytes) -> AggregateUpdate:
         if len(_HEADS) >= _MAX_HEADS:
             _HEADS.clear()
         _HEADS[raw] = head
-    quantity, pos = _decimal(data, end)
-    event_count, pos = _long(data, pos)
-    version, pos = _long(data, pos)
-    last_ms, pos = _long(data, pos)
-    last_event_id, pos = _string(data, pos)
+    # value: decimal(38, 9) as big-endian two's complement bytes
+    size = data[end]
+    if not 0 < size < 0x80:
+        raise _NotFast("decimal size")
+    pos = end + 1
+    end = pos + (size >> 1)
+    if size & 1 or end > len(data):
+        raise _NotFast("decimal bytes")
+    unscaled = int.from_bytes(data[pos:end], "big", signed=True)
+    if not -_MAX_UNSCALED < unscaled < _MAX_UNSCALED:
+        raise _NotFast("decimal beyond 38 digits")
+    quantity = Decimal(unscaled).scaleb(-QUANTITY_SCALE, _DECIMALS)
+    # event_count, version: one byte each while below 64 (inline), else a varint
+    byte = data[end]
+    if byte < 0x80:
+        event_count, pos = (byte >> 1) ^ -(byte & 1), end + 1
+    else:
+        event_count, pos = _long(data, end)
+    byte = data[pos]
+    if byte < 0x80:
+        version, pos = (byte >> 1) ^ -(byte & 1), pos + 1
+    else:
+        version, pos = _long(data, pos)
+    # last_event_at: six bytes from 1970 to 2039 (unrolled), else a varint
+    b0, b1, b2, b3, b4, b5 = data[pos : pos + 6]
+    if b5 < 0x80 and b4 >= 0x80 and b3 >= 0x80 and b2 >= 0x80 and b1 >= 0x80 and b0 >= 0x80:
+        last = (
+            (b0 & 0x7F)
+            | (b1 & 0x7F) << 7
+            | (b2 & 0x7F) << 14
+            | (b3 & 0x7F) << 21
+            | (b4 & 0x7F) << 28
+            | b5 << 35
+        )
+        last_ms, pos = (last >> 1) ^ -(last & 1), pos + 6
+    else:
+        last_ms, pos = _long(data, pos)
+    size = data[pos]
+    if size < 0x80:  # last_event_id, shorter than 64 bytes
+        pos += 1
+        end = pos + (size >> 1)
+        if size & 1 or end > len(data):
+            raise _NotFast("string past the end")
+        last_event_id = data[pos:end].decode()
+        pos = end
+    else:
+        last_event_id, pos = _string(data, pos)
     if data[pos] > 1:
         raise _NotFast("boolean")
-    subscription_id, pos = _optional_string(data, pos + 1)
-    plan_key, pos = _optional_string(data, pos)
-    plan_version, pos = _optional_int(data, pos)
+    pos += 1
+    if data[pos] == 0:  # subscription_id null
+        subscription_id = None
+        pos += 1
+    else:
+        subscription_id, pos = _optional_string(data, pos)
+    if data[pos] == 0:  # plan_key null
+        plan_key = None
+        pos += 1
+    else:
+        plan_key, pos = _optional_string(data, pos)
+    plan_version: int | None = None
+    branch = data[pos]
+    if branch == 0:
+        pos += 1
+    elif branch == 2:
+        plan_version, pos = _long(data, pos + 1)
+        if not -(2**31) <= plan_version < 2**31:
+            raise _NotFast("int out of range")
+    else:
+        raise _NotFast("union branch")
     # updated_at (rating does not use it): a varint of up to 6 bytes is a timestamp before 2039;
     # a longer one is decoded, since fastavro refuses one beyond year 9999
     end = _VARINT.match(data, pos).end()  # type: ignore[union-attr]
@@ -226,21 +301,24 @@ def _read(data: bytes) -> AggregateUpdate:
         segments, end = _segments(data, end)
         if end != len(data):
             raise _NotFast("trailing bytes")  # the codec names them (reason undecodable)
-    return AggregateUpdate(
-        head.key,
-        head.customer_id,
-        head.meter,
-        head.period_start,
-        head.period_end,
-        quantity,
-        event_count,
-        version,
-        _EPOCH + timedelta(microseconds=last_ms * 1000),
-        last_event_id,
-        subscription_id,
-        plan_key,
-        plan_version,
-        segments,
+    return _new(  # type: ignore[no-any-return]
+        AggregateUpdate,
+        (
+            head.key,
+            head.customer_id,
+            head.meter,
+            head.period_start,
+            head.period_end,
+            quantity,
+            event_count,
+            version,
+            _moment(last_ms),
+            last_event_id,
+            subscription_id,
+            plan_key,
+            plan_version,
+            segments,
+        ),
     )
 
 
