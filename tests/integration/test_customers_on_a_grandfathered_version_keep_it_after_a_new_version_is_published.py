@@ -153,9 +153,10 @@ def test_customers_on_a_grandfathered_version_keep_it_after_a_new_version_is_pub
                 "SELECT message_key, available_at, payload->>'plan_version' FROM catalog_outbox "
                 "WHERE published_at IS NULL AND superseded_by IS NULL ORDER BY 1, 2",
             )
+            # each keyed by its customer and the moment its terms start (records.snapshot_key)
             assert [(key, version) for key, at, version in pending if at > after] == [
-                ("acme", "2"),
-                ("globex", "2"),
+                (f"acme|{end.isoformat()}", "2"),
+                (f"globex|{end.isoformat()}", "2"),
             ]
             assert {at for _, at, version in pending if version == "2"} == {end}
             assert http.post("/v1/customers", json={"customer_id": "hooli"}).status_code == 201
