@@ -44,12 +44,11 @@ class DatedTerms:
     def __len__(self) -> int:
         return len(self.newest_by_customer)
 
-    def remember(self, snapshot: EntitlementSnapshot) -> bool:
-        """Keep `snapshot`; True when it is (or ties) the customer's newest version."""
+    def remember(self, snapshot: EntitlementSnapshot) -> None:
+        """Keep `snapshot` (the customer's newest when its version is, or ties, the highest read)."""
         customer = snapshot.customer_id
         known = self.newest_by_customer.get(customer)
-        newest = known is None or snapshot.version >= known.version
-        if newest:
+        if known is None or snapshot.version >= known.version:
             self.newest_by_customer[customer] = snapshot
         dated = self.dated.get(customer)
         if dated is None and (snapshot.valid_from is not None or snapshot.valid_to is not None):
@@ -58,10 +57,9 @@ class DatedTerms:
             entry = _interval(snapshot)
             same_start = [held for held in dated if held[0] == entry[0]]
             if any(held[2] > entry[2] for held in same_start):
-                return newest  # an older copy of terms held in a newer version (one key on the topic)
+                return  # an older copy of terms held in a newer version (one key on the topic)
             kept = [held for held in dated if held[0] != entry[0]]
             self.dated[customer] = sorted([*kept, entry], key=lambda held: -held[2])
-        return newest
 
     def forget(self, customer_id: str) -> None:
         """A tombstone: nothing is known of the customer any more."""
