@@ -31,7 +31,6 @@ SIGKILLed worker (whose flock the kernel released) is removed before opening.
 from __future__ import annotations
 
 import fcntl
-import json
 import logging
 import os
 from collections.abc import Iterable, Iterator
@@ -39,7 +38,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO
 
-from rocksdict import Options, Rdict, WriteBatch
+import orjson
+from rocksdict import BlockBasedOptions, Options, Rdict, WriteBatch
 
 from metergate.domain.aggregation import PeriodTotal, RunningTotal, SegmentTotal
 from metergate.domain.dedup import FirstSeen
@@ -81,11 +81,11 @@ class Watermark:
             del state["marks"]
         if not self.guards:
             del state["guards"]
-        return json.dumps(state, separators=(",", ":")).encode()
+        return orjson.dumps(state)
 
     @classmethod
     def decode(cls, raw: bytes) -> Watermark:
-        return cls(**json.loads(raw))
+        return cls(**orjson.loads(raw))
 
 
 def encode_total(found: PeriodTotal) -> bytes:
@@ -103,13 +103,13 @@ def encode_total(found: PeriodTotal) -> bytes:
         state["ts"] = found.terms_start_ms
     if found.segments is not None:
         state["sg"] = [segment.to_state() for segment in found.segments]
-    return json.dumps(state, separators=(",", ":")).encode()
+    return orjson.dumps(state)
 
 
 def decode_total(raw: bytes) -> PeriodTotal:
     """A total `encode_total` wrote (one written before terms segments existed has none: every
     event of it under its own terms)."""
-    state = json.loads(raw)
+    state = orjson.loads(raw)
     total = RunningTotal.from_state(state)
     segments = state.get("sg")
     return PeriodTotal(
@@ -148,11 +148,11 @@ def encode_dedup_group(entries: Iterable[tuple[str, str, FirstSeen]]) -> bytes:
         [customer, event_id, seen.partition, seen.offset, seen.event_ms]
         for customer, event_id, seen in entries
     ]
-    return json.dumps(rows, separators=(",", ":")).encode()
+    return orjson.dumps(rows)
 
 
 def decode_dedup_group(raw: bytes) -> Iterator[tuple[str, str, FirstSeen]]:
-    for customer, event_id, partition, offset, event_ms in json.loads(raw):
+    for customer, event_id, partition, offset, event_ms in orjson.loads(raw):
         yield customer, event_id, FirstSeen(partition, offset, event_ms)
 
 
@@ -199,6 +199,13 @@ class StateStore:
     def _open(path: Path) -> Rdict:
         options = Options(raw_mode=True)
         options.create_if_missing(True)
+        # Most dedup lookups are of events never seen: a bloom filter per table answers "not
+        # here" without reading its blocks. Measured (ops.bench_metering, 800k-event backlog):
+        # 27.2k -> 32.5k events/s; keeping index and filter blocks in a block cache of their own
+        # made it slower (22.5k).
+        table = BlockBasedOptions()
+        table.set_bloom_filter(10, False)
+        options.set_block_based_table_factory(table)
         # We hold owner.lock, so no live worker uses this directory: a RocksDB LOCK file here was
         # left by a worker that was killed. RocksDB's own lock is an fcntl lock the kernel released
         # with the dead process; remove the file anyway so a stale one can never block a restart.
@@ -247,7 +254,7 @@ class StateStore:
             assert isinstance(key, bytes) and isinstance(raw, bytes)
             if not key.startswith(AGGREGATE):
                 break
-            if json.loads(raw)["pe"] < horizon:
+            if orjson.loads(raw)["pe"] < horizon:
                 batch.delete(key)
                 removed += 1
         if removed:
