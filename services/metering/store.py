@@ -201,7 +201,7 @@ class StateStore:
         options.create_if_missing(True)
         # Most dedup lookups are of events never seen: a bloom filter per table answers "not
         # here" without reading its blocks. Measured (ops.bench_metering, 800k-event backlog):
-        # 27.2k -> 32.5k events/s; keeping index and filter blocks in a block cache of their own
+        # 27.2k -> 29.2-32.5k events/s (two runs); keeping index and filter blocks in a block cache of their own
         # made it slower (22.5k).
         table = BlockBasedOptions()
         table.set_bloom_filter(10, False)

@@ -30,14 +30,12 @@ names the same events), and `emitted`, the limit events already sent for this pe
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from decimal import Context, Decimal
+from decimal import Decimal
 from typing import Any
 
-from metergate.domain.records import MAX_QUANTITY, Aggregation
+from metergate.domain.records import MAX_QUANTITY, QUANTITY_CONTEXT, Aggregation
 
 _ZERO = Decimal(0)
-#: sums are exact: the default context keeps 28 digits, a quantity alone may have 38
-_EXACT = Context(prec=80)
 
 
 @dataclass(slots=True)
@@ -55,7 +53,9 @@ class RunningTotal:
 
     def would_overflow(self, quantity: Decimal) -> bool:
         """Folding `quantity` would take a SUM past decimal(38, 9) (the wire type of every total)."""
-        return self.aggregation is Aggregation.SUM and _EXACT.add(self.value, quantity) > MAX_QUANTITY
+        return (
+            self.aggregation is Aggregation.SUM and QUANTITY_CONTEXT.add(self.value, quantity) > MAX_QUANTITY
+        )
 
     def fold(self, quantity: Decimal, event_ms: int, event_id: str, unique_value: str | None = None) -> None:
         """Fold one accepted event in. The caller has already checked it is not applied yet."""
@@ -63,9 +63,9 @@ class RunningTotal:
         first = self.event_count == 0
         self.event_count += 1
         if aggregation is Aggregation.SUM:
-            self.value = _EXACT.add(self.value, quantity)
+            self.value = QUANTITY_CONTEXT.add(self.value, quantity)
         elif aggregation is Aggregation.COUNT:
-            self.value = _EXACT.add(self.value, 1)
+            self.value = QUANTITY_CONTEXT.add(self.value, 1)
         elif aggregation is Aggregation.MAX:
             if first or quantity > self.value:
                 self.value = quantity

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import enum
 from datetime import UTC, datetime
-from decimal import Decimal
+from decimal import Context, Decimal
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -24,6 +24,9 @@ from metergate.errors import InvalidEvent
 #: Quantities travel as Avro decimal(38, 9): at most 9 digits after the point, 29 before.
 QUANTITY_SCALE = 9
 QUANTITY_PRECISION = 38
+#: arithmetic on quantities that never rounds: the default context keeps 28 digits, a decimal(38, 9)
+#: has 38, and sums of them stay far below 80
+QUANTITY_CONTEXT = Context(prec=80)
 #: Prices travel as Avro decimal(38, 12) (a per-token price can be 0.000002).
 PRICE_SCALE = 12
 PRICE_PRECISION = 38

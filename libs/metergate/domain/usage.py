@@ -43,14 +43,19 @@ import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import Context, Decimal
+from decimal import Decimal
 from typing import Any
 
-from metergate.domain.records import QUANTITY_PRECISION, QUANTITY_SCALE, Aggregation, MeterDefinition
+from metergate.domain.records import (
+    QUANTITY_CONTEXT,
+    QUANTITY_PRECISION,
+    QUANTITY_SCALE,
+    Aggregation,
+    MeterDefinition,
+)
 
 _ZERO = Decimal(0)
 _SCALE_STEP = Decimal(1).scaleb(-QUANTITY_SCALE)
-_EXACT = Context(prec=80)  # quantities below 10^29 with 9 decimals: 38 digits, never rounded
 #: a quantity must be below 10^29 (decimal(38, 9)); compared by exponent, not through a rounded constant
 _MAX_ADJUSTED = QUANTITY_PRECISION - QUANTITY_SCALE - 1
 
@@ -197,7 +202,7 @@ def check_shape(datum: dict[str, Any]) -> Rejection | None:
         return Rejection("invalid_quantity", f"quantity: must be >= 0, got {quantity}")
     if quantity.adjusted() > _MAX_ADJUSTED:
         return Rejection("invalid_quantity", f"quantity: must be below 10^29, got {quantity:.6E}")
-    if quantity != _EXACT.quantize(quantity, _SCALE_STEP):  # (as_tuple() would cost 4x as much)
+    if quantity != QUANTITY_CONTEXT.quantize(quantity, _SCALE_STEP):  # (as_tuple() would cost 4x as much)
         return Rejection("invalid_quantity", f"quantity: more than {QUANTITY_SCALE} digits after the point")
     timestamp = datum.get("timestamp")
     if isinstance(timestamp, int) and not isinstance(timestamp, bool):

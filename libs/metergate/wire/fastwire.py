@@ -41,6 +41,7 @@ import fastavro
 
 from metergate.domain.rating import AggregateUpdate, SegmentUpdate
 from metergate.domain.records import (
+    QUANTITY_CONTEXT,
     QUANTITY_PRECISION,
     QUANTITY_SCALE,
     UsageAggregate,
@@ -400,8 +401,6 @@ def _plain(schema: Any) -> Any:
 
 
 _PLAIN_EVENT = _plain(_EVENT.parsed)
-#: exact for every decimal(38, 9) (the default context keeps 28 digits and would round)
-_EXACT80 = Context(prec=80)
 
 
 def read_event(value: bytes | None) -> dict[str, Any]:
@@ -429,7 +428,7 @@ def read_event(value: bytes | None) -> dict[str, Any]:
             )
         assert isinstance(datum, dict)
         unscaled = int.from_bytes(datum["quantity"], "big", signed=True)
-        datum["quantity"] = Decimal(unscaled).scaleb(-QUANTITY_SCALE, _EXACT80)
+        datum["quantity"] = Decimal(unscaled).scaleb(-QUANTITY_SCALE, QUANTITY_CONTEXT)
         return datum
     datum = _event_codec.decode_dict(value)  # other writer versions, or the codec's error
     timestamp = datum["timestamp"]
@@ -464,8 +463,8 @@ def _put_string(out: bytearray, value: str) -> None:
 
 
 def _put_decimal(out: bytearray, value: Decimal) -> None:
-    unscaled = int(value.scaleb(QUANTITY_SCALE, _EXACT80))
-    if Decimal(unscaled).scaleb(-QUANTITY_SCALE, _EXACT80) != value:
+    unscaled = int(value.scaleb(QUANTITY_SCALE, QUANTITY_CONTEXT))
+    if Decimal(unscaled).scaleb(-QUANTITY_SCALE, QUANTITY_CONTEXT) != value:
         raise ValueError(f"{value} has more than {QUANTITY_SCALE} digits after the point")
     # as fastavro sizes it (bit_length + 1 sign bit, rounded up to bytes): the same bytes as the
     # codec, including the negatives whose minimal form would be one byte shorter (-128 -> ff 80)
@@ -600,7 +599,7 @@ def _event_by_hand(data: bytes) -> dict[str, Any]:
         "customer_id": customer_id,
         "subject_id": subject_id,
         "meter": meter,
-        "quantity": Decimal(unscaled).scaleb(-QUANTITY_SCALE, _EXACT80),
+        "quantity": Decimal(unscaled).scaleb(-QUANTITY_SCALE, QUANTITY_CONTEXT),
         "timestamp": timestamp,
         "properties": properties,
         "source": source,
