@@ -6,7 +6,8 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: demo test lint bench clean-venv
 
-$(STAMP): pyproject.toml
+# setup.py compiles libs/metergate/wire/fastwire.py (types in fastwire.pxd): a change to either rebuilds
+$(STAMP): pyproject.toml setup.py libs/metergate/wire/fastwire.py libs/metergate/wire/fastwire.pxd
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -m pip install --quiet --upgrade pip
 	@$(BIN)/python -m pip install --quiet -e ".[test]"
@@ -18,14 +19,14 @@ demo: $(STAMP)
 
 ## Run the whole test suite (unit, integration, e2e) against real services.
 test: $(STAMP)
-	$(BIN)/ruff check libs services tests ops
-	$(BIN)/ruff format --check libs services tests ops
+	$(BIN)/ruff check libs services tests ops setup.py
+	$(BIN)/ruff format --check libs services tests ops setup.py
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check libs services tests ops
-	$(BIN)/ruff format --check libs services tests ops
+	$(BIN)/ruff check libs services tests ops setup.py
+	$(BIN)/ruff format --check libs services tests ops setup.py
 	$(BIN)/mypy
 
 bench: $(STAMP)

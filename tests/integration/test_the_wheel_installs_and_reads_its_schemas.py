@@ -1,5 +1,6 @@
 """A wheel built from the project installs into a fresh virtual environment, where `metergate --help`
-runs and the codec finds its Avro schemas (package data) and round-trips a record."""
+runs, the codec finds its Avro schemas (package data) and round-trips a record, and the hot records'
+reader is the compiled one."""
 
 from __future__ import annotations
 
@@ -18,11 +19,13 @@ ROUND_TRIP = """
 from datetime import UTC, datetime
 from decimal import Decimal
 from metergate.domain.records import UsageEvent
+from metergate.wire import fastwire
 from metergate.wire.codec import codec, schemas_dir
 event = UsageEvent(event_id="w-1", customer_id="acme", meter="api_calls", quantity=Decimal("2.5"),
                    timestamp=datetime(2026, 3, 1, tzinfo=UTC))
 data = codec(UsageEvent).encode(event)
 assert codec(UsageEvent).decode(data) == event
+assert fastwire.COMPILED and fastwire.read_event(data)["quantity"] == Decimal("2.5")
 print(schemas_dir(), data[:10].hex(" "))
 """
 
@@ -35,7 +38,7 @@ def _run(*args: str | Path, cwd: Path) -> str:
 
 def test_the_wheel_installs_and_reads_its_schemas(tmp_path):
     source = tmp_path / "source"  # a copy: building must not leave build/ or *.egg-info in the checkout
-    listed = _run("git", "ls-files", "pyproject.toml", "README.md", "libs", "services", "schemas", cwd=ROOT)
+    listed = _run("git", "ls-files", "pyproject.toml", "setup.py", "README.md", "libs", "services", "schemas", cwd=ROOT)
     for name in listed.splitlines():
         (source / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, source / name)
@@ -44,7 +47,10 @@ def test_the_wheel_installs_and_reads_its_schemas(tmp_path):
     )
     (wheel,) = (tmp_path / "dist").glob("metergate-*.whl")
     with zipfile.ZipFile(wheel) as archive:
-        shipped = sorted(n for n in archive.namelist() if n.endswith(".avsc"))
+        names = archive.namelist()
+        shipped = sorted(n for n in names if n.endswith(".avsc"))
+    compiled = [n for n in names if n.startswith("metergate/wire/fastwire.") and n.endswith(".so")]
+    assert len(compiled) == 1, names  # the hot records' reader ships compiled
     assert shipped == sorted(  # the current schemas and the older writers in history/
         f"metergate/schemas/{p.relative_to(ROOT / 'schemas').as_posix()}"
         for p in (ROOT / "schemas").rglob("*.avsc")

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import io
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 
+import fastavro
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from metergate.domain.records import Aggregation, UsageAggregate, UsageEvent
 from metergate.errors import DecodeError
+from metergate.wire import fastwire
 from metergate.wire.codec import codec
 from metergate.wire.fastwire import read_event, with_segments, write_aggregate
 
@@ -217,3 +221,64 @@ def test_garbage_after_the_header_is_undecodable_or_read_as_fastavro_reads_it(bo
         return
     reference["timestamp"] = (reference["timestamp"] - EPOCH) // timedelta(milliseconds=1)
     assert read_event(value) == reference
+
+
+def _event_with_timestamp_bytes(varint: bytes) -> bytes:
+    """A UsageEvent value whose timestamp field is `varint` (any bytes, valid or not)."""
+    head = codec(UsageEvent).encode_dict(
+        {"event_id": "e", "customer_id": "c", "meter": "m", "quantity": Decimal(1), "timestamp": moment(0)}
+    )
+    # the body after the header: "e", "c", null subject, "m", quantity 1 (0x3b9aca00, 4 bytes)
+    fields = b"\x02e\x02c\x00\x02m\x08" + (10**9).to_bytes(4, "big")
+    assert head[10:].startswith(fields)
+    return head[: 10 + len(fields)] + varint + b"\x00\x00"  # no properties, null source
+
+
+def _zigzag(value: int) -> bytes:
+    out = io.BytesIO()
+    fastavro.schemaless_writer(out, "long", value)
+    return out.getvalue()
+
+
+@example(-(2**63))
+@example(2**63 - 1)
+@example(2**62)
+@example(-1)
+@given(st.integers(-(2**63), 2**63 - 1))
+def test_every_64_bit_long_reads_as_fastavro_reads_it(ms):
+    value = _event_with_timestamp_bytes(_zigzag(ms))
+    assert read_event(value)["timestamp"] == ms
+
+
+@pytest.mark.parametrize(
+    "varint",
+    [
+        b"\xff" * 9 + b"\x01",  # the largest zigzag varint: -(2**63)
+        b"\xff" * 9 + b"\x02",  # one bit beyond 64
+        b"\xff" * 10 + b"\x01",  # eleven bytes
+        b"\x80",  # cut short by the end of the record
+    ],
+)
+def test_a_long_beyond_64_bits_or_cut_short_is_read_or_refused_as_fastavro_does(varint):
+    value = _event_with_timestamp_bytes(varint)
+    try:
+        reference = fastavro.schemaless_reader(io.BytesIO(value[10:]), fastwire._PLAIN_EVENT, None)
+    except Exception:  # fastavro raises many types
+        with pytest.raises(DecodeError) as caught:
+            read_event(value)
+        assert caught.value.reason == "undecodable"
+        return
+    assert read_event(value)["timestamp"] == reference["timestamp"]
+
+
+def test_the_installed_package_runs_the_compiled_reader_built_from_the_current_source():
+    assert fastwire.COMPILED, (
+        "metergate.wire.fastwire is the uncompiled source: build it with `make .venv/.installed` "
+        "(pip install -e .)"
+    )
+    built = Path(fastwire.__file__)
+    for source in (built.with_name("fastwire.py"), built.with_name("fastwire.pxd")):
+        if source.exists():  # an editable install: the build must be newer than its source
+            assert built.stat().st_mtime >= source.stat().st_mtime, (
+                f"{built.name} is older than {source.name}: rebuild with `pip install -e .`"
+            )

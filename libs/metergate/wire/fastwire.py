@@ -1,40 +1,40 @@
-"""Hot records read by hand, with exactly the results of `metergate.wire.codec`.
+"""Hot records read and written by hand, with exactly the results of `metergate.wire.codec`.
 
 The codec (fastavro + a pydantic model) costs ~30 us per UsageAggregate: fastavro's generic set-up
-per call, its logical-type conversions, then model validation. A consumer that reads tens of
-thousands of aggregates per second spends most of its time there. This module reads the current
-UsageAggregate schema directly (Avro binary: zigzag varints, length-prefixed strings and bytes,
-union branch indexes) in a few microseconds, with the same results:
+per call, its logical-type conversions, then model validation. The metering worker and the rating
+consumer handle tens of thousands of records per second, so their hot records are read and written
+here field by field (Avro binary: zigzag varints, length-prefixed strings and bytes, union branch
+indexes), with the same results:
 
-- timestamps as fastavro makes them (`epoch + timedelta`, UTC), decimals as fastavro makes them
-  (38-digit context, scale 9: `Decimal('1234.000000000')`);
-- the model's constraints checked (identifiers 1-256 characters);
-- anything else (another writer schema, a record of another kind, a corrupt body, a value the
-  fast path does not handle exactly the way fastavro does) goes through the codec, so errors carry
-  the codec's reason codes (`not_avro`, `unknown_schema`, `unexpected_schema`, `undecodable`,
-  `invalid_record`) and messages.
-
-Unit tests compare it with the codec on random records and on corrupt bytes.
-
-The metering worker's two hot records are here too, byte for byte the codec's format (unit tests
-compare the bytes):
+- `read_aggregate(value)`: a usage.aggregates value as an `AggregateUpdate` (rating). Timestamps as
+  fastavro makes them (`epoch + timedelta`, UTC), decimals as fastavro makes them (38-digit
+  context, scale 9: `Decimal('1234.000000000')`), the model's constraints checked (identifiers
+  1-256 characters);
 - `read_event(value)`: a UsageEvent datum with `timestamp` as int milliseconds and `quantity` as a
-  Decimal (fastavro on the schema without logical types: ~10 µs per event less than converting
-  timestamps to datetimes and back); records of an older schema version go through the codec;
+  Decimal (metering); records of an older schema version go through the codec;
 - `write_aggregate(...)`: a UsageAggregate record from plain values (timestamps in milliseconds),
-  without fastavro's ~15 µs of generic set-up per record; `with_segments(record, segments)` adds
-  the terms segments of a total whose terms changed during the period (the reader reads them too).
+  byte for byte the codec's; `with_segments(record, segments)` adds the terms segments of a total
+  whose terms changed during the period.
+
+Anything the fast path does not decide (another writer schema, a record of another kind, a corrupt
+body, a value it does not handle exactly the way fastavro does) goes through the codec or
+fastavro, so errors carry the codec's reason codes (`not_avro`, `unknown_schema`,
+`unexpected_schema`, `undecodable`, `invalid_record`) and messages. Unit tests compare both
+directions with the codec on random records and on corrupt bytes.
+
+Compiled: the build (`pip install -e .`, setup.py) compiles this module with Cython, with the C
+types declared beside it in `fastwire.pxd` (the position and varints as C integers, the reader's
+methods as C calls). The source stays plain Python and runs as it is where it was not compiled,
+with the same results; `COMPILED` says which one is loaded.
 """
 
 from __future__ import annotations
 
 import copy
 import io
-import re
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Context, Decimal
-from functools import lru_cache
 from typing import Any, NamedTuple
 
 import fastavro
@@ -51,13 +51,17 @@ from metergate.domain.records import (
 from metergate.errors import DecodeError
 from metergate.wire.codec import HEADER_SIZE, MAGIC, codec, registry
 
+#: True when the Cython build of this module is loaded (a compiled module has no `__file__`
+#: ending in .py)
+COMPILED = not __file__.endswith(".py")
+
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MS = timedelta(milliseconds=1)
 _aggregate_codec = codec(UsageAggregate)
 _AGGREGATE = registry().current["UsageAggregate"]
 _AGGREGATE_HEADER = MAGIC + _AGGREGATE.fingerprint
 _FIELDS = [field["name"] for field in _AGGREGATE.parsed["fields"]]
-#: the field order this reader is written for; a schema change must update it (checked at import)
+#: the field order this module is written for; a schema change must update it (checked at import)
 _READS = [
     "customer_id",
     "meter",
@@ -83,63 +87,114 @@ _AGGREGATIONS = len(
 )
 _MAX_UNSCALED = 10**QUANTITY_PRECISION  # beyond it fastavro's 38-digit context would round
 _DECIMALS = Context(prec=QUANTITY_PRECISION)
-_LONG_MIN, _LONG_MAX = -(2**63), 2**63 - 1
+_INT_MIN, _INT_MAX = -(2**31), 2**31 - 1
 
 
 class _NotFast(Exception):
     """The fast path does not decide this record: the codec does."""
 
 
-def _long(data: bytes, pos: int) -> tuple[int, int]:
-    """A zigzag varint (Avro int/long) at `pos`: (value, next position)."""
-    byte = data[pos]
-    if byte < 0x80:
-        return (byte >> 1) ^ -(byte & 1), pos + 1
-    value = byte & 0x7F
-    shift = 7
-    while True:
-        pos += 1
+class _Reader:
+    """One record's bytes and a position in them; every read moves the position past what it read.
+
+    Past the end: IndexError (from indexing) or _NotFast; invalid UTF-8: UnicodeDecodeError. The
+    callers hand each of these to the codec, which words the error.
+    """
+
+    def __init__(self, data: bytes, pos: int) -> None:
+        self.data = data
+        self.pos = pos
+        self.size = len(data)
+
+    def byte(self) -> int:
+        value = self.data[self.pos]
+        self.pos += 1
+        return value
+
+    def varint(self) -> int:
+        """A zigzag varint (Avro int/long): at most 10 bytes, within a signed 64-bit long."""
+        data = self.data
+        pos = self.pos
         byte = data[pos]
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            break
-        shift += 7
-        if shift > 63:
-            raise _NotFast("varint longer than 10 bytes")
-    value = (value >> 1) ^ -(value & 1)
-    if not _LONG_MIN <= value <= _LONG_MAX:
-        raise _NotFast("long out of range")
-    return value, pos + 1
+        value = byte & 0x7F
+        shift = 7
+        while byte >= 0x80:
+            pos += 1
+            byte = data[pos]
+            if shift == 63 and byte > 1:
+                raise _NotFast("varint beyond a 64-bit long")
+            part = byte & 0x7F  # a 64-bit integer when compiled, so the shift cannot overflow
+            value |= part << shift
+            shift += 7
+        self.pos = pos + 1
+        return (value >> 1) ^ -(value & 1)
 
+    def _end_of(self, size: int) -> int:
+        end = self.pos + size
+        if size < 0 or end > self.size:
+            raise _NotFast("length past the end")
+        return end
 
-def _string(data: bytes, pos: int) -> tuple[str, int]:
-    size, pos = _long(data, pos)
-    end = pos + size
-    if size < 0 or end > len(data):
-        raise _NotFast("string past the end")
-    return data[pos:end].decode(), end
+    def text(self) -> str:
+        end = self._end_of(self.varint())
+        start = self.pos
+        self.pos = end
+        return self.data[start:end].decode()
 
+    def identifier(self) -> str:
+        text = self.text()
+        if not 1 <= len(text) <= 256:
+            raise _NotFast("identifier length")  # the model refuses it: the codec says how
+        return text
 
-def _identifier(data: bytes, pos: int) -> tuple[str, int]:
-    text, pos = _string(data, pos)
-    if not 1 <= len(text) <= 256:
-        raise _NotFast("identifier length")  # the model refuses it: the codec says how
-    return text, pos
+    def skip_text(self) -> None:
+        self.pos = self._end_of(self.varint())
 
+    def optional_text(self) -> str | None:
+        branch = self.byte()
+        if branch == 0:
+            return None
+        if branch != 2:
+            raise _NotFast("union branch")
+        return self.text()
 
-def _optional_string(data: bytes, pos: int) -> tuple[str | None, int]:
-    branch = data[pos]
-    if branch == 0:
-        return None, pos + 1
-    if branch != 2:
-        raise _NotFast("union branch")
-    return _string(data, pos + 1)
+    def optional_int(self) -> int | None:
+        branch = self.byte()
+        if branch == 0:
+            return None
+        if branch != 2:
+            raise _NotFast("union branch")
+        value = self.varint()
+        if not _INT_MIN <= value <= _INT_MAX:
+            raise _NotFast("int out of range")
+        return value
 
+    def unscaled(self, size: int) -> int:
+        """`size` bytes of a decimal: a big-endian two's complement integer."""
+        end = self._end_of(size)
+        start = self.pos
+        self.pos = end
+        if size > 7:
+            return int.from_bytes(self.data[start:end], "big", signed=True)
+        data = self.data
+        value = -1 if size and data[start] >= 0x80 else 0  # the sign extended
+        for pos in range(start, end):
+            byte = data[pos]
+            value = value * 256 + byte
+        return value
 
-#: one varint: up to 9 bytes with the high bit set, then one without (found in C, not in a loop)
-_VARINT = re.compile(rb"[\x80-\xff]{0,9}[\x00-\x7f]")
-#: the end of aggregation, period_start, period_end (three varints) after the two identifiers
-_KEY_TAIL = re.compile(rb"[\x00-\x7f](?:[\x80-\xff]{0,9}[\x00-\x7f]){2}")
+    def decimal(self) -> Decimal:
+        """A decimal(38, 9) as fastavro makes it (38-digit context, scale 9)."""
+        size = self.byte()
+        if not 0 < size < 0x80 or size & 1:
+            raise _NotFast("decimal size")
+        unscaled = self.unscaled(size >> 1)
+        if not -_MAX_UNSCALED < unscaled < _MAX_UNSCALED:
+            raise _NotFast("decimal beyond 38 digits")
+        return Decimal(unscaled).scaleb(-QUANTITY_SCALE, _DECIMALS)
+
+    def done(self) -> bool:
+        return self.pos == self.size
 
 
 class _Head(NamedTuple):
@@ -157,18 +212,17 @@ _HEADS: dict[bytes, _Head] = {}
 _MAX_HEADS = 200_000
 
 
-def _head(data: bytes, pos: int, end: int) -> _Head:
-    customer_id, pos = _identifier(data, pos)
-    meter, pos = _identifier(data, pos)
-    aggregation, pos = _long(data, pos)
+def _head(raw: bytes) -> _Head:
+    reader = _Reader(raw, 0)
+    customer_id = reader.identifier()
+    meter = reader.identifier()
+    aggregation = reader.varint()
     if not 0 <= aggregation < _AGGREGATIONS:
         raise _NotFast("enum index")
-    start_ms, pos = _long(data, pos)
-    end_ms, pos = _long(data, pos)
-    if pos != end:
+    period_start = _EPOCH + timedelta(microseconds=reader.varint() * 1000)
+    period_end = _EPOCH + timedelta(microseconds=reader.varint() * 1000)
+    if not reader.done():
         raise _NotFast("head length")
-    period_start = _EPOCH + timedelta(microseconds=start_ms * 1000)
-    period_end = _EPOCH + timedelta(microseconds=end_ms * 1000)
     return _Head(
         aggregate_key(customer_id, meter, period_start), customer_id, meter, period_start, period_end
     )
@@ -176,10 +230,10 @@ def _head(data: bytes, pos: int, end: int) -> _Head:
 
 def read_aggregate(value: bytes) -> AggregateUpdate:
     """Decode a usage.aggregates value (raises DecodeError with the codec's reason codes)."""
-    if value[:HEADER_SIZE] == _AGGREGATE_HEADER:
+    if value.startswith(_AGGREGATE_HEADER):
         try:
             return _read(value)
-        except (_NotFast, IndexError, UnicodeDecodeError, OverflowError, ValueError, AttributeError):
+        except (_NotFast, IndexError, UnicodeDecodeError, OverflowError, ValueError):
             pass
     return AggregateUpdate.of(_aggregate_codec.decode(value))
 
@@ -200,108 +254,36 @@ _new = tuple.__new__  # builds the NamedTuple without its Python-level __new__ (
 
 
 def _read(data: bytes) -> AggregateUpdate:
-    # customer_id and meter: their lengths (one byte each below 64 bytes), then three varints
-    pos = HEADER_SIZE
-    size = data[pos]
-    if size >= 0x80:
-        _, pos = _string(data, pos)
-    else:
-        pos += 1 + (size >> 1)
-    size = data[pos]
-    if size >= 0x80:
-        _, pos = _string(data, pos)
-    else:
-        pos += 1 + (size >> 1)
-    end = _KEY_TAIL.match(data, pos).end()  # type: ignore[union-attr]  # None: AttributeError
-    raw = data[HEADER_SIZE:end]
+    reader = _Reader(data, HEADER_SIZE)
+    # customer_id, meter, aggregation, period_start, period_end: decoded once per key (_HEADS)
+    reader.skip_text()
+    reader.skip_text()
+    reader.varint()
+    reader.varint()
+    reader.varint()
+    raw = data[HEADER_SIZE : reader.pos]
     head = _HEADS.get(raw)
     if head is None:
-        head = _head(data, HEADER_SIZE, end)
+        head = _head(raw)
         if len(_HEADS) >= _MAX_HEADS:
             _HEADS.clear()
         _HEADS[raw] = head
-    # value: decimal(38, 9) as big-endian two's complement bytes
-    size = data[end]
-    if not 0 < size < 0x80:
-        raise _NotFast("decimal size")
-    pos = end + 1
-    end = pos + (size >> 1)
-    if size & 1 or end > len(data):
-        raise _NotFast("decimal bytes")
-    unscaled = int.from_bytes(data[pos:end], "big", signed=True)
-    if not -_MAX_UNSCALED < unscaled < _MAX_UNSCALED:
-        raise _NotFast("decimal beyond 38 digits")
-    quantity = Decimal(unscaled).scaleb(-QUANTITY_SCALE, _DECIMALS)
-    # event_count, version: one byte each while below 64 (inline), else a varint
-    byte = data[end]
-    if byte < 0x80:
-        event_count, pos = (byte >> 1) ^ -(byte & 1), end + 1
-    else:
-        event_count, pos = _long(data, end)
-    byte = data[pos]
-    if byte < 0x80:
-        version, pos = (byte >> 1) ^ -(byte & 1), pos + 1
-    else:
-        version, pos = _long(data, pos)
-    # last_event_at: six bytes from 1970 to 2039 (unrolled), else a varint
-    b0, b1, b2, b3, b4, b5 = data[pos : pos + 6]
-    if b5 < 0x80 and b4 >= 0x80 and b3 >= 0x80 and b2 >= 0x80 and b1 >= 0x80 and b0 >= 0x80:
-        last = (
-            (b0 & 0x7F)
-            | (b1 & 0x7F) << 7
-            | (b2 & 0x7F) << 14
-            | (b3 & 0x7F) << 21
-            | (b4 & 0x7F) << 28
-            | b5 << 35
-        )
-        last_ms, pos = (last >> 1) ^ -(last & 1), pos + 6
-    else:
-        last_ms, pos = _long(data, pos)
-    size = data[pos]
-    if size < 0x80:  # last_event_id, shorter than 64 bytes
-        pos += 1
-        end = pos + (size >> 1)
-        if size & 1 or end > len(data):
-            raise _NotFast("string past the end")
-        last_event_id = data[pos:end].decode()
-        pos = end
-    else:
-        last_event_id, pos = _string(data, pos)
-    if data[pos] > 1:
+    quantity = reader.decimal()
+    event_count = reader.varint()
+    version = reader.varint()
+    last_ms = reader.varint()
+    last_event_id = reader.text()
+    if reader.byte() > 1:
         raise _NotFast("boolean")
-    pos += 1
-    if data[pos] == 0:  # subscription_id null
-        subscription_id = None
-        pos += 1
-    else:
-        subscription_id, pos = _optional_string(data, pos)
-    if data[pos] == 0:  # plan_key null
-        plan_key = None
-        pos += 1
-    else:
-        plan_key, pos = _optional_string(data, pos)
-    plan_version: int | None = None
-    branch = data[pos]
-    if branch == 0:
-        pos += 1
-    elif branch == 2:
-        plan_version, pos = _long(data, pos + 1)
-        if not -(2**31) <= plan_version < 2**31:
-            raise _NotFast("int out of range")
-    else:
-        raise _NotFast("union branch")
-    # updated_at (rating does not use it): a varint of up to 6 bytes is a timestamp before 2039;
-    # a longer one is decoded, since fastavro refuses one beyond year 9999
-    end = _VARINT.match(data, pos).end()  # type: ignore[union-attr]
-    if end - pos > 6:
-        updated_ms, _ = _long(data, pos)
-        _EPOCH + timedelta(microseconds=updated_ms * 1000)
-    # segments: an empty array is one 0 byte, the last of the record (the common case)
-    segments: tuple[SegmentUpdate, ...] = ()
-    if end != len(data) - 1 or data[end]:
-        segments, end = _segments(data, end)
-        if end != len(data):
-            raise _NotFast("trailing bytes")  # the codec names them (reason undecodable)
+    subscription_id = reader.optional_text()
+    plan_key = reader.optional_text()
+    plan_version = reader.optional_int()
+    updated_ms = reader.varint()  # rating does not use it, but fastavro refuses one past year 9999
+    if not 0 <= updated_ms < _EXACT_FLOAT_MS:
+        _EPOCH + timedelta(microseconds=updated_ms * 1000)  # OverflowError: the codec decides
+    segments = _segments(reader)
+    if not reader.done():
+        raise _NotFast("trailing bytes")  # the codec names them (reason undecodable)
     return _new(  # type: ignore[no-any-return]
         AggregateUpdate,
         (
@@ -323,48 +305,24 @@ def _read(data: bytes) -> AggregateUpdate:
     )
 
 
-def _decimal(data: bytes, pos: int) -> tuple[Decimal, int]:
-    """A decimal(38, 9) (big-endian two's complement bytes) as fastavro makes it."""
-    size = data[pos]
-    if not 0 < size < 0x80:
-        raise _NotFast("decimal size")
-    pos += 1
-    end = pos + (size >> 1)
-    if size & 1 or end > len(data):
-        raise _NotFast("decimal bytes")
-    unscaled = int.from_bytes(data[pos:end], "big", signed=True)
-    if not -_MAX_UNSCALED < unscaled < _MAX_UNSCALED:
-        raise _NotFast("decimal beyond 38 digits")
-    return Decimal(unscaled).scaleb(-QUANTITY_SCALE, _DECIMALS), end
-
-
-def _optional_int(data: bytes, pos: int) -> tuple[int | None, int]:
-    branch = data[pos]
-    if branch == 0:
-        return None, pos + 1
-    if branch != 2:
-        raise _NotFast("union branch")
-    value, pos = _long(data, pos + 1)
-    if not -(2**31) <= value < 2**31:
-        raise _NotFast("int out of range")
-    return value, pos
-
-
-def _segments(data: bytes, pos: int) -> tuple[tuple[SegmentUpdate, ...], int]:
-    """The array of TermsSegment records (blocks of items, ended by a 0 count)."""
+def _segments(reader: _Reader) -> tuple[SegmentUpdate, ...]:
+    """The array of TermsSegment records (blocks of items, ended by a 0 count); an empty array is
+    one 0 byte (the common case)."""
+    count = reader.varint()
+    if not count:
+        return ()
     found: list[SegmentUpdate] = []
-    count, pos = _long(data, pos)
     while count:
         if count < 0:  # a block with its size in bytes
             count = -count
-            _, pos = _long(data, pos)
+            reader.varint()
         for _ in range(count):
-            start_ms, pos = _long(data, pos)
-            subscription_id, pos = _optional_string(data, pos)
-            plan_key, pos = _optional_string(data, pos)
-            plan_version, pos = _optional_int(data, pos)
-            value, pos = _decimal(data, pos)
-            event_count, pos = _long(data, pos)
+            start_ms = reader.varint()
+            subscription_id = reader.optional_text()
+            plan_key = reader.optional_text()
+            plan_version = reader.optional_int()
+            value = reader.decimal()
+            event_count = reader.varint()
             found.append(
                 SegmentUpdate(
                     _EPOCH + timedelta(microseconds=start_ms * 1000),
@@ -375,19 +333,32 @@ def _segments(data: bytes, pos: int) -> tuple[tuple[SegmentUpdate, ...], int]:
                     event_count,
                 )
             )
-        count, pos = _long(data, pos)
-    return tuple(found), pos
+        count = reader.varint()
+    return tuple(found)
 
 
 # -- the metering worker's hot records ------------------------------------------------------------
 _event_codec = codec(UsageEvent)
 _EVENT = registry().current["UsageEvent"]
+_EVENT_HEADER = MAGIC + _EVENT.fingerprint
 _AGGREGATION_INDEX = {
     symbol: index
     for field in _AGGREGATE.parsed["fields"]
     if field["name"] == "aggregation"
     for index, symbol in enumerate(field["type"]["symbols"])
 }
+_EVENT_FIELDS = [field["name"] for field in _EVENT.parsed["fields"]]
+if _EVENT_FIELDS != [
+    "event_id",
+    "customer_id",
+    "subject_id",
+    "meter",
+    "quantity",
+    "timestamp",
+    "properties",
+    "source",
+]:
+    raise RuntimeError(f"schemas/UsageEvent.avsc fields changed ({_EVENT_FIELDS}): update {__name__}")
 
 
 def _plain(schema: Any) -> Any:
@@ -402,15 +373,24 @@ def _plain(schema: Any) -> Any:
 
 _PLAIN_EVENT = _plain(_EVENT.parsed)
 
+#: unscaled quantity -> its Decimal: events repeat a few quantities, and a Decimal is immutable
+_QUANTITIES: dict[int, Decimal] = {}
+_MAX_QUANTITIES = 65_536
+
+
+def _quantity(unscaled: int) -> Decimal:
+    quantity = _QUANTITIES.get(unscaled)
+    if quantity is None:
+        quantity = Decimal(unscaled).scaleb(-QUANTITY_SCALE, QUANTITY_CONTEXT)
+        if len(_QUANTITIES) >= _MAX_QUANTITIES:
+            _QUANTITIES.clear()
+        _QUANTITIES[unscaled] = quantity
+    return quantity
+
 
 def read_event(value: bytes | None) -> dict[str, Any]:
     """Decode a usage.events value; DecodeError (with the codec's reason codes) when it is not one."""
-    if (
-        value is not None
-        and len(value) >= HEADER_SIZE
-        and value[:2] == MAGIC
-        and value[2:HEADER_SIZE] == _EVENT.fingerprint
-    ):
+    if value is not None and value.startswith(_EVENT_HEADER):
         try:
             return _event_by_hand(value)
         except (_NotFast, IndexError, UnicodeDecodeError):
@@ -437,29 +417,71 @@ def read_event(value: bytes | None) -> dict[str, Any]:
     return datum
 
 
+def _event_by_hand(data: bytes) -> dict[str, Any]:
+    """The current UsageEvent schema read field by field;
+    _NotFast / IndexError / UnicodeDecodeError: let fastavro decide."""
+    reader = _Reader(data, HEADER_SIZE)
+    event_id = reader.text()
+    customer_id = reader.text()
+    subject_id = reader.optional_text()
+    meter = reader.text()
+    quantity = _quantity(reader.unscaled(reader.varint()))
+    timestamp = reader.varint()
+    properties: dict[str, str] = {}
+    count = reader.varint()
+    while count:
+        if count < 0:  # a block with its size in bytes
+            count = -count
+            reader.varint()
+        for _ in range(count):
+            key = reader.text()
+            properties[key] = reader.text()
+        count = reader.varint()
+    source = reader.optional_text()
+    if not reader.done():
+        raise _NotFast("trailing bytes")  # fastavro's path words the error
+    return {
+        "event_id": event_id,
+        "customer_id": customer_id,
+        "subject_id": subject_id,
+        "meter": meter,
+        "quantity": quantity,
+        "timestamp": timestamp,
+        "properties": properties,
+        "source": source,
+    }
+
+
 def _put_long(out: bytearray, value: int) -> None:
-    if 0 <= value < 64:
-        out.append(value << 1)  # zigzag of a small non-negative number: one byte
-    else:
-        out += _varint(value)
-
-
-@lru_cache(maxsize=65536)
-def _varint(value: int) -> bytes:
-    """Zigzag varint of an Avro long (cached: timestamps and period bounds repeat a lot)."""
-    value = (value << 1) ^ (value >> 63)
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
+    """An Avro long as a zigzag varint."""
+    zigzag = value
+    zigzag = (zigzag << 1) ^ (value >> 63)
+    while zigzag > 0x7F:
+        out.append((zigzag & 0x7F) | 0x80)
+        zigzag >>= 7
+    out.append(zigzag)
 
 
 def _put_string(out: bytearray, value: str) -> None:
     data = value.encode()
     _put_long(out, len(data))
     out += data
+
+
+def _put_optional_string(out: bytearray, text: str | None) -> None:
+    if text is None:
+        out.append(0)
+    else:
+        out.append(2)  # union branch 1, zigzag-encoded
+        _put_string(out, text)
+
+
+def _put_optional_int(out: bytearray, value: int | None) -> None:
+    if value is None:
+        out.append(0)
+    else:
+        out.append(2)
+        _put_long(out, value)
 
 
 def _put_decimal(out: bytearray, value: Decimal) -> None:
@@ -505,12 +527,8 @@ def write_aggregate(
     _put_long(out, last_event_ms)
     _put_string(out, last_event_id)
     out.append(1 if late else 0)
-    for text in (subscription_id, plan_key):
-        if text is None:
-            out.append(0)
-        else:
-            out.append(2)  # union branch 1, zigzag-encoded
-            _put_string(out, text)
+    _put_optional_string(out, subscription_id)
+    _put_optional_string(out, plan_key)
     _put_optional_int(out, plan_version)
     _put_long(out, updated_at_ms)
     out.append(0)  # segments: an empty array
@@ -522,7 +540,7 @@ def with_segments(
 ) -> bytes:
     """`record` (from `write_aggregate`: its last field, segments, an empty array) with `segments`
     instead: (start ms, subscription_id, plan_key, plan_version, value, event_count) each. Apart,
-    so the common record pays nothing for them (a 16th keyword argument alone cost ~0.7 µs)."""
+    so the common record pays nothing for them."""
     if not segments:
         return record
     out = bytearray(record[:-1])
@@ -536,71 +554,3 @@ def with_segments(
         _put_long(out, event_count)
     out.append(0)  # the end of the array
     return bytes(out)
-
-
-def _put_optional_string(out: bytearray, text: str | None) -> None:
-    if text is None:
-        out.append(0)
-    else:
-        out.append(2)  # union branch 1, zigzag-encoded
-        _put_string(out, text)
-
-
-def _put_optional_int(out: bytearray, value: int | None) -> None:
-    if value is None:
-        out.append(0)
-    else:
-        out.append(2)
-        _put_long(out, value)
-
-
-_EVENT_FIELDS = [field["name"] for field in _EVENT.parsed["fields"]]
-if _EVENT_FIELDS != [
-    "event_id",
-    "customer_id",
-    "subject_id",
-    "meter",
-    "quantity",
-    "timestamp",
-    "properties",
-    "source",
-]:
-    raise RuntimeError(f"schemas/UsageEvent.avsc fields changed ({_EVENT_FIELDS}): update {__name__}")
-
-
-def _event_by_hand(data: bytes) -> dict[str, Any]:
-    """The current UsageEvent schema read field by field (about half of fastavro's per-call cost);
-    _NotFast / IndexError / UnicodeDecodeError: let fastavro decide."""
-    event_id, pos = _string(data, HEADER_SIZE)
-    customer_id, pos = _string(data, pos)
-    subject_id, pos = _optional_string(data, pos)
-    meter, pos = _string(data, pos)
-    size, pos = _long(data, pos)
-    end = pos + size
-    if size < 0 or end > len(data):
-        raise _NotFast("quantity past the end")
-    unscaled = int.from_bytes(data[pos:end], "big", signed=True)
-    timestamp, pos = _long(data, end)
-    properties: dict[str, str] = {}
-    count, pos = _long(data, pos)
-    while count:
-        if count < 0:  # a block with its size in bytes
-            count = -count
-            _, pos = _long(data, pos)
-        for _ in range(count):
-            key, pos = _string(data, pos)
-            properties[key], pos = _string(data, pos)
-        count, pos = _long(data, pos)
-    source, pos = _optional_string(data, pos)
-    if pos != len(data):
-        raise _NotFast("trailing bytes")  # fastavro's path words the error
-    return {
-        "event_id": event_id,
-        "customer_id": customer_id,
-        "subject_id": subject_id,
-        "meter": meter,
-        "quantity": Decimal(unscaled).scaleb(-QUANTITY_SCALE, QUANTITY_CONTEXT),
-        "timestamp": timestamp,
-        "properties": properties,
-        "source": source,
-    }
