@@ -47,7 +47,7 @@ from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from confluent_kafka import OFFSET_END, Consumer, Message, Producer, TopicPartition
 
@@ -342,7 +342,9 @@ def run_bench(
         figures["produce_s"] = round(produce_backlog(config, topics.events, events, customers), 2)
         if only == "restart":
             worker.start()
-            figures["metering_per_s"] = round(backlog_rate([worker], events))
+            backlog = backlog_rate([worker], events)
+            figures["metering_per_s"] = round(backlog.per_s)
+            figures["metering_cpu_us_per_event"] = round(backlog.cpu_us_per_event, 1)
             wait_committed(config, group, topics.events, total_records(config, topics.events))
             figures.update(recovery_times(config, topics, worker, group, rounds=restarts))
             return figures
@@ -355,8 +357,10 @@ def run_bench(
         )
 
         worker.start()
-        rate = backlog_rate([worker], events)
+        backlog = backlog_rate([worker], events)
+        rate = backlog.per_s
         figures["metering_per_s"] = round(rate)
+        figures["metering_cpu_us_per_event"] = round(backlog.cpu_us_per_event, 1)
         figures["ratio_to_faust_per_record"] = round(rate / figures["raw_consume_faust_per_record_per_s"], 2)
         figures["ratio_to_faust_batched"] = round(rate / figures["raw_consume_faust_batched_per_s"], 2)
         figures["ratio_to_confluent"] = round(rate / figures["raw_consume_confluent_per_s"], 3)
@@ -375,21 +379,37 @@ def run_bench(
     return figures
 
 
-def backlog_rate(workers: list[WorkerProcess], events: int, timeout_s: float = 600) -> float:
+class Backlog(NamedTuple):
+    """How fast workers went through a backlog, and the CPU it cost them."""
+
+    per_s: float  # events/s, wall clock
+    cpu_us_per_event: float  # the workers' CPU time (user + system, every thread) per event
+
+
+def cpu_seconds(pid: int) -> float:
+    """A process's CPU time so far, all its threads (Linux: /proc/PID/stat utime + stime)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def backlog_rate(workers: list[WorkerProcess], events: int, timeout_s: float = 600) -> Backlog:
     """Events/s of `workers` together on the backlog: the sum of their consumed counters between
     the first sample that counted something and the last that had not counted everything (the
     workers were busy all along in between, so the rate does not depend on the polling interval).
+    The CPU the workers spent between the same two samples, per event, is the figure that does not
+    depend on what else the machine runs.
 
     Polled 4 times a second: a scrape renders every metric of the worker (~2.5 ms), and 20 scrapes
     a second took ~5% of the worker's time away from the figure it measures."""
-    samples: list[tuple[float, float]] = []
+    samples: list[tuple[float, float, float]] = []
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         for worker in workers:
             if worker.process is not None and worker.process.poll() is not None:
                 raise RuntimeError(f"a worker exited: {worker.log.read_text()[-3000:]}")
         value = sum(worker.consumed() or 0.0 for worker in workers)
-        samples.append((time.monotonic(), value))
+        cpu = sum(cpu_seconds(worker.process.pid) for worker in workers if worker.process is not None)
+        samples.append((time.monotonic(), value, cpu))
         if value >= events:
             break
         time.sleep(0.25)
@@ -397,8 +417,10 @@ def backlog_rate(workers: list[WorkerProcess], events: int, timeout_s: float = 6
     if len(busy) < 2:  # a backlog done within a few samples: first counted to done
         busy = [sample for sample in samples if sample[1] > 0][:1] + samples[-1:]
     assert busy, workers[0].log.read_text()[-2000:]
-    (t0, v0), (t1, v1) = busy[0], busy[-1]
-    return (v1 - v0) / (t1 - t0) if t1 > t0 else 0.0
+    (t0, v0, c0), (t1, v1, c1) = busy[0], busy[-1]
+    if t1 <= t0 or v1 <= v0:
+        return Backlog(0.0, 0.0)
+    return Backlog((v1 - v0) / (t1 - t0), (c1 - c0) / (v1 - v0) * 1e6)
 
 
 def two_workers(bootstrap: str, topics: Topics, workdir: Path, events: int, one: float) -> dict[str, Any]:
@@ -410,7 +432,7 @@ def two_workers(bootstrap: str, topics: Topics, workdir: Path, events: int, one:
     try:
         for worker in pair:
             worker.start()
-        rate = backlog_rate(pair, events)
+        rate = backlog_rate(pair, events).per_s
     finally:
         for worker in pair:
             worker.stop()
