@@ -13,7 +13,8 @@ import httpx
 from metergate.embedded.processes import ChildProcess, free_port
 from metergate.entitlements.keys import KeyStore
 from metergate.kafka.topics import Topics
-from tests.integration.entitlements_support import ROOT, wait_for
+from metergate.testing.waiting import wait_until
+from tests.integration.entitlements_support import ROOT
 
 
 class AdminApi:
@@ -57,7 +58,9 @@ class AdminApi:
             cwd=ROOT,
         )
         self.child.start()
-        wait_for(self._ready, 30, f"admin API ready on {self.port}\n{self.tail()}")
+        wait_until(
+            self._ready, f"admin API ready on {self.port}", timeout_s=30, every_s=0.02, details=self.tail
+        )
         return self
 
     def _ready(self) -> bool:

@@ -6,12 +6,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 
@@ -26,21 +25,10 @@ from metergate.embedded.processes import ChildProcess, free_port
 from metergate.entitlements.keys import KeyStore
 from metergate.kafka.producer import make_producer, send
 from metergate.kafka.topics import Topics
+from metergate.testing.waiting import wait_until
 from metergate.wire.codec import codec
 
 ROOT = Path(__file__).resolve().parents[2]
-T = TypeVar("T")
-
-
-def wait_for(condition: Callable[[], T], timeout_s: float = 30.0, what: str = "condition") -> T:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {timeout_s} s")
-        time.sleep(0.02)
 
 
 def publish_records(
@@ -122,7 +110,13 @@ class Sidecar:
             cwd=ROOT,
         )
         self.child.start()
-        wait_for(self._listening, 30, f"sidecar listening on {self.port}\n{self.tail()}")
+        wait_until(
+            self._listening,
+            f"sidecar listening on {self.port}",
+            timeout_s=30,
+            every_s=0.02,
+            details=self.tail,
+        )
         return self
 
     def _listening(self) -> bool:
@@ -140,7 +134,7 @@ class Sidecar:
             response = httpx.get(f"{self.url}/healthz", timeout=2)
             return response.json() if response.status_code == 200 else None
 
-        return wait_for(ready, timeout_s, f"sidecar ready\n{self.tail()}")
+        return wait_until(ready, "sidecar ready", timeout_s=timeout_s, every_s=0.02, details=self.tail)
 
     def stop(self) -> int:
         child, self.child = self.child, None

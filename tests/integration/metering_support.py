@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
 import subprocess
 import sys
-import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -26,6 +26,7 @@ from metergate.kafka.follow import TopicFollower
 from metergate.kafka.partitioner import LIBRDKAFKA_PARTITIONER
 from metergate.kafka.topics import Topics
 from metergate.testing.topics import read_topic
+from metergate.testing.waiting import wait_until
 from metergate.wire.codec import codec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -141,13 +142,14 @@ class Worker:
         if self.child is not None and self.child.running():
             before = self.log.stat().st_size if self.log.exists() else 0
             self.child.signal(signal.SIGUSR1)
-            deadline = time.monotonic() + 5  # best effort: the tail is shown either way
-            while time.monotonic() < deadline:
+
+            def dumping() -> bool:  # faulthandler's header: the dump is being written
                 with self.log.open("rb") as log:
                     log.seek(before)
-                    if b"most recent call first" in log.read():
-                        return  # faulthandler's header: the dump is being written
-                time.sleep(0.05)
+                    return b"most recent call first" in log.read()
+
+            with contextlib.suppress(AssertionError):  # best effort: the tail is shown either way
+                wait_until(dumping, "the worker's stack dump", timeout_s=5, every_s=0.05)
 
     def kill(self) -> None:
         if self.child is not None:
@@ -172,17 +174,22 @@ class Worker:
         """Until the group has committed past every offset in `ends` (the worker commits only durable work)."""
         consumer = Consumer({**kafka_config, "group.id": self.group, "enable.auto.commit": False})
         try:
-            deadline = time.monotonic() + timeout_s
             wanted = [TopicPartition(topic, p) for p in ends]
-            while time.monotonic() < deadline:
+            committed: dict[int, int] = {}
+
+            def all_committed() -> bool:
                 if self.process is not None and self.process.poll() is not None:
                     raise AssertionError(f"worker exited with {self.process.returncode}:\n{self.tail()}")
-                committed = {tp.partition: tp.offset for tp in consumer.committed(wanted, timeout=10)}
-                if all(committed.get(p, -1) > offset for p, offset in ends.items()):
-                    return
-                time.sleep(0.2)
-            raise AssertionError(
-                f"not all committed within {timeout_s}s: {committed} vs {dict(ends)}\n{self.tail()}"
+                committed.clear()
+                committed.update({tp.partition: tp.offset for tp in consumer.committed(wanted, timeout=10)})
+                return all(committed.get(p, -1) > offset for p, offset in ends.items())
+
+            wait_until(
+                all_committed,
+                "the worker to commit past every end",
+                timeout_s=timeout_s,
+                every_s=0.2,
+                details=lambda: f"committed {committed} vs {dict(ends)}\n{self.tail()}",
             )
         finally:
             consumer.close()
@@ -283,15 +290,6 @@ def metric(port: int, name: str) -> float:
     )
 
 
-def wait_until(condition: Any, what: str, timeout_s: float = 90, every_s: float = 0.1) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(every_s)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-
-
 class AggregateWatcher:
     """Follows usage.aggregates and keeps the highest version per key, to wait for expected totals."""
 
@@ -329,20 +327,22 @@ class AggregateWatcher:
         timeout_s: float = 120,
         workers: Iterable[Worker] = (),
     ) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+        def reached() -> bool:  # self.poll() waits up to 0.2 s for records: the poll interval
             self.poll()
             if self.figures() == dict(expected):
-                return
+                return True
             for worker in workers:
                 if worker.process is not None and worker.process.poll() is not None:
                     raise AssertionError(f"worker exited with {worker.process.returncode}:\n{worker.tail()}")
-        got = self.figures()
-        wrong = {k: (got.get(k), v) for k, v in expected.items() if got.get(k) != v}
-        extra = set(got) - set(expected)
-        raise AssertionError(
-            f"{len(wrong)} totals wrong, {len(extra)} unexpected after {timeout_s}s: {list(wrong.items())[:5]}"
-        )
+            return False
+
+        def wrong() -> str:
+            got = self.figures()
+            wrong = {k: (got.get(k), v) for k, v in expected.items() if got.get(k) != v}
+            extra = set(got) - set(expected)
+            return f"{len(wrong)} totals wrong, {len(extra)} unexpected: {list(wrong.items())[:5]}"
+
+        wait_until(reached, "the expected totals", timeout_s=timeout_s, every_s=0, details=wrong)
 
     def close(self) -> None:
         self.follower.close()

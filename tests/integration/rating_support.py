@@ -411,17 +411,6 @@ class RatingProcess:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
-def wait_until(
-    condition: Callable[[], bool], timeout_s: float, what: str, on_timeout: Callable[[], str] = str
-) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}\n{on_timeout()}")
-
-
 CREDIT_CUSTOMERS = ("credit-1", "credit-2")
 
 

@@ -10,7 +10,8 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
-from tests.integration.entitlements_support import Sidecar, wait_for
+from metergate.testing.waiting import wait_until
+from tests.integration.entitlements_support import Sidecar
 from tests.integration.metering_support import Worker, latest_aggregates, publish
 
 pytestmark = pytest.mark.integration
@@ -129,7 +130,7 @@ def test_burst_is_enforced_before_metering_and_counted_once_after(
                 seen.add((usage("burst-co")["usage"], usage("cloud-co")["usage"]))
                 return pending(admin) == 0
 
-            wait_for(metered, 60, "pending usage dropped by the aggregates")
+            wait_until(metered, "pending usage dropped by the aggregates", timeout_s=60, every_s=0.02)
             seen.add((usage("burst-co")["usage"], usage("cloud-co")["usage"]))
             # never counted twice, never a gap: every answer during the hand-over saw the same totals
             assert seen == {("10", "5")}

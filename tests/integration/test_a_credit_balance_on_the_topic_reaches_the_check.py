@@ -14,13 +14,13 @@ from metergate.domain.entitlements import Reason
 from metergate.domain.records import CreditBalance, Pricing, PricingModel
 from metergate.entitlements import Entitlements, EntitlementsSettings
 from metergate.settings import KafkaSettings
+from metergate.testing.waiting import wait_until
 from metergate.wire.codec import codec
 from tests.integration.entitlements_support import (
     aggregate,
     publish_aggregates,
     publish_records,
     publish_snapshots,
-    wait_for,
 )
 from tests.unit.test_entitlement_decisions import END, NOW, START, snapshot
 
@@ -53,9 +53,10 @@ def test_a_zero_balance_on_the_topic_denies_and_a_new_grant_allows(kafka_bootstr
         assert "is 0" in denied.message
         publish_balance(kafka_config, topics, "7", 11)  # older ledger position, relayed late
         publish_balance(kafka_config, topics, "0.01", 13)  # a new grant
-        wait_for(
+        wait_until(
             lambda: entitlements.check("acme", "api_calls", 1, now=NOW).reason is Reason.OK,
-            30,
             "grant applied",
+            timeout_s=30,
+            every_s=0.02,
         )
         assert entitlements.state.credit_balance("acme") == Decimal("0.01")

@@ -21,7 +21,7 @@ from metergate.domain.subscriptions import PublishedPlan
 from metergate.entitlements import Entitlements, EntitlementsSettings
 from metergate.settings import KafkaSettings
 from metergate.snapshot_relay import run_relay
-from tests.integration.metering_support import wait_until
+from metergate.testing.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -80,14 +80,18 @@ def test_a_custom_contract_is_enforced_and_a_cancelled_subscription_loses_access
             "subscriptions", "create", "--customer", "acme", "--plan", "custom", "--set", "api_calls.limit=50"
         )
         wait_until(
-            lambda: entitlements.check("acme", "api_calls", 1).limit == D(50), "the contract's limit", 30
+            lambda: entitlements.check("acme", "api_calls", 1).limit == D(50),
+            "the contract's limit",
+            timeout_s=30,
         )
         assert entitlements.check("acme", "api_calls", 50).has_access
         denied = entitlements.check("acme", "api_calls", 51)
         assert (denied.has_access, denied.reason.value) == (False, "would_exceed")
 
         run("subscriptions", "change", "acme", "--plan", "scale")
-        wait_until(lambda: entitlements.check("acme", "api_calls", 1).limit == D(500), "the upgrade", 30)
+        wait_until(
+            lambda: entitlements.check("acme", "api_calls", 1).limit == D(500), "the upgrade", timeout_s=30
+        )
 
         moment = datetime.now(UTC) + timedelta(seconds=2)
         run("subscriptions", "cancel", "acme", "--at", moment.isoformat())
@@ -95,7 +99,7 @@ def test_a_custom_contract_is_enforced_and_a_cancelled_subscription_loses_access
         wait_until(
             lambda: not entitlements.check("acme", "api_calls", 1).has_access,
             "access to end at the moment",
-            30,
+            timeout_s=30,
         )
         ended_at = datetime.now(UTC)
         assert ended_at >= moment  # never before the cancellation time

@@ -9,7 +9,8 @@ from decimal import Decimal
 import pytest
 
 from metergate.domain.records import UsageEvent
-from tests.integration.entitlements_support import Sidecar, wait_for
+from metergate.testing.waiting import wait_until
+from tests.integration.entitlements_support import Sidecar
 from tests.integration.metering_support import EventProducer, Worker, publish
 
 pytestmark = pytest.mark.integration
@@ -69,7 +70,12 @@ def test_hard_limit_denies_what_would_cross_it_and_soft_limit_reports_the_overag
                 return response.json()
 
             # metering folds the 19 events of hard-co into 95
-            wait_for(lambda: check("hard-co", "0")["usage"] == "95", 60, "usage of hard-co reaches 95")
+            wait_until(
+                lambda: check("hard-co", "0")["usage"] == "95",
+                "usage of hard-co reaches 95",
+                timeout_s=60,
+                every_s=0.02,
+            )
             denied = check("hard-co", "6")
             assert (denied["has_access"], denied["reason"]) == (False, "would_exceed")
             assert (denied["usage"], denied["limit"], denied["remaining"], denied["overage_units"]) == (
@@ -85,7 +91,12 @@ def test_hard_limit_denies_what_would_cross_it_and_soft_limit_reports_the_overag
             sso = check("hard-co", "1", "sso")
             assert (sso["has_access"], sso["kind"]) == (True, "boolean")
 
-            wait_for(lambda: check("soft-co", "0")["usage"] == "60", 60, "usage of soft-co reaches 60")
+            wait_until(
+                lambda: check("soft-co", "0")["usage"] == "60",
+                "usage of soft-co reaches 60",
+                timeout_s=60,
+                every_s=0.02,
+            )
             soft = check("soft-co", "3")
             assert (soft["has_access"], soft["reason"], soft["overage_units"], soft["remaining"]) == (
                 True,

@@ -19,8 +19,8 @@ from metergate.domain.entitlements import Decision, Reason
 from metergate.domain.records import UsageEvent
 from metergate.entitlements import Entitlements, EntitlementsSettings
 from metergate.settings import KafkaSettings
+from metergate.testing.waiting import wait_until
 from metergate_services.rating.consumer import RatingConsumer
-from tests.integration.entitlements_support import wait_for
 from tests.integration.metering_support import EventProducer, Worker, publish
 from tests.integration.rating_support import query, settings
 
@@ -127,14 +127,16 @@ def test_a_customer_whose_credits_run_out_is_denied_and_a_new_grant_lets_it_in(
 
         # the CLI's grant reaches the check through rating's relay, before any usage
         granted = D("0.50")
-        decision = wait_for(settled(0, granted), 60, "the first grant on credits.balances")
+        decision = wait_until(
+            settled(0, granted), "the first grant on credits.balances", timeout_s=60, every_s=0.02
+        )
         assert (decision.has_access, decision.reason) == (True, Reason.OK)
 
         # 40 calls: 30 beyond the included ones cost 0.30, paid from the credit
         use(40)
         balance = granted - cost(40)
         assert balance == D("0.20")
-        decision = wait_for(settled(40, balance), 90, "40 calls rated")
+        decision = wait_until(settled(40, balance), "40 calls rated", timeout_s=90, every_s=0.02)
         assert (decision.has_access, decision.reason) == (True, Reason.OK)
         assert ledger_balance() == balance
 
@@ -142,7 +144,7 @@ def test_a_customer_whose_credits_run_out_is_denied_and_a_new_grant_lets_it_in(
         use(25)
         balance = max(granted - cost(65), D(0))
         assert balance == 0
-        denied = wait_for(settled(65, balance), 90, "65 calls rated")
+        denied = wait_until(settled(65, balance), "65 calls rated", timeout_s=90, every_s=0.02)
         assert (denied.has_access, denied.reason, denied.usage, denied.included) == (
             False,
             Reason.CREDITS_EXHAUSTED,
@@ -164,13 +166,15 @@ def test_a_customer_whose_credits_run_out_is_denied_and_a_new_grant_lets_it_in(
         # a new grant lets it in again; it pays only for usage rated from now on
         grant("top-up", "1.00")
         balance = D("1.00")
-        decision = wait_for(settled(65, balance), 60, "the top-up on credits.balances")
+        decision = wait_until(
+            settled(65, balance), "the top-up on credits.balances", timeout_s=60, every_s=0.02
+        )
         assert (decision.has_access, decision.reason) == (True, Reason.OK)
 
         use(10)
         balance = D("1.00") - (cost(75) - cost(65))
         assert balance == D("0.90")
-        decision = wait_for(settled(75, balance), 90, "75 calls rated")
+        decision = wait_until(settled(75, balance), "75 calls rated", timeout_s=90, every_s=0.02)
         assert (decision.has_access, decision.reason) == (True, Reason.OK)
         assert ledger_balance() == balance
     finally:

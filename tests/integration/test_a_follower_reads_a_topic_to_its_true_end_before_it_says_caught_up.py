@@ -10,7 +10,7 @@ import pytest
 from confluent_kafka import Producer
 
 from metergate.kafka.follow import TopicFollower
-from tests.integration.entitlements_support import wait_for
+from metergate.testing.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -41,7 +41,9 @@ def test_follower_is_caught_up_only_with_every_record(kafka_config, topics):
         for index in range(7):
             producer.produce(topics.snapshots, key=b"late", value=f"late:{index}".encode())
         assert producer.flush(30) == 0
-        wait_for(lambda: len(seen) == 2507, 10, "records produced after catch-up followed")
+        wait_until(
+            lambda: len(seen) == 2507, "records produced after catch-up followed", timeout_s=10, every_s=0.02
+        )
         assert seen[-7:] == [f"late:{i}".encode() for i in range(7)]
         assert follower.last_contact is not None and follower.as_of is not None
     finally:

@@ -9,7 +9,8 @@ import httpx
 import pytest
 
 from metergate.sdk import EntitlementsClient, SidecarRefused
-from tests.integration.entitlements_support import Sidecar, wait_for
+from metergate.testing.waiting import wait_until
+from tests.integration.entitlements_support import Sidecar
 from tests.integration.metering_support import publish
 
 pytestmark = pytest.mark.integration
@@ -85,15 +86,16 @@ def test_a_bound_key_sees_only_its_customer(kafka_bootstrap, kafka_config, topic
             client.check("globex", "sso")
         assert refusal.value.status == 403 and acme not in repr(client)
         sidecar.keys.revoke("acme-app")
-        wait_for(
+        wait_until(
             lambda: (
                 httpx.post(
                     f"{sidecar.url}/v1/entitlements/check", json=body, headers={"X-API-Key": acme}
                 ).status_code
                 == 401
             ),
-            5,
             "revoked key refused",
+            timeout_s=5,
+            every_s=0.02,
         )
     finally:
         assert sidecar.stop() == 0, sidecar.tail()

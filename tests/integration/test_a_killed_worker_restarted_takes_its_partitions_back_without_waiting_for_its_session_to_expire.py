@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from aiokafka.coordinator.protocol import ConsumerProtocol
 
+from metergate.testing.waiting import wait_until
 from tests.integration.metering_support import (
     AggregateWatcher,
     EventProducer,
@@ -25,7 +26,6 @@ from tests.integration.metering_support import (
     expected_totals,
     free_port,
     publish,
-    wait_until,
 )
 from tests.integration.test_a_worker_joining_under_backlog_loses_nothing import events_of
 from tests.integration.test_worker_killed_mid_stream_counts_every_event_once import ANCHOR, CATALOG
@@ -85,7 +85,9 @@ def test_a_killed_worker_restarted_takes_its_partitions_back_without_waiting_for
     try:
         a.start()
         b.start()
-        wait_until(lambda: settled(a_dir, b_dir), "both workers to hold partitions in one generation", 120)
+        wait_until(
+            lambda: settled(a_dir, b_dir), "both workers to hold partitions in one generation", timeout_s=120
+        )
         produce(0)
         a.wait_committed(kafka_config, topics.events, producer.end_offsets())
         before_a, before_b = membership(a_dir), membership(b_dir)
@@ -107,7 +109,7 @@ def test_a_killed_worker_restarted_takes_its_partitions_back_without_waiting_for
         wait_until(
             lambda: (m := membership(b_dir)) is not None and m["partitions"] == {0, 1, 2, 3},
             "the group to give all partitions to b",
-            120,
+            timeout_s=120,
         )
         taken_over = membership(b_dir)
         assert taken_over is not None and taken_over["generation"] > before_b["generation"]
@@ -115,7 +117,7 @@ def test_a_killed_worker_restarted_takes_its_partitions_back_without_waiting_for
         wait_until(
             lambda: settled(a_dir, b_dir) and membership(a_dir) != before_a,
             "a to join again as a new member",
-            120,
+            timeout_s=120,
         )
         rejoined = membership(a_dir)
         assert rejoined is not None

@@ -11,8 +11,9 @@ import pytest
 from metergate import provisioning
 from metergate.db.engine import make_engine
 from metergate.domain.subscriptions import PriceOverrides
+from metergate.testing.waiting import wait_until
 from tests.integration.fee_support import Relay, at, fee_lines, invoices, offer, publish
-from tests.integration.rating_support import Clock, query, running_consumer, settings, wait_until
+from tests.integration.rating_support import Clock, query, running_consumer, settings
 
 pytestmark = pytest.mark.integration
 
@@ -54,7 +55,12 @@ def test_a_month_without_usage_still_bills_the_base_fee(
                     "base fee of enterprise v1 for 30/30 days",
                 )
             ]
-            wait_until(lambda: fee_lines(database_url, db_schema) == november, 60, "November's base fee")
+            wait_until(
+                lambda: fee_lines(database_url, db_schema) == november,
+                "November's base fee",
+                timeout_s=60,
+                every_s=0.2,
+            )
             # one invoice row: 2,000.00, nothing paid from credits, 2,000.00 due, one line
             assert invoices(database_url, db_schema) == [
                 ("acme", at(1), D("2000.00"), D("0.00"), D("2000.00"), 1)
@@ -71,7 +77,12 @@ def test_a_month_without_usage_still_bills_the_base_fee(
                     "base fee of enterprise v1 for 31/31 days",
                 ),
             ]
-            wait_until(lambda: fee_lines(database_url, db_schema) == both, 60, "December's base fee too")
+            wait_until(
+                lambda: fee_lines(database_url, db_schema) == both,
+                "December's base fee too",
+                timeout_s=60,
+                every_s=0.2,
+            )
             assert invoices(database_url, db_schema) == [
                 ("acme", at(1), D("2000.00"), D("0.00"), D("2000.00"), 1),
                 ("acme", at(1, 12), D("2000.00"), D("0.00"), D("2000.00"), 1),
@@ -79,7 +90,12 @@ def test_a_month_without_usage_still_bills_the_base_fee(
         # a restart reads every snapshot again and bills nothing twice: it writes nothing at all
         written = query(database_url, db_schema, "SELECT line_key, updated_at FROM line_items ORDER BY 1")
         with running_consumer(rating, clock=clock) as again:
-            wait_until(lambda: ("acme", at(1, 12)) in again._fees_done, 60, "the restart to look at December")
+            wait_until(
+                lambda: ("acme", at(1, 12)) in again._fees_done,
+                "the restart to look at December",
+                timeout_s=60,
+                every_s=0.2,
+            )
         assert fee_lines(database_url, db_schema, superseded=True) == both
         assert (
             query(database_url, db_schema, "SELECT line_key, updated_at FROM line_items ORDER BY 1")

@@ -16,6 +16,7 @@ from collections.abc import Callable
 import pytest
 
 from metergate.domain.records import LimitKind
+from metergate.testing.waiting import wait_until
 from tests.integration.rating_load import (
     LoadFeed,
     PacedRounds,
@@ -26,7 +27,7 @@ from tests.integration.rating_load import (
     grant_prepaid,
     written,
 )
-from tests.integration.rating_support import CLOCK_ENV, GROUP, RatingProcess, limit_events, wait_until
+from tests.integration.rating_support import CLOCK_ENV, GROUP, RatingProcess, limit_events
 
 pytestmark = pytest.mark.integration
 
@@ -87,27 +88,48 @@ def test_a_rating_worker_joining_under_backlog_loses_nothing(
     )
     started = time.monotonic()
     try:
-        wait_until(lambda: progress() > 0, 60, "the first worker to commit", first.tail)
+        wait_until(
+            lambda: progress() > 0,
+            "the first worker to commit",
+            timeout_s=60,
+            every_s=0.2,
+            details=first.tail,
+        )
         paced.start()
         behind = []
         for _ in range(REBALANCES):
             assigned = _next_assignment(second)
             second.start()
             wait_until(
-                assigned,
-                60,
-                "the second worker's assignment",
-                second.tail,
+                assigned, "the second worker's assignment", timeout_s=60, every_s=0.2, details=second.tail
             )
-            wait_until(_past(progress, 3_000), 60, "progress with two workers", second.tail)
+            wait_until(
+                _past(progress, 3_000),
+                "progress with two workers",
+                timeout_s=60,
+                every_s=0.2,
+                details=second.tail,
+            )
             assert second.terminate(60) == 0, second.tail()
             behind.append(feed.sent - progress())
-            wait_until(_past(progress, 3_000), 60, "progress after the second left", first.tail)
+            wait_until(
+                _past(progress, 3_000),
+                "progress after the second left",
+                timeout_s=60,
+                every_s=0.2,
+                details=first.tail,
+            )
         paced.stop()
         # the first worker had a backlog at every departure of the second
         assert min(behind) > 0, behind
         ends = feed.aggregate_ends()
-        wait_until(lambda: progress() >= sum(ends.values()), 120, "the first worker to catch up", first.tail)
+        wait_until(
+            lambda: progress() >= sum(ends.values()),
+            "the first worker to catch up",
+            timeout_s=120,
+            every_s=0.2,
+            details=first.tail,
+        )
         assert first.terminate(60) == 0, first.tail()
     finally:
         paced.stop()

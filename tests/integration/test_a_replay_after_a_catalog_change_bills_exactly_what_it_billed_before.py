@@ -14,7 +14,8 @@ import pytest
 
 from metergate.db.engine import make_engine
 from metergate.domain.records import UsageEvent, aggregate_key
-from tests.integration.metering_support import AggregateWatcher, EventProducer, wait_until
+from metergate.testing.waiting import wait_until
+from tests.integration.metering_support import AggregateWatcher, EventProducer
 from tests.integration.rating_support import another_schema, settings
 from tests.integration.terms_support import (
     CUSTOMER,
@@ -68,7 +69,7 @@ def test_a_replay_after_a_catalog_change_bills_exactly_what_it_billed_before(
                 wait_until(
                     lambda key=key, version=version: rated_version(database_url, schema, key) == version,
                     f"rating to price {key} version {version}",
-                    90,
+                    timeout_s=90,
                 )
         return usage_lines(database_url, schema)
 

@@ -169,7 +169,7 @@ def test_subscriptions_publish_follow_relays_a_change_and_stops_on_sigterm(
     import subprocess
     import sys
 
-    from tests.integration.metering_support import wait_until
+    from metergate.testing.waiting import wait_until
 
     engine = make_engine(database_url, db_schema)
     env = {
@@ -215,7 +215,7 @@ def test_subscriptions_publish_follow_relays_a_change_and_stops_on_sigterm(
                     ).scalar()
                 )
 
-        wait_until(published, "the running relay to publish the new subscription", 60)
+        wait_until(published, "the running relay to publish the new subscription", timeout_s=60)
         (record,) = read_topic(kafka_config, topics.snapshots, expect=1, idle_s=1.0)
         assert codec(EntitlementSnapshot).decode(record[1]).plan_key == "growth"
         relay.send_signal(signal.SIGTERM)

@@ -14,6 +14,7 @@ from metergate.domain.periods import period_for
 from metergate.domain.records import ResetPeriod
 from metergate.kafka.admin import ensure_topics
 from metergate.kafka.topics import Topics
+from metergate.testing.waiting import wait_until
 from tests.integration.entitlements_support import (
     PausableBroker,
     Sidecar,
@@ -21,7 +22,6 @@ from tests.integration.entitlements_support import (
     publish_aggregates,
     publish_records,
     publish_snapshots,
-    wait_for,
 )
 from tests.integration.test_checks_keep_answering_while_the_broker_is_paused import snapshot
 
@@ -60,7 +60,12 @@ def test_restarted_sidecar_answers_from_its_checkpoint_while_the_broker_is_pause
                     assert response.status_code == 200, response.text
                     return response.json()
 
-                wait_for(lambda: check("acme", "0")["usage"] == "90", 10, "aggregate applied")
+                wait_until(
+                    lambda: check("acme", "0")["usage"] == "90",
+                    "aggregate applied",
+                    timeout_s=10,
+                    every_s=0.02,
+                )
                 reported = http.post(
                     "/v1/events",
                     json={"event_id": "r1", "customer_id": "acme", "meter": "api_calls", "quantity": "4.5"},

@@ -13,6 +13,7 @@ from decimal import Decimal
 import pytest
 
 from metergate.domain.records import UsageEvent
+from metergate.testing.waiting import wait_until
 from metergate.wire.codec import codec
 from tests.integration.metering_support import (
     AggregateWatcher,
@@ -25,7 +26,6 @@ from tests.integration.metering_support import (
     limit_events,
     publish,
     receipts,
-    wait_until,
 )
 from tests.integration.test_worker_killed_mid_stream_counts_every_event_once import (
     ANCHOR,
@@ -105,7 +105,7 @@ def test_a_second_worker_joining_and_leaving_under_a_backlog_loses_nothing(
     backlog_at_join = []
     try:
         first.start()
-        wait_until(lambda: first.consumed() > 0, "the first worker to start counting")
+        wait_until(lambda: first.consumed() > 0, "the first worker to start counting", timeout_s=90)
         for join in range(JOINS):
             batch = encoded(events_of(rng, FIRST_BACKLOG + join * EACH_JOIN, EACH_JOIN, now))
             # the first worker is held (SIGSTOP, well inside its session timeout: the burst is
@@ -127,7 +127,7 @@ def test_a_second_worker_joining_and_leaving_under_a_backlog_loses_nothing(
             wait_until(
                 counting(second, TRICKLE_FROM + join * 100_000),
                 "the second worker to take partitions and count",
-                120,
+                timeout_s=120,
                 every_s=0.3,
             )
             assert second.stop() == 0, second.tail()

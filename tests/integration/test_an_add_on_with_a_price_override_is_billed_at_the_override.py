@@ -15,9 +15,10 @@ from metergate.db.engine import make_engine
 from metergate.domain.records import EntitlementSnapshot
 from metergate.domain.subscriptions import AddOn, PriceOverrides, When
 from metergate.testing.topics import read_topic
+from metergate.testing.waiting import wait_until
 from metergate.wire.codec import codec
 from tests.integration.fee_support import Relay, at, calls, fee_lines, invoices, offer, publish
-from tests.integration.rating_support import Clock, running_consumer, settings, wait_until
+from tests.integration.rating_support import Clock, running_consumer, settings
 
 pytestmark = pytest.mark.integration
 
@@ -70,7 +71,10 @@ def test_an_add_on_with_a_price_override_is_billed_at_the_override(
                 (at(1), "base_fee", "growth", D("1000.00"), "rated", "base fee of growth v1 for 30/30 days"),
             ]
             wait_until(
-                lambda: fee_lines(database_url, db_schema) == billed, 60, "the base fee and the add-on"
+                lambda: fee_lines(database_url, db_schema) == billed,
+                "the base fee and the add-on",
+                timeout_s=60,
+                every_s=0.2,
             )
             assert invoices(database_url, db_schema) == [("acme", at(1), D("1450.00"), D(0), D("1450.00"), 2)]
 
@@ -106,7 +110,12 @@ def test_an_add_on_with_a_price_override_is_billed_at_the_override(
                 (at(1), "base_fee", "growth", D("500.00"), "rated", "base fee of growth v1 for 15/30 days"),
                 (at(1), "base_fee", "growth", D("500.00"), "rated", "base fee of growth v1 for 15/30 days"),
             ]
-            wait_until(lambda: fee_lines(database_url, db_schema) == resized, 60, "the resized deal")
+            wait_until(
+                lambda: fee_lines(database_url, db_schema) == resized,
+                "the resized deal",
+                timeout_s=60,
+                every_s=0.2,
+            )
             # 225 + 75 + 500 + 500 = 1,300.00
             assert invoices(database_url, db_schema) == [("acme", at(1), D("1300.00"), D(0), D("1300.00"), 4)]
     finally:

@@ -14,7 +14,8 @@ import pytest
 
 from metergate.db.engine import make_engine
 from metergate.domain.records import UsageEvent, aggregate_key
-from tests.integration.metering_support import AggregateWatcher, EventProducer, wait_until
+from metergate.testing.waiting import wait_until
+from tests.integration.metering_support import AggregateWatcher, EventProducer
 from tests.integration.rating_support import settings
 from tests.integration.terms_support import (
     CUSTOMER,
@@ -85,7 +86,7 @@ def test_an_upgrade_on_day_15_prices_usage_by_the_plan_in_force(
             wait_until(
                 lambda: rated_version(database_url, db_schema, KEY) == final.version,
                 "rating to price the final aggregate version",
-                90,
+                timeout_s=90,
             )
         # The usage lines only: the base-fee lines (14/30 of Growth's fee + 16/30 of Scale's) are
         # rating's base-fee billing, tested on their own.

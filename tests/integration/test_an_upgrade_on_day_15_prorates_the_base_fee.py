@@ -12,8 +12,9 @@ import pytest
 from metergate import provisioning
 from metergate.db.engine import make_engine
 from metergate.domain.subscriptions import PriceOverrides, When
+from metergate.testing.waiting import wait_until
 from tests.integration.fee_support import Relay, at, fee_lines, invoices, offer, publish
-from tests.integration.rating_support import Clock, running_consumer, settings, wait_until
+from tests.integration.rating_support import Clock, running_consumer, settings
 
 pytestmark = pytest.mark.integration
 
@@ -49,7 +50,12 @@ def test_an_upgrade_on_day_15_prorates_the_base_fee(
             whole = [
                 (at(1), "base_fee", "growth", D("1000.00"), "rated", "base fee of growth v1 for 30/30 days")
             ]
-            wait_until(lambda: fee_lines(database_url, db_schema) == whole, 60, "the whole-month Growth line")
+            wait_until(
+                lambda: fee_lines(database_url, db_schema) == whole,
+                "the whole-month Growth line",
+                timeout_s=60,
+                every_s=0.2,
+            )
 
             provisioning.change_subscription(
                 engine,
@@ -67,7 +73,12 @@ def test_an_upgrade_on_day_15_prorates_the_base_fee(
                 (at(1), "base_fee", "growth", D("466.67"), "rated", "base fee of growth v1 for 14/30 days"),
                 (at(1), "base_fee", "scale", D("1066.67"), "rated", "base fee of scale v1 for 16/30 days"),
             ]
-            wait_until(lambda: fee_lines(database_url, db_schema) == prorated, 60, "the prorated lines")
+            wait_until(
+                lambda: fee_lines(database_url, db_schema) == prorated,
+                "the prorated lines",
+                timeout_s=60,
+                every_s=0.2,
+            )
             # the invoice: 466.67 + 1,066.67 = 1,533.34, two lines (where both full fees were 3,000.00)
             assert invoices(database_url, db_schema) == [("acme", at(1), D("1533.34"), D(0), D("1533.34"), 2)]
         # the Growth line was updated in place (its stretch still starts on the 1st): none superseded

@@ -12,13 +12,8 @@ import pytest
 
 from metergate.domain.periods import period_for
 from metergate.domain.records import ResetPeriod
-from tests.integration.entitlements_support import (
-    Sidecar,
-    aggregate,
-    publish_aggregates,
-    publish_records,
-    wait_for,
-)
+from metergate.testing.waiting import wait_until
+from tests.integration.entitlements_support import Sidecar, aggregate, publish_aggregates, publish_records
 from tests.integration.metering_support import publish
 
 pytestmark = pytest.mark.integration
@@ -56,7 +51,7 @@ def test_an_upgrade_changes_the_next_checks_within_a_second(kafka_bootstrap, kaf
                 body = {"customer_id": "acme", "feature": feature, "requested_units": "1"}
                 return http.post("/v1/entitlements/check", json=body).json()
 
-            wait_for(lambda: check()["usage"] == "100", 10, "usage applied")
+            wait_until(lambda: check()["usage"] == "100", "usage applied", timeout_s=10, every_s=0.02)
             before = check()
             assert (before["has_access"], before["reason"], before["limit"]) == (
                 False,
@@ -69,7 +64,12 @@ def test_an_upgrade_changes_the_next_checks_within_a_second(kafka_bootstrap, kaf
             for plan, limit in (("growth", "1000"), ("starter", "100"), ("growth", "1000")) * 3:
                 published = time.perf_counter()
                 publish(catalog(plan, anchor), kafka_config, topics)
-                wait_for(lambda limit=limit: check()["limit"] == limit, 5, f"{plan} visible")
+                wait_until(
+                    lambda limit=limit: check()["limit"] == limit,
+                    f"{plan} visible",
+                    timeout_s=5,
+                    every_s=0.02,
+                )
                 latencies.append(time.perf_counter() - published)
             after = check()
             assert (after["has_access"], after["reason"], after["remaining"]) == (True, "ok", "900")

@@ -23,12 +23,12 @@ from metergate.entitlements import Entitlements, EntitlementsSettings
 from metergate.kafka.admin import ensure_topics
 from metergate.kafka.topics import Topics
 from metergate.settings import KafkaSettings
+from metergate.testing.waiting import wait_until
 from tests.integration.entitlements_support import (
     PausableBroker,
     aggregate,
     publish_aggregates,
     publish_snapshots,
-    wait_for,
 )
 
 pytestmark = pytest.mark.integration
@@ -74,7 +74,12 @@ def test_checks_answer_from_the_last_known_state_while_the_broker_is_paused(tmp_
         )
         with Entitlements(settings) as entitlements:
             assert entitlements.wait_caught_up(30)
-            wait_for(lambda: entitlements.check("acme", "api_calls", 0).usage == 97, 10, "aggregate applied")
+            wait_until(
+                lambda: entitlements.check("acme", "api_calls", 0).usage == 97,
+                "aggregate applied",
+                timeout_s=10,
+                every_s=0.02,
+            )
             live = entitlements.check("acme", "api_calls", 4)
             assert (live.has_access, live.reason, live.stale, live.source) == (
                 False,
@@ -85,8 +90,11 @@ def test_checks_answer_from_the_last_known_state_while_the_broker_is_paused(tmp_
 
             broker.pause()
             paused_at = datetime.now(UTC)
-            stale = wait_for(
-                lambda: (d := entitlements.check("acme", "api_calls", 4)).stale and d, 15, "stale marking"
+            stale = wait_until(
+                lambda: (d := entitlements.check("acme", "api_calls", 4)).stale and d,
+                "stale marking",
+                timeout_s=15,
+                every_s=0.02,
             )
             assert (stale.has_access, stale.reason, stale.usage, stale.remaining) == (
                 False,
@@ -102,8 +110,11 @@ def test_checks_answer_from_the_last_known_state_while_the_broker_is_paused(tmp_
             assert {(d.has_access, d.stale, d.as_of) for d in answers} == {(True, True, stale.as_of)}
 
             broker.resume()
-            fresh = wait_for(
-                lambda: not (d := entitlements.check("acme", "api_calls", 3)).stale and d, 30, "fresh again"
+            fresh = wait_until(
+                lambda: not (d := entitlements.check("acme", "api_calls", 3)).stale and d,
+                "fresh again",
+                timeout_s=30,
+                every_s=0.02,
             )
             assert fresh.as_of is not None and fresh.as_of > paused_at
             assert (fresh.has_access, fresh.usage) == (True, Decimal(97))

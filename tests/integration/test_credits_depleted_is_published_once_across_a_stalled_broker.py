@@ -24,6 +24,7 @@ from metergate.domain.records import LimitKind
 from metergate.embedded.broker import EmbeddedBroker
 from metergate.kafka.admin import ensure_topics
 from metergate.kafka.topics import Topics
+from metergate.testing.waiting import wait_until
 from metergate_services.rating.consumer import RatingConsumer
 from tests.integration.rating_support import (
     PER_UNIT,
@@ -34,7 +35,6 @@ from tests.integration.rating_support import (
     query,
     settings,
     snapshot,
-    wait_until,
 )
 
 pytestmark = pytest.mark.integration
@@ -112,8 +112,9 @@ def test_credits_depleted_is_published_once_across_a_stalled_broker(own_broker, 
         published = "SELECT count(*) FROM limit_outbox WHERE published_at IS NOT NULL"
         wait_until(
             lambda: query(database_url, db_schema, published) == [(1,)],
+            "the depletion marked published",
             timeout_s=60,
-            what="the depletion marked published",
+            every_s=0.2,
         )
     finally:
         consumer.stop()

@@ -24,9 +24,9 @@ from metergate.domain.records import EntitlementSnapshot, ResetPeriod
 from metergate.entitlements import Entitlements, EntitlementsSettings
 from metergate.settings import KafkaSettings
 from metergate.testing.topics import read_topic
+from metergate.testing.waiting import wait_until
 from metergate.wire.codec import codec
 from tests.integration.admin_support import AdminApi
-from tests.integration.metering_support import wait_until
 from tests.integration.rating_support import query
 
 pytestmark = pytest.mark.integration
@@ -87,7 +87,9 @@ def test_customers_on_a_grandfathered_version_keep_it_after_a_new_version_is_pub
         assert entitlements.wait_caught_up(60)
         for customer in ("acme", "globex"):
             wait_until(
-                lambda c=customer: entitlements.check(c, "api_calls", 1).limit == D(20_000_000), customer, 30
+                lambda c=customer: entitlements.check(c, "api_calls", 1).limit == D(20_000_000),
+                customer,
+                timeout_s=30,
             )
         with (
             AdminApi(
@@ -104,7 +106,11 @@ def test_customers_on_a_grandfathered_version_keep_it_after_a_new_version_is_pub
             assert http.post("/v1/customers", json={"customer_id": "initech"}).status_code == 201
             created = http.post("/v1/subscriptions", json={"customer_id": "initech", "plan": "growth"})
             assert created.json()["versions"][0]["plan_version"] == 2, created.text
-            wait_until(lambda: entitlements.check("initech", "api_calls", 1).limit == D(30_000_000), "v2", 30)
+            wait_until(
+                lambda: entitlements.check("initech", "api_calls", 1).limit == D(30_000_000),
+                "v2",
+                timeout_s=30,
+            )
 
             # grandfathered: v1's limit of 20,000,000 still decides for acme and globex
             for customer in ("acme", "globex"):
@@ -165,7 +171,9 @@ def test_customers_on_a_grandfathered_version_keep_it_after_a_new_version_is_pub
                 == 201
             )
             wait_until(
-                lambda: entitlements.check("hooli", "api_calls", 1).limit == D(30_000_000), "hooli", 30
+                lambda: entitlements.check("hooli", "api_calls", 1).limit == D(30_000_000),
+                "hooli",
+                timeout_s=30,
             )
             assert entitlements.check("acme", "api_calls", 20_000_001).has_access is False
             assert published() == {

@@ -16,6 +16,7 @@ from confluent_kafka.admin import AdminClient
 
 from metergate.kafka.topics import TOPIC_SPECS
 from metergate.testing.processes import alive, descendants
+from metergate.testing.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -70,9 +71,11 @@ def test_stack_stops_without_orphans(tmp_path, how):
         process.wait(timeout=60)
         assert process.stdout is not None
         process.stdout.close()
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and any(alive(pid) for pid in started):
-        time.sleep(0.1)
-    assert sorted(pid for pid in started if alive(pid)) == []
+    wait_until(
+        lambda: not any(alive(pid) for pid in started),
+        "every process of the stack to end",
+        timeout_s=20,
+        details=lambda: f"still running: {sorted(pid for pid in started if alive(pid))}",
+    )
     if how != "sigkill":
         assert process.returncode == 0

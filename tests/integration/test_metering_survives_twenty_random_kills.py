@@ -17,6 +17,7 @@ from decimal import Decimal
 import pytest
 
 from metergate.domain.records import UsageEvent
+from metergate.testing.waiting import wait_until
 from tests.integration.metering_support import (
     AggregateWatcher,
     EventProducer,
@@ -28,7 +29,6 @@ from tests.integration.metering_support import (
     limit_events,
     publish,
     receipts,
-    wait_until,
 )
 from tests.integration.test_worker_killed_mid_stream_counts_every_event_once import (
     ANCHOR,
@@ -101,7 +101,7 @@ def test_twenty_random_sigkills_under_load_leave_everything_exact(
                 kinds[point] += 1
             else:  # at whatever moment it is once it counts again
                 worker.start()
-                wait_until(lambda: worker.consumed() > 0, "the restarted worker to count", 120)
+                wait_until(lambda: worker.consumed() > 0, "the restarted worker to count", timeout_s=120)
                 restarts.append(time.monotonic() - started)
                 time.sleep(rng.random() * 0.5)  # fault injection: a random moment, not a wait for a result
                 worker.kill()

@@ -9,6 +9,7 @@ import pytest
 
 from metergate.db.migrate import upgrade
 from metergate.embedded.postgres import EmbeddedPostgres
+from metergate.testing.waiting import wait_until
 from metergate_services.rating.consumer import RatingConsumer
 from tests.integration.rating_support import (
     Feed,
@@ -21,7 +22,6 @@ from tests.integration.rating_support import (
     settings,
     state,
     stored_offsets,
-    wait_until,
 )
 
 pytestmark = pytest.mark.integration
@@ -66,15 +66,21 @@ def test_postgres_restarted_mid_run_bills_nothing_twice_and_skips_nothing(
                 except Exception:
                     return 0
 
-            wait_until(lambda: committed() >= 200 or not worker.is_alive(), 90, "the first commits")
+            wait_until(
+                lambda: committed() >= 200 or not worker.is_alive(),
+                "the first commits",
+                timeout_s=90,
+                every_s=0.2,
+            )
             assert committed() < total, "the run ended before PostgreSQL could be stopped"
             postgres.stop()  # fast shutdown: open transactions roll back, connections drop
             # the outage lasts until the consumer has met it (not a fixed time: under load a fixed
             # pause could end before rating's next write, and the test would prove nothing)
             wait_until(
                 lambda: consumer.database_failures > 0 or not worker.is_alive(),
-                90,
                 "rating to meet the outage",
+                timeout_s=90,
+                every_s=0.2,
             )
             postgres.start()
             worker.join(120)

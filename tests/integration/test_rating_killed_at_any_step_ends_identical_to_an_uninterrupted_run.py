@@ -11,6 +11,7 @@ from decimal import Decimal as D
 import pytest
 
 from metergate.domain.records import LimitKind
+from metergate.testing.waiting import wait_until
 from metergate_services.rating.consumer import FAULT_ENV, FAULT_STEPS
 from tests.integration.rating_load import accounting
 from tests.integration.rating_support import (
@@ -28,7 +29,6 @@ from tests.integration.rating_support import (
     settings,
     state,
     stored_offsets,
-    wait_until,
 )
 
 pytestmark = pytest.mark.integration
@@ -93,7 +93,13 @@ def test_rating_killed_at_any_step_ends_identical_to_an_uninterrupted_run(
     # killed from outside while it works
     process.start()
     start = committed(database_url, db_schema, topic)
-    wait_until(lambda: committed(database_url, db_schema, topic) >= start + 100, 60, "progress", process.tail)
+    wait_until(
+        lambda: committed(database_url, db_schema, topic) >= start + 100,
+        "progress",
+        timeout_s=60,
+        every_s=0.2,
+        details=process.tail,
+    )
     process.kill()
 
     # and a last run to the end, stopped cleanly
@@ -101,9 +107,10 @@ def test_rating_killed_at_any_step_ends_identical_to_an_uninterrupted_run(
     process.start()
     wait_until(
         lambda: all_committed(database_url, db_schema, topic, ends),
-        120,
         "the last run to catch up",
-        process.tail,
+        timeout_s=120,
+        every_s=0.2,
+        details=process.tail,
     )
     assert process.terminate() == 0, process.tail()
     # the accounting invariant of the one clean run: what it committed, each record under one outcome

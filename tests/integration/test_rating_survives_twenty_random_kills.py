@@ -12,6 +12,7 @@ from collections.abc import Callable
 import pytest
 
 from metergate.domain.records import LimitKind
+from metergate.testing.waiting import wait_until
 from tests.integration.rating_load import (
     LoadFeed,
     PacedRounds,
@@ -22,7 +23,7 @@ from tests.integration.rating_load import (
     grant_prepaid,
     written,
 )
-from tests.integration.rating_support import CLOCK_ENV, GROUP, RatingProcess, limit_events, wait_until
+from tests.integration.rating_support import CLOCK_ENV, GROUP, RatingProcess, limit_events
 
 pytestmark = pytest.mark.integration
 
@@ -74,10 +75,16 @@ def test_rating_survives_twenty_random_kills(
             restart = time.monotonic()
             first_commit = _past(progress, 1)
             process.start()
-            wait_until(first_commit, 60, "a commit after the restart", process.tail)
+            wait_until(
+                first_commit, "a commit after the restart", timeout_s=60, every_s=0.2, details=process.tail
+            )
             recoveries.append(time.monotonic() - restart)
             wait_until(
-                _past(progress, chance.randint(1, 2_500)), 60, "progress before the kill", process.tail
+                _past(progress, chance.randint(1, 2_500)),
+                "progress before the kill",
+                timeout_s=60,
+                every_s=0.2,
+                details=process.tail,
             )
             process.kill()  # SIGKILL, anywhere in the commit order
             behind.append(feed.sent - progress())
@@ -85,7 +92,13 @@ def test_rating_survives_twenty_random_kills(
         assert min(behind) > 0, behind  # a backlog at every kill
         ends = feed.aggregate_ends()
         process.start()
-        wait_until(lambda: progress() >= sum(ends.values()), 120, "the last run to catch up", process.tail)
+        wait_until(
+            lambda: progress() >= sum(ends.values()),
+            "the last run to catch up",
+            timeout_s=120,
+            every_s=0.2,
+            details=process.tail,
+        )
         assert process.terminate(60) == 0, process.tail()
     finally:
         paced.stop()

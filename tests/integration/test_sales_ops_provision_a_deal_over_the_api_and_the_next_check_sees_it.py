@@ -13,8 +13,8 @@ import pytest
 
 from metergate.entitlements import Entitlements, EntitlementsSettings
 from metergate.settings import KafkaSettings
+from metergate.testing.waiting import wait_until
 from tests.integration.admin_support import AdminApi
-from tests.integration.metering_support import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -54,7 +54,11 @@ def test_sales_ops_provision_a_deal_over_the_api_and_the_next_check_sees_it(
                     http.post("/v1/subscriptions", json={"customer_id": "acme", "plan": "growth"}).status_code
                     == 201
                 )
-                wait_until(lambda: entitlements.check("acme", "api_calls", 1).limit == D(100), "the deal", 30)
+                wait_until(
+                    lambda: entitlements.check("acme", "api_calls", 1).limit == D(100),
+                    "the deal",
+                    timeout_s=30,
+                )
                 assert entitlements.check("acme", "api_calls", 100).has_access
                 denied = entitlements.check("acme", "api_calls", 101)
                 assert (denied.has_access, denied.reason.value) == (False, "would_exceed")
@@ -62,7 +66,9 @@ def test_sales_ops_provision_a_deal_over_the_api_and_the_next_check_sees_it(
 
                 assert http.post("/v1/subscriptions/acme/changes", json={"plan": "scale"}).status_code == 200
                 wait_until(
-                    lambda: entitlements.check("acme", "api_calls", 1).limit == D(500), "the upgrade", 30
+                    lambda: entitlements.check("acme", "api_calls", 1).limit == D(500),
+                    "the upgrade",
+                    timeout_s=30,
                 )
                 assert entitlements.check("acme", "sso").has_access
 
@@ -72,7 +78,7 @@ def test_sales_ops_provision_a_deal_over_the_api_and_the_next_check_sees_it(
                 wait_until(
                     lambda: not entitlements.check("acme", "sso").has_access,
                     "access to end at the moment",
-                    30,
+                    timeout_s=30,
                 )
                 assert datetime.now(UTC) >= moment  # never before the cancellation time
     finally:

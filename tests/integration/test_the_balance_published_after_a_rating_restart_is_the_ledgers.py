@@ -20,9 +20,9 @@ from metergate.domain.records import CreditBalance, Pricing, PricingModel
 from metergate.entitlements import Entitlements, EntitlementsSettings
 from metergate.settings import KafkaSettings
 from metergate.testing.topics import read_topic
+from metergate.testing.waiting import wait_until
 from metergate.wire.codec import codec
 from metergate_services.rating.consumer import FAULT_ENV
-from tests.integration.entitlements_support import wait_for
 from tests.integration.rating_support import (
     GROUP,
     Feed,
@@ -32,7 +32,6 @@ from tests.integration.rating_support import (
     query,
     snapshot,
     stored_offsets,
-    wait_until,
 )
 
 pytestmark = pytest.mark.integration
@@ -117,12 +116,20 @@ def test_the_balance_published_after_a_rating_restart_is_the_ledgers(
 
         rating.start()
         wait_until(
-            lambda: rated(feed.aggregate_ends), 60, "the restarted rating to rate version 2", rating.tail
+            lambda: rated(feed.aggregate_ends),
+            "the restarted rating to rate version 2",
+            timeout_s=60,
+            every_s=0.2,
+            details=rating.tail,
         )
         final = ledger()
         assert final[1] == D("10.00") - D("3.00") + D("4.00") - D("2.50") == D("8.50")
         wait_until(
-            lambda: published(kafka_config, topics)[-1] == final, 60, "the newest balance", rating.tail
+            lambda: published(kafka_config, topics)[-1] == final,
+            "the newest balance",
+            timeout_s=60,
+            every_s=0.2,
+            details=rating.tail,
         )
         # the unmarked 7.00 was superseded by the top-up's 11.00 and not sent again
         on_topic = published(kafka_config, topics)
@@ -136,9 +143,10 @@ def test_the_balance_published_after_a_rating_restart_is_the_ledgers(
                 )
                 == [(0,)]
             ),
-            30,
             "the last balance marked published",
-            rating.tail,
+            timeout_s=30,
+            every_s=0.2,
+            details=rating.tail,
         )
         assert query(
             database_url,
@@ -153,8 +161,11 @@ def test_the_balance_published_after_a_rating_restart_is_the_ledgers(
         )
         with Entitlements(check_settings) as entitlements:
             assert entitlements.wait_caught_up(30)
-            wait_for(
-                lambda: entitlements.state.credit_balance(CUSTOMER) == final[1], 30, "the check's balance"
+            wait_until(
+                lambda: entitlements.state.credit_balance(CUSTOMER) == final[1],
+                "the check's balance",
+                timeout_s=30,
+                every_s=0.02,
             )
     finally:
         rating.kill()

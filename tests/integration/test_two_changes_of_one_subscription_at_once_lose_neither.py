@@ -19,7 +19,7 @@ from metergate.db.migrate import alembic_config, current, upgrade
 from metergate.domain.catalog import PlanVersion
 from metergate.domain.records import FeatureEntitlement, FeatureKind, ResetPeriod
 from metergate.domain.subscriptions import AddOn, PriceOverrides, PublishedPlan, When, set_add_on
-from tests.integration.metering_support import wait_until
+from metergate.testing.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -83,7 +83,9 @@ def test_two_changes_of_one_subscription_at_once_lose_neither(database_url, db_s
             bob = threading.Thread(target=second_person)
             bob.start()
             wait_until(
-                lambda: a_backend_waits_for_a_lock(engine), "the second change to wait for the lock", 30
+                lambda: a_backend_waits_for_a_lock(engine),
+                "the second change to wait for the lock",
+                timeout_s=30,
             )
             store.save_history(
                 conn,

@@ -4,7 +4,6 @@ invoice row in overlapping transactions: the row ends with both lines, whichever
 from __future__ import annotations
 
 import threading
-import time
 from decimal import Decimal as D
 
 import pytest
@@ -13,6 +12,7 @@ from metergate.db import rating_store
 from metergate.db.engine import make_engine
 from metergate.domain.rating import RatingFold
 from metergate.domain.records import Pricing, PricingModel
+from metergate.testing.waiting import wait_until
 from tests.integration.rating_support import MARCH, aggregate, metered, query, snapshot
 
 pytestmark = pytest.mark.integration
@@ -52,11 +52,14 @@ def test_two_workers_rating_one_customer_keep_its_invoice_total_exact(database_u
 
         worker = threading.Thread(target=second_worker)
         worker.start()
-        # until B has written its line and waits at its refresh for A's invoice lock
-        deadline = time.monotonic() + 30
-        while not _a_backend_waits_for_a_lock(engine):
-            assert worker.is_alive() and time.monotonic() < deadline, "B never reached its refresh"
-            time.sleep(0.02)
+
+        def b_waits() -> bool:  # B has written its line and waits at its refresh for A's invoice lock
+            if _a_backend_waits_for_a_lock(engine):
+                return True
+            assert worker.is_alive(), "B ended before it reached its refresh"
+            return False
+
+        wait_until(b_waits, "B to reach its refresh", timeout_s=30, every_s=0.02)
         transaction.commit()
         first.close()
         worker.join(30)

@@ -17,8 +17,9 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from metergate.domain.records import UsageEvent
 from metergate.kafka.partitioner import partition_for
+from metergate.testing.waiting import wait_until
 from metergate.wire.codec import codec
-from tests.integration.entitlements_support import Sidecar, wait_for
+from tests.integration.entitlements_support import Sidecar
 from tests.integration.metering_support import Worker, dead_letters, publish, receipts
 
 pytestmark = pytest.mark.integration
@@ -81,7 +82,12 @@ def test_duplicates_and_rejections_reported_through_the_sidecar_leave_the_pendin
                 topics.events, codec(UsageEvent).encode(first), customer.encode(), partition=canonical
             )
             assert producer.flush(30) == 0
-            wait_for(lambda: usage() == "3", 90, "metering counted the event sent straight to Kafka")
+            wait_until(
+                lambda: usage() == "3",
+                "metering counted the event sent straight to Kafka",
+                timeout_s=90,
+                every_s=0.02,
+            )
 
             def event(event_id: str, meter: str, quantity: int) -> dict:
                 return {
@@ -106,8 +112,11 @@ def test_duplicates_and_rejections_reported_through_the_sidecar_leave_the_pendin
             positions = {e["event_id"]: (e["partition"], e["offset"]) for e in body["events"]}
             assert {p for p, _ in positions.values()} == {canonical}
 
-            wait_for(
-                lambda: pending(admin) == 0, 90, "pending usage settled by aggregates, receipts, dead letters"
+            wait_until(
+                lambda: pending(admin) == 0,
+                "pending usage settled by aggregates, receipts, dead letters",
+                timeout_s=90,
+                every_s=0.02,
             )
             # the distinct accepted usage of the meter: first (3) + new (2); the copy of first and
             # the event of an unknown meter are not in it

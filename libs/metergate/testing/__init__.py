@@ -1,1 +1,2 @@
-"""Test support: the pytest plugin (services for tests) and helpers to read topics."""
+"""Test support: the pytest plugin (services for tests), helpers to read topics, process checks, and
+the one condition wait of the suite (`waiting.wait_until`)."""
