@@ -24,6 +24,7 @@ cdef class _Reader:
 
     cdef str identifier(self)
     cdef void skip_text(self) except *
+    cdef bint present(self) except -1
     cdef object optional_text(self)
     cdef object optional_int(self)
 

@@ -150,20 +150,21 @@ class _Reader:
     def skip_text(self) -> None:
         self.pos = self._end_of(self.varint())
 
-    def optional_text(self) -> str | None:
+    def present(self) -> bool:
+        """The branch of a ["null", X] union: False for null, True for X."""
         branch = self.byte()
         if branch == 0:
-            return None
+            return False
         if branch != 2:
             raise _NotFast("union branch")
-        return self.text()
+        return True
+
+    def optional_text(self) -> str | None:
+        return self.text() if self.present() else None
 
     def optional_int(self) -> int | None:
-        branch = self.byte()
-        if branch == 0:
+        if not self.present():
             return None
-        if branch != 2:
-            raise _NotFast("union branch")
         value = self.varint()
         if not _INT_MIN <= value <= _INT_MAX:
             raise _NotFast("int out of range")
