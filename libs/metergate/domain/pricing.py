@@ -162,26 +162,29 @@ def _validate_tiers(tiers: tuple[PriceTier, ...], *, where: str) -> None:
     if not tiers:
         raise PricingError(f"{where}: expected at least one tier, got none", field=where)
     previous = ZERO
+    last = len(tiers) - 1
     for index, tier in enumerate(tiers):
-        name = f"{where}[{index}]"
         if tier.unit_price < 0 or tier.flat_fee < 0:
+            name = f"{where}[{index}]"
             raise PricingError(
                 f"{name}: expected unit_price and flat_fee >= 0, got {tier.unit_price} and {tier.flat_fee}",
                 field=name,
             )
-        last = index == len(tiers) - 1
         if tier.up_to is None:
-            if not last:
+            if index != last:
+                name = f"{where}[{index}]"
                 raise PricingError(
                     f"{name}.up_to: only the last tier may be unbounded", field=f"{name}.up_to"
                 )
             continue
-        if last:
+        if index == last:
+            name = f"{where}[{index}]"
             raise PricingError(
                 f"{name}.up_to: the last tier must be unbounded (up_to null), got {tier.up_to}",
                 field=f"{name}.up_to",
             )
         if tier.up_to <= previous:
+            name = f"{where}[{index}]"
             raise PricingError(
                 f"{name}.up_to: expected tiers in strictly increasing order (> {previous}), got {tier.up_to}",
                 field=f"{name}.up_to",
@@ -206,8 +209,9 @@ class _Figures(NamedTuple):
     package_size: Decimal
     tiers: tuple[tuple[Decimal | None, Decimal, Decimal], ...]  # (up_to, unit_price, flat_fee)
     headline: Decimal | None  # the unit price shown when nothing is billable (as given)
-    #: the figures as text (exact: a Decimal's repr names its sign, digits and exponent): pricings
-    #: with the same `key` price every billable quantity alike, to the character (the `_PRICED` memo)
+    #: the figures as text (exact: a Decimal's text names its sign, digits and exponent, and holds
+    #: no "|", "," or ";"): pricings with the same `key` price every billable quantity alike, to
+    #: the character (the `_PRICED` memo)
     key: str
 
 
@@ -224,7 +228,9 @@ def _figures(pricing: Pricing) -> _Figures:
         (None if tier.up_to is None else plain(tier.up_to), plain(tier.unit_price), plain(tier.flat_fee))
         for tier in pricing.tiers
     )
-    key = repr((pricing.model.value, unit_price, package_size, tiers))
+    key = f"{pricing.model.value}|{unit_price!s}|{package_size!s}|" + ";".join(
+        f"{up_to!s},{unit!s},{flat!s}" for up_to, unit, flat in tiers
+    )
     figures = _Figures(pricing, pricing.model, unit_price, package_size, tiers, _headline_price(pricing), key)
     if len(_FIGURES) >= 65536:
         _FIGURES.clear()
@@ -401,26 +407,29 @@ def rate_feature(feature: FeatureEntitlement, quantity: Decimal, currency: str) 
     return _rate(rated, plain(quantity), currency)
 
 
-def _rate(rated: _RatedFeature, quantity: Decimal, currency: str) -> Charge:
-    """`rate_feature` for a prepared feature and a quantity already in plain form (the hot path)."""
-    included = rated.included
-    billable = _sub(quantity, included)
+def _priced(
+    rated: _RatedFeature, quantity: Decimal, currency: str
+) -> tuple[Decimal, Decimal | None, Decimal, str]:
+    """(billable quantity, unit price, amount rounded, detail) of a running total in plain form
+    under a prepared feature: the figures of its usage charge (`_rate`; the fold's lines)."""
+    billable = _sub(quantity, rated.included)
     figures = rated.figures
     if billable <= 0:  # nothing billable: no arithmetic, the zero amount of the currency
-        unit_price: Decimal | None = figures.headline
-        amount = _zero_amount(currency)
-        detail = "no billable units"
-        billable = ZERO
-    else:
-        memo_key = (figures.key, currency, str(billable))
-        priced = _PRICED.get(memo_key)
-        if priced is None:
-            price_ = _price(figures, billable)
-            priced = _Priced(price_.unit_price, round_money(price_.amount, currency), price_.detail)
-            if len(_PRICED) >= _MAX_PRICED:
-                _PRICED.clear()
-            _PRICED[memo_key] = priced
-        unit_price, amount, detail = priced
+        return ZERO, figures.headline, _zero_amount(currency), "no billable units"
+    memo_key = (figures.key, currency, str(billable))
+    priced = _PRICED.get(memo_key)
+    if priced is None:
+        price_ = _price(figures, billable)
+        priced = _Priced(price_.unit_price, round_money(price_.amount, currency), price_.detail)
+        if len(_PRICED) >= _MAX_PRICED:
+            _PRICED.clear()
+        _PRICED[memo_key] = priced
+    return billable, priced[0], priced[1], priced[2]
+
+
+def _rate(rated: _RatedFeature, quantity: Decimal, currency: str) -> Charge:
+    """`rate_feature` for a prepared feature and a quantity already in plain form (the hot path)."""
+    billable, unit_price, amount, detail = _priced(rated, quantity, currency)
     feature = rated.feature
     # every field, in field order, without the NamedTuple's Python-level __new__ (~0.15 us less)
     return _new(  # type: ignore[no-any-return]
@@ -432,7 +441,7 @@ def _rate(rated: _RatedFeature, quantity: Decimal, currency: str) -> Charge:
             feature.meter,  # meter
             currency,  # currency
             quantity,  # quantity
-            included,  # included_quantity
+            rated.included,  # included_quantity
             billable,  # billable_quantity
             rated.pricing_model,  # pricing_model
             unit_price,  # unit_price
@@ -502,7 +511,7 @@ def _meter_rates(snapshot: EntitlementSnapshot, meter: str) -> _MeterRates:
     if rates is not None and rates.snapshot is snapshot:
         return rates
     minor_units(snapshot.currency)  # raises on a bad code (not memoised: every record is refused)
-    features = metered_features(snapshot, meter)
+    features = snapshot.metered(meter)  # (what `metered_features` gives, without its own memo)
     try:
         rated: tuple[_RatedFeature, ...] | None = tuple(_rated_feature(feature) for feature in features)
     except (PricingError, ArithmeticError):
@@ -514,6 +523,66 @@ def _meter_rates(snapshot: EntitlementSnapshot, meter: str) -> _MeterRates:
     return rates
 
 
+def _check_total(quantity: Decimal) -> None:
+    if quantity < 0 or not quantity.is_finite():
+        raise InvalidInput(
+            f"value: expected a finite running total >= 0, got {quantity}",
+            reason="invalid_value",
+            field="value",
+        )
+
+
+class UsageFigures(NamedTuple):
+    """The figures of one usage charge `rate_usage` rates (status rated, charge usage), bare: what
+    the fold's common case builds its line from, without a Charge in between."""
+
+    feature: str
+    included_quantity: Decimal
+    billable_quantity: Decimal
+    pricing_model: str
+    unit_price: Decimal | None
+    amount: Decimal
+    detail: str
+
+
+def usage_figures(
+    meter: str, quantity: Decimal, snapshot: EntitlementSnapshot
+) -> tuple[Decimal, tuple[UsageFigures, ...]] | None:
+    """(the total in plain form, each usage charge's figures) when `rate_usage` would rate every
+    metered feature on the meter with the customer's pricing and reject nothing; None when it would
+    do anything else (no subscription, no feature on the meter, a pricing that cannot be applied):
+    the caller asks `rate_usage` then. Raises what `rate_usage` raises (a bad total or currency)."""
+    _check_total(quantity)
+    if snapshot.subscription_id is None:
+        return None
+    rated = _meter_rates(snapshot, meter).rated  # raises on a bad currency code
+    if not rated:
+        return None
+    normal = plain(quantity)
+    currency = snapshot.currency
+    figures: list[UsageFigures] = []
+    try:
+        for feature in rated:
+            billable, unit_price, amount, detail = _priced(feature, normal, currency)
+            figures.append(
+                _new(
+                    UsageFigures,
+                    (
+                        feature.feature.feature,
+                        feature.included,
+                        billable,
+                        feature.pricing_model,
+                        unit_price,
+                        amount,
+                        detail,
+                    ),
+                )
+            )
+    except PricingError:
+        return None  # rate_usage reports it (an unpriced charge and a rejection)
+    return normal, tuple(figures)
+
+
 def rate_usage(meter: str, quantity: Decimal, snapshot: EntitlementSnapshot | None) -> Rating:
     """Price the running total of `meter` with the customer's resolved snapshot.
 
@@ -522,12 +591,7 @@ def rate_usage(meter: str, quantity: Decimal, snapshot: EntitlementSnapshot | No
     - a meter no metered feature uses: unpriced (`meter_not_in_plan`), no rejection;
     - a feature whose pricing cannot be applied: unpriced (`invalid_pricing`) and a rejection.
     """
-    if quantity < 0 or not quantity.is_finite():
-        raise InvalidInput(
-            f"value: expected a finite running total >= 0, got {quantity}",
-            reason="invalid_value",
-            field="value",
-        )
+    _check_total(quantity)
     if snapshot is None:
         message = f"no entitlement snapshot for the customer: {meter} usage recorded unpriced"
         return Rating(
@@ -553,9 +617,10 @@ def rate_usage(meter: str, quantity: Decimal, snapshot: EntitlementSnapshot | No
     normal = plain(quantity)
     rated = rates.rated
     if rated is not None:  # every feature's pricing applies: the common case
-        if len(rated) == 1:
-            return _new(Rating, ((_rate(rated[0], normal, currency),), None))  # type: ignore[no-any-return]
-        return _new(Rating, (tuple([_rate(r, normal, currency) for r in rated]), None))  # type: ignore[no-any-return]
+        try:
+            return _new(Rating, (tuple([_rate(r, normal, currency) for r in rated]), None))  # type: ignore[no-any-return]
+        except PricingError:
+            pass  # the loop below reports it, feature by feature
     charges: list[Charge] = []
     rejection: InvalidInput | None = None
     for feature in features:

@@ -78,6 +78,7 @@ from metergate.domain.pricing import (
     line_key,
     plain,
     rate_usage,
+    usage_figures,
 )
 from metergate.domain.records import (
     MAX_QUANTITY,
@@ -372,11 +373,15 @@ class RatingFold:
             if current is not None and aggregate.version <= current:
                 self.stale += 1
                 return _STALE
+        customer = aggregate.customer_id
         segmented = terms is not None and bool(aggregate.segments)
+        usage = None
         if segmented:
             rating = _NO_RATING  # each segment is rated on its own, below
-        elif terms is not None and snapshot is not None and aggregate.customer_id in terms.dated:
+        elif terms is not None and snapshot is not None and customer in terms.dated:
             rating = _rate_in_force(aggregate, aggregate.value, snapshot, terms)  # maybe part of the period
+        elif snapshot is not None and (usage := usage_figures(aggregate.meter, aggregate.value, snapshot)):
+            rating = _NO_RATING  # the common case: `rate_usage`'s charges, as bare figures (below)
         else:
             rating = rate_usage(aggregate.meter, aggregate.value, snapshot)  # undated: in force always
         rejection = rating.rejection
@@ -384,7 +389,6 @@ class RatingFold:
             rejection = rejection or PricingError(
                 f"base_fee: expected >= 0, got {snapshot.base_fee}", field="base_fee"
             )
-        customer = aggregate.customer_id
         subscription = aggregate.subscription_id or (snapshot.subscription_id if snapshot else None) or ""
         period = key.rsplit("|", 1)[1]  # the period start as aggregate_key writes it (UTC ISO)
         if previous is None:
@@ -396,6 +400,47 @@ class RatingFold:
         for charge in rating.charges:
             lk = _line_key(customer, subscription, charge.feature, period, charge.charge)
             now_lines[lk] = self._line(lk, key, aggregate, snapshot, subscription, charge, previous.get(lk))
+        if usage is not None:
+            assert snapshot is not None
+            quantity, figures = usage
+            # what `_line` makes of `rate_usage`'s charges, field for field (a unit test compares)
+            plan_key = snapshot.plan_key or aggregate.plan_key
+            plan_version = snapshot.plan_version or aggregate.plan_version
+            for feature, included, billable, pricing_model, unit_price, amount, detail in figures:
+                lk = _line_key(customer, subscription, feature, period, _USAGE)
+                old = previous.get(lk)
+                now_lines[lk] = _new(
+                    Line,
+                    (
+                        lk,  # line_key
+                        key,  # aggregate_key
+                        customer,  # customer_id
+                        subscription,  # subscription_id
+                        plan_key,  # plan_key
+                        plan_version,  # plan_version
+                        feature,  # feature
+                        aggregate.meter,  # meter
+                        _USAGE,  # charge
+                        _RATED,  # status
+                        None,  # unpriced_reason
+                        aggregate.period_start,  # period_start
+                        aggregate.period_end,  # period_end
+                        snapshot.currency,  # currency
+                        quantity,  # quantity
+                        included,  # included_quantity
+                        billable,  # billable_quantity
+                        pricing_model,  # pricing_model
+                        unit_price,  # unit_price
+                        amount,  # amount
+                        old.credits_applied if old else ZERO,  # credits_applied
+                        detail,  # detail
+                        aggregate.version,  # aggregate_version
+                        snapshot.version,  # snapshot_version
+                        aggregate.event_count,  # event_count
+                        aggregate.last_event_id,  # last_event_id
+                        aggregate.last_event_at,  # last_event_at
+                    ),
+                )
         for lk, old in previous.items():
             if lk not in now_lines and old.status is not ChargeStatus.SUPERSEDED:
                 now_lines[lk] = old._replace(
@@ -557,6 +602,7 @@ class RatingFold:
 
 
 _NO_RATING = Rating(())
+_USAGE, _RATED = ChargeType.USAGE, ChargeStatus.RATED
 #: (id(snapshot), share) -> (snapshot, the snapshot with every metered feature's included units x share)
 _PRORATED: dict[tuple[int, Fraction], tuple[EntitlementSnapshot, EntitlementSnapshot]] = {}
 
