@@ -347,6 +347,7 @@ class _RatedFeature(NamedTuple):
     included: Decimal  # plain
     pricing_model: str
     figures: _Figures
+    name: str  # feature.feature (read here, the model's own attributes are not read per record)
 
 
 #: id(feature) -> the feature validated and prepared (bounded memo; features are frozen models)
@@ -359,7 +360,11 @@ def _rated_feature(feature: FeatureEntitlement) -> _RatedFeature:
         return rated
     validate_pricing(feature.pricing, where=f"features.{feature.feature}.pricing")  # not memoised if bad
     rated = _RatedFeature(
-        feature, plain(feature.included), feature.pricing.model.value, _figures(feature.pricing)
+        feature,
+        plain(feature.included),
+        feature.pricing.model.value,
+        _figures(feature.pricing),
+        feature.feature,
     )
     if len(_RATED) >= 65536:
         _RATED.clear()
@@ -568,7 +573,7 @@ def usage_figures(
                 _new(
                     UsageFigures,
                     (
-                        feature.feature.feature,
+                        feature.name,
                         feature.included,
                         billable,
                         feature.pricing_model,
