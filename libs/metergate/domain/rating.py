@@ -385,7 +385,7 @@ class RatingFold:
         else:
             rating = rate_usage(aggregate.meter, aggregate.value, snapshot)  # undated: in force always
         rejection = rating.rejection
-        if snapshot is not None and snapshot.base_fee < 0:  # usage is still rated; the record goes to the DLQ
+        if snapshot is not None and snapshot.base_fee < ZERO:  # still rated; the record goes to the DLQ
             rejection = rejection or PricingError(
                 f"base_fee: expected >= 0, got {snapshot.base_fee}", field="base_fee"
             )
