@@ -403,7 +403,7 @@ class _Priced(NamedTuple):
 #: the same billable quantities; a quantity's text names it exactly (digits and exponent), so a hit
 #: is what pricing it again would give, to the character. Bounded: a clear costs one pricing a key.
 _PRICED: dict[tuple[str, str, str], _Priced] = {}
-_MAX_PRICED = 65536
+_MAX_PRICED = 16384  # ~0.5 kB an entry (a graduated detail is the longest): ~8 MB at most
 
 
 def rate_feature(feature: FeatureEntitlement, quantity: Decimal, currency: str) -> Charge:
