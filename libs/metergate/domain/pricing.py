@@ -543,8 +543,8 @@ class UsageFigures(NamedTuple):
 
     feature: str
     included_quantity: Decimal
-    billable_quantity: Decimal
     pricing_model: str
+    billable_quantity: Decimal  # this and the rest: `_priced`
     unit_price: Decimal | None
     amount: Decimal
     detail: str
@@ -557,32 +557,23 @@ def usage_figures(
     metered feature on the meter with the customer's pricing and reject nothing; None when it would
     do anything else (no subscription, no feature on the meter, a pricing that cannot be applied):
     the caller asks `rate_usage` then. Raises what `rate_usage` raises (a bad total or currency)."""
-    _check_total(quantity)
+    if quantity < ZERO or not quantity.is_finite():
+        _check_total(quantity)  # raises
     if snapshot.subscription_id is None:
         return None
-    rated = _meter_rates(snapshot, meter).rated  # raises on a bad currency code
+    rates = _METER_RATES.get((id(snapshot), meter))
+    if rates is None or rates.snapshot is not snapshot:
+        rates = _meter_rates(snapshot, meter)  # raises on a bad currency code
+    rated = rates.rated
     if not rated:
         return None
     normal = plain(quantity)
     currency = snapshot.currency
-    figures: list[UsageFigures] = []
     try:
-        for feature in rated:
-            billable, unit_price, amount, detail = _priced(feature, normal, currency)
-            figures.append(
-                _new(
-                    UsageFigures,
-                    (
-                        feature.name,
-                        feature.included,
-                        billable,
-                        feature.pricing_model,
-                        unit_price,
-                        amount,
-                        detail,
-                    ),
-                )
-            )
+        figures = [
+            _new(UsageFigures, (f.name, f.included, f.pricing_model, *_priced(f, normal, currency)))
+            for f in rated
+        ]
     except PricingError:
         return None  # rate_usage reports it (an unpriced charge and a rejection)
     return normal, tuple(figures)

@@ -406,7 +406,7 @@ class RatingFold:
             # what `_line` makes of `rate_usage`'s charges, field for field (a unit test compares)
             plan_key = snapshot.plan_key or aggregate.plan_key
             plan_version = snapshot.plan_version or aggregate.plan_version
-            for feature, included, billable, pricing_model, unit_price, amount, detail in figures:
+            for feature, included, pricing_model, billable, unit_price, amount, detail in figures:
                 lk = _line_key(customer, subscription, feature, period, _USAGE)
                 old = previous.get(lk)
                 now_lines[lk] = _new(
