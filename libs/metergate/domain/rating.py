@@ -820,6 +820,8 @@ def fee_periods(
     if clock_only or lookback <= 0:
         return periods
     dated = [s for s in snapshots if s.valid_from is not None or s.valid_to is not None]
+    if not dated:  # undated terms bill the current period only (no earlier period to look at)
+        return periods
     period = current
     for _ in range(lookback):
         period = period_for(period.start - _MS, newest.billing_anchor, newest.reset_period)
