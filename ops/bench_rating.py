@@ -131,6 +131,108 @@ def _snapshot(customer: str) -> Any:
     )
 
 
+def _aggregates(
+    names: list[str], updates: int, period_start: datetime, period_end: datetime, billable: bool
+) -> Iterator[Any]:
+    """The benchmark's running totals: `updates` versions over customers x meters, in key order."""
+    from metergate.domain.records import Aggregation, UsageAggregate
+
+    keys = [(c, m) for c in names for m in METERS]
+    # default: totals stay within the included units / first package, so amounts rarely change;
+    # billable: every version is beyond them and moves every amount (and draws prepaid credit)
+    step = (
+        {"api_calls": 1_097, "tokens": 112_345, "storage_gb": 107}
+        if billable
+        else {"api_calls": 97, "tokens": 12_345, "storage_gb": 7}
+    )
+    for n in range(updates):
+        customer, meter = keys[n % len(keys)]
+        version = n // len(keys) + 1
+        yield UsageAggregate(
+            customer_id=customer,
+            meter=meter,
+            aggregation=Aggregation.SUM,
+            period_start=period_start,
+            period_end=period_end,
+            value=Decimal(step[meter] * version),
+            event_count=version,
+            version=version,
+            last_event_at=period_start + timedelta(seconds=version),
+            last_event_id=f"e-{n}",
+            updated_at=period_start + timedelta(seconds=version),
+        )
+
+
+def bench_fold(
+    *, updates: int = 200_000, customers: int = 10_000, batch_size: int = 5000, billable: bool = False
+) -> tuple[float, str]:
+    """The fold alone over the benchmark's records, no broker, no database: (thread CPU
+    microseconds per update in `rate_records`, a digest of every changed line and ledger entry).
+
+    As the consumer meets them: snapshots decoded by the codec (fresh objects: every prepared
+    table is built during the run), records decoded by `fastwire.read_aggregate`, batches of
+    `batch_size` folded with the lines the previous ones left (the line cache), 5% of customers
+    with a wallet holding their grant, `GcPolicy` installed. The digest compares two commits'
+    results. Memos keyed by value (line keys, priced results) outlive a run: the first run of a
+    process is the one to compare with the consumer's."""
+    import gc
+    import hashlib
+
+    from metergate.domain.ledger import Grant, Wallet
+    from metergate.domain.rating import Line, RatingFold, rate_records
+    from metergate.domain.records import EntitlementSnapshot, UsageAggregate
+    from metergate.domain.terms import DatedTerms
+    from metergate.wire.codec import codec
+    from metergate.wire.fastwire import read_aggregate
+    from metergate_services.rating.collector import GcPolicy
+
+    names = [f"cust-{i:06d}" for i in range(customers)]
+    snapshots = codec(EntitlementSnapshot)
+    terms = DatedTerms()
+    for customer in names:
+        terms.remember(snapshots.decode(snapshots.encode(_snapshot(customer))))
+    encoder = codec(UsageAggregate)
+    period_start = datetime(2026, 12, 1, tzinfo=UTC)
+    records = [
+        read_aggregate(encoder.encode(aggregate))
+        for aggregate in _aggregates(names, updates, period_start, datetime(2027, 1, 1, tzinfo=UTC), billable)
+    ]
+    wallets: dict[tuple[str, str], Wallet] = {}
+    for index, customer in enumerate(names[::20]):  # 5% with prepaid credit, as bench() grants it
+        wallet = wallets[(customer, "USD")] = Wallet(customer, "USD")
+        wallet.add_grant(Grant(f"g-{customer}", customer, "USD", Decimal(50 + index % 100), 1, period_start))
+    lines: dict[str, dict[str, Line]] = {}
+    credits: dict[str, dict[str, Decimal]] = {}
+    digest = hashlib.sha256()
+    policy = GcPolicy()
+    cpu = 0.0
+    try:
+        policy.after_batch()
+        for start in range(0, len(records), batch_size):
+            batch = records[start : start + batch_size]
+            in_batch = {record.customer_id for record in batch}
+            fold = RatingFold(
+                lines={record.key: dict(lines.get(record.key, {})) for record in batch},
+                wallets={key: wallet for key, wallet in wallets.items() if key[0] in in_batch},
+                credits={key: dict(sources) for key, sources in credits.items()},
+            )
+            with_credit = {customer for customer, _ in fold.wallets}
+            began = time.thread_time()
+            rate_records(fold, [((i, i), record) for i, record in enumerate(batch)], terms, with_credit)
+            cpu += time.thread_time() - began
+            policy.after_batch()
+            lines.update(fold.lines)
+            credits = fold.credits
+            for line_key in sorted(fold.changed):
+                digest.update(repr(tuple(fold.changed[line_key])).encode())
+            for entry in fold.entries:
+                digest.update(repr(entry).encode())
+    finally:
+        policy.close()
+        gc.collect()
+    return cpu / len(records) * 1e6, digest.hexdigest()[:16]
+
+
 def bench(
     kafka_bootstrap: str,
     database_url: str,
@@ -146,7 +248,7 @@ def bench(
     from metergate.db.engine import make_engine
     from metergate.db.migrate import upgrade
     from metergate.domain.ledger import Grant
-    from metergate.domain.records import Aggregation, EntitlementSnapshot, UsageAggregate
+    from metergate.domain.records import EntitlementSnapshot, UsageAggregate
     from metergate.kafka.admin import ensure_topics
     from metergate.kafka.producer import DeliveryTracker, flush, make_producer, produce
     from metergate.kafka.topics import Topics
@@ -180,30 +282,7 @@ def bench(
     encoder = codec(UsageAggregate)
     period_start = datetime.now(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     period_end = (period_start + timedelta(days=32)).replace(day=1)
-    keys = [(c, m) for c in names for m in METERS]
-    # default: totals stay within the included units / first package, so amounts rarely change;
-    # billable: every version is beyond them and moves every amount (and draws prepaid credit)
-    step = (
-        {"api_calls": 1_097, "tokens": 112_345, "storage_gb": 107}
-        if billable
-        else {"api_calls": 97, "tokens": 12_345, "storage_gb": 7}
-    )
-    for n in range(updates):
-        customer, meter = keys[n % len(keys)]
-        version = n // len(keys) + 1
-        aggregate = UsageAggregate(
-            customer_id=customer,
-            meter=meter,
-            aggregation=Aggregation.SUM,
-            period_start=period_start,
-            period_end=period_end,
-            value=Decimal(step[meter] * version),
-            event_count=version,
-            version=version,
-            last_event_at=period_start + timedelta(seconds=version),
-            last_event_id=f"e-{n}",
-            updated_at=period_start + timedelta(seconds=version),
-        )
+    for n, aggregate in enumerate(_aggregates(names, updates, period_start, period_end, billable)):
         produce(producer, topics.aggregates, aggregate.key.encode(), encoder.encode(aggregate), tracker)
         if n % 50_000 == 0:
             producer.poll(0)
@@ -447,8 +526,24 @@ def main() -> None:
     parser.add_argument(
         "--workers", type=int, default=1, help="rating processes in one group (>1: subprocesses)"
     )
+    parser.add_argument(
+        "--fold-only",
+        action="store_true",
+        help="the fold alone over the same records (no broker, no database): CPU us per update",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.fold_only:
+        for _ in range(args.runs):
+            us, digest = bench_fold(
+                updates=args.updates,
+                customers=args.customers,
+                batch_size=args.batch_size,
+                billable=args.billable,
+            )
+            kind = " (billable)" if args.billable else ""
+            print(f"fold{kind}: {args.updates:,} updates, {us:.2f} us CPU per update; results {digest}")
+        return
     bootstrap = os.environ.get("METERGATE_KAFKA_BOOTSTRAP")
     url = os.environ.get("METERGATE_DATABASE_URL")
     stack = None

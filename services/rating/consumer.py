@@ -116,6 +116,9 @@ class Batch:
     tombstones: int = 0
     key_partitions: dict[str, int] = field(default_factory=dict)  # aggregate key -> partition, of records
     customers: set[str] = field(default_factory=set)  # of records
+    #: the snapshot cache's generation when every customer of the batch was found in it (None: not
+    #: looked yet, or someone was missing): the look is not repeated while the cache is unchanged
+    known_at: int | None = None
 
     @property
     def partitions(self) -> set[int]:
@@ -459,9 +462,13 @@ class RatingConsumer:
 
     def _catch_up_unknown(self, batch: Batch) -> bool:
         """Read new snapshots first when the batch has a customer without one (at most once a second)."""
-        if not all(map(self.snapshots.lookup, batch.customers)) and (  # (a loop in C; a snapshot is true)
-            time.monotonic() - self.snapshots.last_caught_up > 1.0
-        ):
+        generation = self.snapshots.generation
+        if batch.known_at == generation:
+            return False  # every customer was found, and the cache has not changed since (fold ahead)
+        if all(map(self.snapshots.lookup, batch.customers)):  # (a loop in C; a snapshot is true)
+            batch.known_at = generation
+            return False
+        if time.monotonic() - self.snapshots.last_caught_up > 1.0:
             # a customer unknown so far: its snapshot may just have been published
             self.snapshots.catch_up(idle_s=0.2, timeout_s=2.0)
             return True

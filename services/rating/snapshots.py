@@ -40,6 +40,8 @@ class SnapshotCache:
         #: customers whose snapshots changed since `take_changed` last asked (rating bills their fees)
         self.changed: set[str] = set()
         self._applied = 0
+        #: moves whenever what is held changes (a snapshot kept, a customer forgotten)
+        self.generation = 0
         self._follower = TopicFollower(
             client_config,
             [topic],
@@ -88,12 +90,14 @@ class SnapshotCache:
             if key is not None:
                 self.terms.forget(key.decode())
                 self.changed.add(key.decode())
+                self.generation += 1
             return
         snapshot = self._codec.decode(value)
         check_snapshot(snapshot)  # ids and currency rating will store in line items
         self.terms.remember(snapshot)
         self.changed.add(snapshot.customer_id)
         self._applied += 1
+        self.generation += 1
 
     def take_changed(self) -> set[str]:
         """The customers whose snapshots changed since the last call (all of them after start-up)."""
