@@ -38,7 +38,9 @@ def _run(*args: str | Path, cwd: Path) -> str:
 
 def test_the_wheel_installs_and_reads_its_schemas(tmp_path):
     source = tmp_path / "source"  # a copy: building must not leave build/ or *.egg-info in the checkout
-    listed = _run("git", "ls-files", "pyproject.toml", "setup.py", "README.md", "libs", "services", "schemas", cwd=ROOT)
+    listed = _run(
+        "git", "ls-files", "pyproject.toml", "setup.py", "README.md", "libs", "services", "schemas", cwd=ROOT
+    )
     for name in listed.splitlines():
         (source / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, source / name)
