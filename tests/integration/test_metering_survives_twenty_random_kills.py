@@ -103,7 +103,15 @@ def test_twenty_random_sigkills_under_load_leave_everything_exact(
                 worker.start()
                 wait_until(lambda: worker.consumed() > 0, "the restarted worker to count", timeout_s=120)
                 restarts.append(time.monotonic() - started)
-                time.sleep(rng.random() * 0.5)  # fault injection: a random moment, not a wait for a result
+                # a random moment, told by progress rather than time: once it has counted a random
+                # number of records more, up to ~0.5 s of the paced load
+                target = worker.consumed() + rng.randrange(1, RATE_PER_S // 2)
+                wait_until(
+                    lambda target=target: worker.consumed() >= target,
+                    "the random kill moment",
+                    timeout_s=120,
+                    every_s=0.02,
+                )
                 worker.kill()
                 kinds["anywhere"] += 1
             if kill == KILLS // 2:
