@@ -49,7 +49,6 @@ from typing import NamedTuple
 from metergate.domain.records import (
     EntitlementSnapshot,
     FeatureEntitlement,
-    FeatureKind,
     PriceTier,
     Pricing,
     PricingModel,
@@ -372,22 +371,6 @@ def _rated_feature(feature: FeatureEntitlement) -> _RatedFeature:
     return rated
 
 
-#: (id(snapshot), meter) -> (snapshot, metered features on the meter)
-_METERED: dict[tuple[int, str], tuple[EntitlementSnapshot, tuple[FeatureEntitlement, ...]]] = {}
-
-
-def metered_features(snapshot: EntitlementSnapshot, meter: str) -> tuple[FeatureEntitlement, ...]:
-    """The snapshot's metered features on `meter` (memoised per snapshot object)."""
-    entry = _METERED.get((id(snapshot), meter))
-    if entry is not None and entry[0] is snapshot:
-        return entry[1]
-    features = tuple(f for f in snapshot.metered(meter) if f.kind is FeatureKind.METERED)
-    if len(_METERED) >= 262144:
-        _METERED.clear()
-    _METERED[(id(snapshot), meter)] = (snapshot, features)
-    return features
-
-
 _new = tuple.__new__  # builds a NamedTuple from a tuple of every field, without its Python-level __new__
 
 
@@ -516,7 +499,7 @@ def _meter_rates(snapshot: EntitlementSnapshot, meter: str) -> _MeterRates:
     if rates is not None and rates.snapshot is snapshot:
         return rates
     minor_units(snapshot.currency)  # raises on a bad code (not memoised: every record is refused)
-    features = snapshot.metered(meter)  # (what `metered_features` gives, without its own memo)
+    features = snapshot.metered(meter)
     try:
         rated: tuple[_RatedFeature, ...] | None = tuple(_rated_feature(feature) for feature in features)
     except (PricingError, ArithmeticError):
